@@ -124,6 +124,71 @@ function parseWorkers(raw: string, variable: string): number {
   return n === 0 ? Math.min(4, Math.max(2, os.availableParallelism())) : n;
 }
 
+// ---- p2p thread parsers (owner: p2p thread) ----
+
+function parseOptionalHostname(raw: string, variable: string): string {
+  const t = raw.trim().toLowerCase().replace(/\.$/, '');
+  if (t === '') return '';
+  if (t.length > 253 || !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(t)) {
+    throw new ConfigError(variable, `"${raw}" is not a DNS name (e.g. peerpull.kube-system.svc.cluster.local)`);
+  }
+  return t;
+}
+
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+function isIp(s: string): boolean {
+  return IPV4_RE.test(s) || (/^[0-9a-f:.]+$/i.test(s) && s.includes(':'));
+}
+
+/** Comma-separated `ip`, `ip:port` or `[ipv6]:port`, in the form dns.Resolver.setServers takes. */
+function parseDnsServers(raw: string, variable: string): string[] {
+  const items = raw.split(',').map((x) => x.trim()).filter(Boolean);
+  for (const it of items) {
+    const m = /^\[([0-9a-fA-F:.]+)\](?::(\d{1,5}))?$/.exec(it) ?? /^([0-9.]+)(?::(\d{1,5}))?$/.exec(it) ?? /^([0-9a-fA-F:]+)()$/.exec(it);
+    if (!m || !isIp(m[1]) || (m[2] && Number(m[2]) > 65535)) {
+      throw new ConfigError(variable, `"${it}" is not a DNS server address (use ip, ip:port or [ipv6]:port)`);
+    }
+  }
+  return items;
+}
+
+/** Comma-separated multiaddrs such as /ip4/10.0.0.5/tcp/5001 (a /p2p/<id> suffix is optional). */
+function parseMultiaddrList(raw: string, variable: string): string[] {
+  const items = raw.split(',').map((x) => x.trim()).filter(Boolean);
+  for (const it of items) {
+    if (!/^\/(ip4|ip6|dns|dns4|dns6)\/[^/]+\/tcp\/\d{1,5}(\/p2p\/[1-9A-HJ-NP-Za-km-z]+)?$/.test(it)) {
+      throw new ConfigError(variable, `"${it}" is not a TCP multiaddr (e.g. /ip4/10.0.0.5/tcp/5001)`);
+    }
+  }
+  return items;
+}
+
+function parseOptionalIp(raw: string, variable: string): string {
+  const t = raw.trim();
+  if (t !== '' && !isIp(t)) throw new ConfigError(variable, `"${raw}" is not an IP address`);
+  return t;
+}
+
+function parseClusterName(raw: string, variable: string): string {
+  const t = raw.trim();
+  // It becomes part of libp2p protocol ids: keep it to a safe, printable alphabet.
+  if (!/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/.test(t)) {
+    throw new ConfigError(variable, `"${raw}" must be 1-63 characters of a-z, 0-9, "." and "-", starting and ending alphanumeric`);
+  }
+  return t;
+}
+
+function parseClusterKey(raw: string, variable: string): string {
+  const t = raw.trim().toLowerCase();
+  // Never echo the key itself in the error.
+  if (t !== '' && !/^[0-9a-f]{64}$/.test(t)) throw new ConfigError(variable, 'must be 64 hex characters (32 bytes, e.g. `openssl rand -hex 32`)');
+  return t;
+}
+
+function parseOptionalAbsolutePath(raw: string, variable: string): string {
+  return raw.trim() === '' ? '' : parseAbsolutePath(raw.trim(), variable);
+}
+
 // ---- the settings ----
 
 export const settings = {
@@ -167,6 +232,64 @@ export const settings = {
   ),
   shutdownGrace: setting('SHUTDOWN_GRACE', '10s', 'On SIGTERM, how long in-flight transfers may run before they are cut.', durationIn(0, 600_000)),
   logLevel: setting('LOG_LEVEL', 'info', 'Least severe log level written: debug, info, warn or error.', parseLogLevel),
+  // ---- p2p thread settings (owner: p2p thread) ----
+  p2pAddr: setting('P2P_ADDR', ':5001', 'Address the libp2p node (DHT routing only; blobs go over HTTP) listens on. Every node of a cluster uses the same port.', parseListenAddress),
+  advertiseIp: setting(
+    'ADVERTISE_IP',
+    '',
+    'IP other nodes reach this node at, for p2p and registry (e.g. the pod IP from the downward API); empty: the addresses the p2p listener reports.',
+    parseOptionalIp,
+  ),
+  bootstrapDns: setting(
+    'BOOTSTRAP_DNS',
+    '',
+    'Headless Service name whose A/AAAA records list the cluster\'s nodes; resolved at start, periodically and after losing peers. Empty: no DNS bootstrap.',
+    parseOptionalHostname,
+  ),
+  dnsServers: setting('DNS_SERVERS', '', 'Comma-separated DNS servers (ip, ip:port, [ipv6]:port) for BOOTSTRAP_DNS; empty: the system resolver.', parseDnsServers),
+  bootstrapPeers: setting(
+    'BOOTSTRAP_PEERS',
+    '',
+    'Comma-separated static multiaddrs to join through (e.g. /ip4/10.0.0.5/tcp/5001), for clusters without DNS; a /p2p/<id> suffix is optional.',
+    parseMultiaddrList,
+  ),
+  bootstrapInterval: setting('BOOTSTRAP_INTERVAL', '15s', 'How often the bootstrap DNS name is resolved again to heal after churn or partitions.', durationIn(500, 3_600_000)),
+  maxConnections: setting(
+    'MAX_CONNECTIONS',
+    '64',
+    'Most libp2p connections one node keeps; bootstrap and the DHT work within it, so a large cluster never becomes an n-squared mesh.',
+    intIn(4, 10_000),
+  ),
+  cluster: setting(
+    'CLUSTER',
+    'default',
+    'Cluster name. It is part of the DHT protocol id, so clusters with different names never exchange records, and a label on the p2p metrics.',
+    parseClusterName,
+  ),
+  clusterKey: setting(
+    'CLUSTER_KEY',
+    '',
+    'Optional pre-shared key (64 hex characters) of a libp2p private network: nodes without it cannot connect at all.',
+    parseClusterKey,
+  ),
+  clusterKeyFile: setting('CLUSTER_KEY_FILE', '', 'File holding the pre-shared key (64 hex characters, or a libp2p swarm.key), e.g. a mounted Secret.', parseOptionalAbsolutePath),
+  dataDir: setting('DATA_DIR', '/var/lib/peerpull', 'Directory for the persistent peer identity (`peer.key`, mode 0600), reused across restarts.', parseAbsolutePath),
+  reprovideInterval: setting('REPROVIDE_INTERVAL', '5m', 'How often this node\'s provider records are published again; must be shorter than PROVIDER_TTL.', durationIn(1000, 24 * 3_600_000)),
+  providerTtl: setting(
+    'PROVIDER_TTL',
+    '15m',
+    'How long other nodes keep a provider record. Dead nodes are dropped far sooner by liveness checks (DEAD_PEER_TIMEOUT); this bounds stale records of nodes that were never seen dead.',
+    durationIn(2000, 7 * 24 * 3_600_000),
+  ),
+  deadPeerTimeout: setting(
+    'DEAD_PEER_TIMEOUT',
+    '20s',
+    'Bound on how long a node that died keeps being returned as a provider: connections are probed at a third of this, and a provider that cannot be reached is dropped.',
+    durationIn(1500, 600_000),
+  ),
+  lookupTimeout: setting('LOOKUP_TIMEOUT', '500ms', 'Deadline of a provider lookup when the caller gives none; a miss answers no later than this.', durationIn(10, 60_000)),
+  lookupCacheTtl: setting('LOOKUP_CACHE_TTL', '5s', 'How long found providers of a key are reused without asking the DHT again.', durationIn(0, 600_000)),
+  negativeCacheTtl: setting('NEGATIVE_CACHE_TTL', '500ms', 'How long "nobody has this key" is reused; short, so new content is found quickly.', durationIn(0, 60_000)),
 } as const;
 
 type Settings = typeof settings;

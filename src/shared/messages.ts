@@ -42,3 +42,105 @@ export type StreamFromWorker =
 
 /** Main -> worker, on the transfer port. */
 export type StreamToWorker = { type: 'credit'; n: number } | { type: 'cancel' };
+
+// ============================================================================================
+// p2p thread (owner: p2p thread). Main <-> the libp2p Worker, over the Worker's own port.
+// Every request carries an id; the worker answers each with exactly one P2PReply of that id.
+// The worker validates every message it receives (see src/p2p/protocol.ts): a malformed one
+// is logged and answered with an error, never a crash.
+// ============================================================================================
+
+/** Settings the p2p Worker needs (plain data: it crosses the thread boundary as workerData). */
+export interface P2PWorkerConfig {
+  /** Listen host ('' = all interfaces) and port of the libp2p TCP listener. */
+  listenHost: string;
+  listenPort: number;
+  /** IP announced to peers ('' = whatever the listener reports). */
+  advertiseIp: string;
+  /** Registry (HTTP) port announced to peers beside the p2p address. */
+  registryPort: number;
+  bootstrapDns: string;
+  dnsServers: string[];
+  bootstrapPeers: string[];
+  bootstrapIntervalMs: number;
+  maxConnections: number;
+  cluster: string;
+  /** 64 hex characters, or '' for an open network. Already read from the key file by main. */
+  clusterKey: string;
+  dataDir: string;
+  reprovideIntervalMs: number;
+  providerTtlMs: number;
+  deadPeerTimeoutMs: number;
+  lookupTimeoutMs: number;
+  lookupCacheTtlMs: number;
+  negativeCacheTtlMs: number;
+}
+
+/** A node that holds a key, as the registry needs it to fetch over HTTP. */
+export interface ProviderPeer {
+  peerId: string;
+  /** IP literal to reach the node's registry at (IPv6 without brackets). */
+  host: string;
+  registryPort: number;
+  /** The node's libp2p multiaddrs as known here (diagnostics). */
+  addrs: string[];
+  /** true when this node holds a live libp2p connection to it right now. */
+  connected: boolean;
+}
+
+/** Where a lookup's answer came from: the outcome label of the lookup metrics. */
+export type LookupSource = 'cache' | 'negative-cache' | 'local' | 'network' | 'coalesced' | 'none';
+export type LookupOutcome = 'found' | 'notfound' | 'timeout' | 'error';
+
+export interface LookupResult {
+  providers: ProviderPeer[];
+  source: LookupSource;
+  outcome: LookupOutcome;
+}
+
+export interface P2PStatus {
+  peerId: string;
+  cluster: string;
+  ready: boolean;
+  peers: number;
+  routingTable: number;
+  advertisedKeys: number;
+  /** Provides queued or running (0 once every advertised key reached the DHT). */
+  pendingProvides: number;
+  listenAddrs: string[];
+  /** Members the last bootstrap DNS answer listed (0 without DNS bootstrap). */
+  dnsMembers: number;
+}
+
+export type P2PRequest =
+  | { id: number; type: 'advertise'; keys: string[]; /** resolve only once the records reached the DHT */ wait?: boolean }
+  | { id: number; type: 'withdraw'; keys: string[] }
+  | { id: number; type: 'findProviders'; key: string; count: number; /** ms from now */ deadlineMs: number }
+  /** A fetch from this peer failed: treat it as suspect until it proves alive again. */
+  | { id: number; type: 'reportFailure'; peerId: string }
+  | { id: number; type: 'status' }
+  | { id: number; type: 'stop' };
+
+export type P2PReply =
+  | { kind: 'reply'; id: number; ok: true; result: unknown }
+  | { kind: 'reply'; id: number; ok: false; error: string };
+
+/** Counters are cumulative since the worker started; main turns them into deltas. */
+export interface P2PMetricsSnapshot {
+  peers: number;
+  routingTable: number;
+  advertisedKeys: number;
+  bootstrapAttempts: { ok: number; failed: number };
+  /** DNS resolve durations (seconds) since the previous snapshot, by outcome. */
+  dnsResolveSeconds: { ok: number[]; failed: number[] };
+}
+
+/** Unsolicited worker -> main messages. */
+export type P2PEvent =
+  | { kind: 'started'; status: P2PStatus }
+  | { kind: 'status'; status: P2PStatus; metrics: P2PMetricsSnapshot }
+  | { kind: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> }
+  /** Startup failed for good (e.g. the port is taken): restarting will not help by itself. */
+  | { kind: 'fatal'; error: string };
+
+export type P2PFromWorker = P2PReply | P2PEvent;
