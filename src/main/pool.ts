@@ -1,0 +1,31 @@
+// The Piscina pool that moves blob bytes. Tasks are I/O-bound and long-lived (a slow client holds
+// its transfer open for minutes), so each thread runs many tasks at once on its own event loop
+// instead of one task per thread.
+
+import { Piscina } from 'piscina';
+import type { ReadBlobTask, ReadSmallResult, ReadSmallTask } from '../shared/messages.js';
+
+export interface BlobPool {
+  readBlob(task: ReadBlobTask): Promise<number>;
+  readSmall(task: ReadSmallTask): Promise<ReadSmallResult>;
+  readonly threads: number;
+  destroy(): Promise<void>;
+}
+
+export function createPool(threads: number): BlobPool {
+  const pool = new Piscina({
+    filename: new URL('../workers/blob.js', import.meta.url).href,
+    minThreads: threads,
+    maxThreads: threads,
+    // Tasks await I/O and credit; blocking the worker's loop between tasks (Atomics.wait) would starve them.
+    atomics: 'disabled',
+    concurrentTasksPerWorker: 256,
+    idleTimeout: 60_000,
+  });
+  return {
+    threads,
+    readBlob: (task) => pool.run(task, { name: 'readBlob', transferList: [task.port] }),
+    readSmall: (task) => pool.run(task, { name: 'readSmall' }),
+    destroy: () => pool.destroy(),
+  };
+}

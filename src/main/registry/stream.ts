@@ -1,0 +1,166 @@
+// Writes a blob that a pool thread streams over a MessagePort into a uWS response.
+// Backpressure is credit-based: the worker may have `credits` chunks in flight; the main thread
+// returns one credit each time uWS accepted a whole chunk. A slow client therefore holds at most
+// credits x chunkSize bytes of this process's memory, however large the blob.
+
+import { MessageChannel } from 'node:worker_threads';
+import type { HttpResponse } from 'uWebSockets.js';
+import type { BlobLocation, StreamFromWorker, StreamToWorker } from '../../shared/messages.js';
+import type { BlobPool } from '../pool.js';
+
+export interface StreamOptions {
+  location: BlobLocation;
+  size: number;
+  start: number;
+  end: number;
+  chunkSize: number;
+  credits: number;
+  /** Writes status and headers; called inside cork once the worker has opened the content. */
+  writeHead(res: HttpResponse): void;
+}
+
+export type StreamOutcome =
+  | { kind: 'done'; bytes: number }
+  /** Nothing was sent: the caller still owns the response and answers it (404 for `missing`). */
+  | { kind: 'failed-before-headers'; missing: boolean; error: string }
+  /** Headers and part of the body were sent: the connection was closed, the client sees a short body. */
+  | { kind: 'broken'; bytes: number; error: string }
+  | { kind: 'aborted'; bytes: number };
+
+export interface ActiveStream {
+  readonly done: Promise<StreamOutcome>;
+  /** Cuts the transfer (shutdown): closes the connection if it has not finished. */
+  cut(): void;
+}
+
+/**
+ * Starts streaming. The caller must already have registered `res.onAborted` and pass the
+ * abort hook in `onAborted` registration: uWS allows one handler, so we take it over here.
+ */
+export function streamBlob(res: HttpResponse, pool: BlobPool, opts: StreamOptions, abortHook: (fn: () => void) => void): ActiveStream {
+  const total = opts.end - opts.start;
+  const channel = new MessageChannel();
+  const port = channel.port1;
+  const queue: ArrayBuffer[] = [];
+  /** The chunk uWS could not take whole, and the response offset where it began. */
+  let stalled: { ab: ArrayBuffer; at: number } | null = null;
+  let headersSent = false;
+  let finished = false;
+  let aborted = false;
+  let written = 0;
+  let resolve!: (o: StreamOutcome) => void;
+  const done = new Promise<StreamOutcome>((r) => (resolve = r));
+
+  const send = (m: StreamToWorker) => {
+    try {
+      port.postMessage(m);
+    } catch {
+      // Port already closed: the worker has finished.
+    }
+  };
+  const finish = (o: StreamOutcome) => {
+    if (finished) return;
+    finished = true;
+    if (o.kind !== 'done') send({ type: 'cancel' });
+    port.close();
+    resolve(o);
+  };
+
+  abortHook(() => {
+    aborted = true;
+    finish({ kind: 'aborted', bytes: written });
+  });
+
+  // Writes queued chunks until uWS pushes back or the body is complete. Must run corked.
+  const pump = () => {
+    while (!finished && !stalled && queue.length > 0) {
+      const ab = queue[0]!;
+      const at = res.getWriteOffset();
+      const [ok, responded] = res.tryEnd(ab, total);
+      if (responded) {
+        written = total;
+        finish({ kind: 'done', bytes: total });
+        return;
+      }
+      if (!ok) {
+        stalled = { ab, at };
+        return;
+      }
+      queue.shift();
+      written += ab.byteLength;
+      send({ type: 'credit', n: 1 });
+    }
+  };
+
+  const onWritable = (offset: number): boolean => {
+    if (!stalled || finished) return true;
+    const { ab, at } = stalled;
+    const [ok, responded] = res.tryEnd(ab.slice(offset - at), total);
+    if (responded) {
+      written = total;
+      finish({ kind: 'done', bytes: total });
+      return true;
+    }
+    if (ok) {
+      stalled = null;
+      queue.shift();
+      written += ab.byteLength;
+      send({ type: 'credit', n: 1 });
+      pump();
+    }
+    return ok;
+  };
+
+  port.on('message', (m: StreamFromWorker) => {
+    if (finished) return;
+    switch (m.type) {
+      case 'open':
+        res.cork(() => {
+          opts.writeHead(res);
+          headersSent = true;
+          if (total === 0) {
+            res.end();
+            finish({ kind: 'done', bytes: 0 });
+          }
+        });
+        res.onWritable(onWritable);
+        break;
+      case 'chunk':
+        queue.push(m.data);
+        if (!stalled) res.cork(pump);
+        break;
+      case 'end':
+        // Every byte is queued; the last tryEnd completes the response.
+        break;
+      case 'error':
+        if (!headersSent) finish({ kind: 'failed-before-headers', missing: m.missing, error: m.error });
+        else {
+          finish({ kind: 'broken', bytes: written, error: m.error });
+          if (!aborted) res.close();
+        }
+        break;
+    }
+  });
+
+  pool
+    .readBlob({ location: opts.location, size: opts.size, start: opts.start, end: opts.end, chunkSize: opts.chunkSize, credits: opts.credits, port: channel.port2 })
+    .catch((err: unknown) => {
+      // The pool itself failed (worker crashed, pool destroyed).
+      if (finished) return;
+      const error = err instanceof Error ? err.message : String(err);
+      if (!headersSent) finish({ kind: 'failed-before-headers', missing: false, error });
+      else {
+        finish({ kind: 'broken', bytes: written, error });
+        if (!aborted) res.close();
+      }
+    });
+
+  return {
+    done,
+    cut() {
+      if (finished) return;
+      finish({ kind: 'broken', bytes: written, error: 'cut by shutdown' });
+      if (!aborted) res.close();
+    },
+  };
+}

@@ -1,0 +1,118 @@
+// `peerpull serve`: wires the content source, the pool, the registry front end and the metrics
+// endpoint together, and owns the process lifecycle (readiness, graceful shutdown).
+
+import { App, us_listen_socket_close, us_socket_local_port, type TemplatedApp, type us_listen_socket } from 'uWebSockets.js';
+import type { Config } from './config.js';
+import { ContentIndex, type ContentSource } from './content/index.js';
+import { OciLayoutSource } from './content/oci-layout.js';
+import { log, setLogLevel } from './log.js';
+import { registry as metricsRegistry } from './metrics.js';
+import { createPool, type BlobPool } from './pool.js';
+import { Registry } from './registry/routes.js';
+
+export interface RunningServer {
+  registryPort: number;
+  metricsPort: number;
+  source: ContentSource;
+  registry: Registry;
+  /** Graceful stop: stop accepting, let transfers finish within the grace period, release everything. */
+  close(): Promise<void>;
+}
+
+async function createSource(config: Config, index: ContentIndex): Promise<ContentSource> {
+  if (config.store.kind === 'oci-layout') return new OciLayoutSource(config.store.dir, index, config.resyncInterval, log.child({ component: 'oci-layout' }));
+  // Loaded only when used: the embedded store (quick start, storm's local nodes) starts without gRPC.
+  const { ContainerdSource } = await import('./containerd/index.js');
+  return new ContainerdSource(config, index);
+}
+
+/** Starts the source, retrying with backoff: peerpull may come up before containerd does. */
+async function startSource(source: ContentSource, isClosed: () => boolean): Promise<boolean> {
+  let delay = 500;
+  for (;;) {
+    try {
+      await source.start();
+      return true;
+    } catch (err) {
+      if (isClosed()) return false;
+      log.error('content source failed to start; retrying', { source: source.kind, retryInMs: delay, error: err });
+      await new Promise((r) => setTimeout(r, delay).unref());
+      if (isClosed()) return false;
+      delay = Math.min(delay * 2, 10_000);
+    }
+  }
+}
+
+function listenApp(app: TemplatedApp, host: string, port: number, what: string): Promise<us_listen_socket> {
+  return new Promise((resolve, reject) => {
+    const cb = (sock: us_listen_socket | false) => (sock ? resolve(sock) : reject(new Error(`${what}: cannot listen on ${host || '*'}:${port}`)));
+    if (host) app.listen(host, port, cb);
+    else app.listen(port, cb);
+  });
+}
+
+function metricsApp(ready: () => boolean): TemplatedApp {
+  const app = App();
+  app.get('/metrics', (res) => {
+    let aborted = false;
+    res.onAborted(() => (aborted = true));
+    metricsRegistry.metrics().then(
+      (text) => {
+        if (aborted) return;
+        res.cork(() => res.writeHeader('Content-Type', metricsRegistry.contentType).end(text));
+      },
+      (err: unknown) => {
+        log.error('metrics collection failed', { error: err });
+        if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end('metrics collection failed\n'));
+      },
+    );
+  });
+  app.get('/livez', (res) => void res.end('ok\n'));
+  app.get('/readyz', (res) => {
+    const ok = ready();
+    res.writeStatus(ok ? '200 OK' : '503 Service Unavailable').end(ok ? 'ok\n' : 'not ready\n');
+  });
+  app.any('/*', (res) => void res.writeStatus('404 Not Found').end('not found\n'));
+  return app;
+}
+
+export async function serve(config: Config): Promise<RunningServer> {
+  setLogLevel(config.logLevel);
+  const index = new ContentIndex(config.indexMaxEntries);
+  const source = await createSource(config, index);
+  const pool: BlobPool = createPool(config.workers);
+  let sourceStarted = false;
+  let closing = false;
+  const ready = () => !closing && sourceStarted && source.healthy();
+  const registry = new Registry({ config, source, pool, log: log.child({ component: 'registry' }), ready });
+  const metrics = metricsApp(ready);
+
+  const registryPort = await registry.listen(config.registryAddr.host, config.registryAddr.port);
+  const metricsSock = await listenApp(metrics, config.metricsAddr.host, config.metricsAddr.port, 'metrics');
+  const metricsPort = us_socket_local_port(metricsSock);
+  log.info('listening', { registryPort, metricsPort, store: config.store.kind, workers: pool.threads });
+
+  const sourceReady = startSource(source, () => closing).then((ok) => {
+    sourceStarted = ok;
+    if (ok) log.info('content source ready', { source: source.kind, digests: index.digestCount, tags: index.tagCount });
+  });
+
+  return {
+    registryPort,
+    metricsPort,
+    source,
+    registry,
+    async close() {
+      if (closing) return;
+      closing = true;
+      log.info('shutting down', { inflight: registry.inflightCount, graceMs: config.shutdownGrace });
+      await registry.shutdown(config.shutdownGrace);
+      us_listen_socket_close(metricsSock);
+      metrics.close();
+      await sourceReady.catch(() => undefined);
+      await source.stop();
+      await pool.destroy();
+      log.info('stopped');
+    },
+  };
+}

@@ -1,0 +1,204 @@
+// Piscina tasks that move blob bytes off the main thread.
+// readBlob streams a byte range over a MessagePort as transferred ArrayBuffers, sending only as
+// many chunks as the main thread has granted credit for, so a slow client never makes the process
+// buffer more than credits x chunkSize for its transfer.
+
+import { open, type FileHandle } from 'node:fs/promises';
+import type { MessagePort } from 'node:worker_threads';
+import type {
+  BlobLocation,
+  ReadBlobTask,
+  ReadSmallResult,
+  ReadSmallTask,
+  StreamFromWorker,
+  StreamToWorker,
+} from '../shared/messages.js';
+
+// gRPC is loaded only when content must come through containerd's API (file reads are the norm).
+async function readContent(...args: Parameters<typeof import('./containerd-read.js').readContent>) {
+  const mod = await import('./containerd-read.js');
+  return mod.readContent(...args);
+}
+
+function isMissing(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  // ENOENT: garbage collected. NotFound from containerd's gRPC (code 5) means the same.
+  return code === 'ENOENT' || (err as { code?: unknown } | undefined)?.code === 5;
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Waits for credit; resolves false when the transfer is cancelled or the port closes. */
+class Credit {
+  private available: number;
+  private cancelled = false;
+  private wake: (() => void) | null = null;
+
+  constructor(initial: number, port: MessagePort) {
+    this.available = initial;
+    port.on('message', (m: StreamToWorker) => {
+      if (m.type === 'credit') this.available += m.n;
+      else if (m.type === 'cancel') this.cancelled = true;
+      this.wake?.();
+    });
+    port.on('close', () => {
+      this.cancelled = true;
+      this.wake?.();
+    });
+  }
+
+  async take(): Promise<boolean> {
+    while (!this.cancelled && this.available <= 0) {
+      await new Promise<void>((resolve) => (this.wake = resolve));
+      this.wake = null;
+    }
+    if (this.cancelled) return false;
+    this.available--;
+    return true;
+  }
+
+  get isCancelled(): boolean {
+    return this.cancelled;
+  }
+}
+
+async function openFile(path: string, size: number): Promise<FileHandle> {
+  const fh = await open(path, 'r');
+  try {
+    const st = await fh.stat();
+    // A size mismatch means the file is not the content we indexed (torn write, replaced): treat as gone.
+    if (st.size !== size) {
+      const e = new Error(`content file ${path} has size ${st.size}, expected ${size}`) as NodeJS.ErrnoException;
+      e.code = 'ENOENT';
+      throw e;
+    }
+    return fh;
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+}
+
+async function streamFile(task: ReadBlobTask, path: string, port: MessagePort, credit: Credit): Promise<number> {
+  const fh = await openFile(path, task.size);
+  let sent = 0;
+  try {
+    port.postMessage({ type: 'open' } satisfies StreamFromWorker);
+    let pos = task.start;
+    while (pos < task.end) {
+      if (!(await credit.take())) return sent;
+      const n = Math.min(task.chunkSize, task.end - pos);
+      // A fresh buffer per chunk: it is transferred (detached here), never copied.
+      const buf = new Uint8Array(new ArrayBuffer(n));
+      let filled = 0;
+      while (filled < n) {
+        const { bytesRead } = await fh.read(buf, filled, n - filled, pos + filled);
+        if (bytesRead === 0) throw new Error(`content file ${path} ended at ${pos + filled}, expected ${task.end}`);
+        filled += bytesRead;
+      }
+      port.postMessage({ type: 'chunk', data: buf.buffer } satisfies StreamFromWorker, [buf.buffer]);
+      pos += n;
+      sent += n;
+    }
+    return sent;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function streamContainerd(task: ReadBlobTask, loc: Extract<BlobLocation, { kind: 'containerd' }>, port: MessagePort, credit: Credit): Promise<number> {
+  let sent = 0;
+  let opened = false;
+  // gRPC messages are whatever size containerd picks; re-cut them to chunkSize so credits mean bytes.
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  const flush = async (all: boolean): Promise<boolean> => {
+    while (pendingBytes >= task.chunkSize || (all && pendingBytes > 0)) {
+      const n = Math.min(task.chunkSize, pendingBytes);
+      if (!(await credit.take())) return false;
+      const out = new Uint8Array(new ArrayBuffer(n));
+      let filled = 0;
+      while (filled < n) {
+        const head = pending[0]!;
+        const take = Math.min(head.length, n - filled);
+        out.set(head.subarray(0, take), filled);
+        filled += take;
+        if (take === head.length) pending.shift();
+        else pending[0] = head.subarray(take);
+      }
+      pendingBytes -= n;
+      port.postMessage({ type: 'chunk', data: out.buffer } satisfies StreamFromWorker, [out.buffer]);
+      sent += n;
+    }
+    return true;
+  };
+  for await (const piece of await readContent(loc.socket, loc.namespace, loc.digest, task.start, task.end)) {
+    if (!opened) {
+      port.postMessage({ type: 'open' } satisfies StreamFromWorker);
+      opened = true;
+    }
+    pending.push(piece);
+    pendingBytes += piece.length;
+    if (!(await flush(false))) return sent;
+  }
+  if (!opened) port.postMessage({ type: 'open' } satisfies StreamFromWorker);
+  await flush(true);
+  pending = [];
+  return sent;
+}
+
+/** Streams [start, end) of a blob; resolves with the bytes sent. Never throws: errors go over the port. */
+export async function readBlob(task: ReadBlobTask): Promise<number> {
+  const { port } = task;
+  const credit = new Credit(task.credits, port);
+  try {
+    const sent =
+      task.location.kind === 'file'
+        ? await streamFile(task, task.location.path, port, credit)
+        : await streamContainerd(task, task.location, port, credit);
+    if (!credit.isCancelled) {
+      if (sent !== task.end - task.start) throw new Error(`short read: ${sent} of ${task.end - task.start} bytes`);
+      port.postMessage({ type: 'end' } satisfies StreamFromWorker);
+    }
+    return sent;
+  } catch (err) {
+    port.postMessage({ type: 'error', missing: isMissing(err), error: describe(err) } satisfies StreamFromWorker);
+    return 0;
+  } finally {
+    port.close();
+  }
+}
+
+/** Reads a whole small blob (manifests, configs) in one go. */
+export async function readSmall(task: ReadSmallTask): Promise<ReadSmallResult> {
+  try {
+    if (task.location.kind === 'file') {
+      const fh = await openFile(task.location.path, task.size);
+      try {
+        const buf = new Uint8Array(new ArrayBuffer(task.size));
+        let filled = 0;
+        while (filled < task.size) {
+          const { bytesRead } = await fh.read(buf, filled, task.size - filled, filled);
+          if (bytesRead === 0) throw new Error(`content file ${task.location.path} is shorter than ${task.size}`);
+          filled += bytesRead;
+        }
+        return { ok: true, bytes: buf.buffer };
+      } finally {
+        await fh.close();
+      }
+    }
+    const buf = new Uint8Array(new ArrayBuffer(task.size));
+    let filled = 0;
+    for await (const piece of await readContent(task.location.socket, task.location.namespace, task.location.digest, 0, task.size)) {
+      if (filled + piece.length > task.size) throw new Error(`containerd returned more than ${task.size} bytes`);
+      buf.set(piece, filled);
+      filled += piece.length;
+    }
+    if (filled !== task.size) throw new Error(`containerd returned ${filled} of ${task.size} bytes`);
+    return { ok: true, bytes: buf.buffer };
+  } catch (err) {
+    return { ok: false, missing: isMissing(err), error: describe(err) };
+  }
+}

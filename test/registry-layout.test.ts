@@ -1,0 +1,86 @@
+// The registry front end on the embedded OCI-layout store, through a real `peerpull serve` process.
+
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, unlink } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
+import { get } from './support/http.js';
+import { startPeerpull, type PeerpullProcess } from './support/peerpull.js';
+import { registryContract, type ContractContext } from './support/registry-contract.js';
+
+describe('registry on an OCI layout', () => {
+  let dir: string;
+  let pp: PeerpullProcess;
+  let single: GeneratedImage;
+  let multi: GeneratedImage;
+  let extra: GeneratedImage;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'peerpull-layout-'));
+    single = await generateImage(dir, { name: 'docker.io/library/contract-single:v1', layerSizes: [3 * 1024 * 1024 + 17, 64 * 1024, 1] });
+    multi = await generateImage(dir, {
+      name: 'ghcr.io/peerpull/contract-multi:v2',
+      layerSizes: [200 * 1024, 10],
+      platforms: [
+        { os: 'linux', architecture: 'amd64' },
+        { os: 'linux', architecture: 'arm64', variant: 'v8' },
+      ],
+    });
+    extra = await generateImage(dir, { name: 'docker.io/library/doomed:gc', layerSizes: [100_000] });
+    pp = await startPeerpull({ PEERPULL_STORE: `oci-layout:${dir}`, PEERPULL_CHUNK_SIZE: '64Ki', PEERPULL_RESYNC_INTERVAL: '1s' });
+    await pp.waitForLog((l) => l.msg === 'content source ready');
+  });
+
+  after(async () => {
+    await pp?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  registryContract((): ContractContext => ({ url: pp.url, port: pp.registryPort, single, multi, layout: dir }));
+
+  test('a blob deleted behind our back (GC) is a 404, not a 500, for HEAD and GET', async () => {
+    const layer = extra.manifests[0]!.layers[0]!;
+    const url = `${pp.url}/v2/library/doomed/blobs/${layer.digest}?ns=docker.io`;
+    assert.equal((await get(url)).status, 200);
+    await unlink(path.join(dir, 'blobs', 'sha256', layer.digest.slice(7)));
+    assert.equal((await get(url, {}, 'HEAD')).status, 404);
+    const r = await get(url);
+    assert.equal(r.status, 404);
+    assert.equal(JSON.parse(r.body.toString()).errors[0].code, 'BLOB_UNKNOWN');
+  });
+
+  test('metrics endpoint exposes request counts and index size; probes answer', async () => {
+    const m = await get(`${pp.metricsUrl}/metrics`);
+    assert.equal(m.status, 200);
+    const text = m.body.toString();
+    assert.match(text, /peerpull_http_requests_total\{route="blobs",method="GET",code="200"\} \d+/);
+    assert.match(text, /peerpull_index_entries\{kind="digest"\} [1-9]/);
+    assert.match(text, /peerpull_bytes_served_total\{route="blobs"\} [1-9]/);
+    assert.equal((await get(`${pp.url}/readyz`)).status, 200);
+    assert.equal((await get(`${pp.url}/livez`)).status, 200);
+    assert.equal((await get(`${pp.metricsUrl}/readyz`)).status, 200);
+  });
+});
+
+describe('configuration errors', () => {
+  const cases: [string, Record<string, string>, RegExp][] = [
+    ['bad address', { PEERPULL_REGISTRY_ADDR: 'nonsense' }, /PEERPULL_REGISTRY_ADDR/],
+    ['bad store', { PEERPULL_STORE: 'redis:x' }, /PEERPULL_STORE/],
+    ['bad duration', { PEERPULL_RESYNC_INTERVAL: '10 minutes' }, /PEERPULL_RESYNC_INTERVAL/],
+    ['bad size', { PEERPULL_CHUNK_SIZE: '1Ti' }, /PEERPULL_CHUNK_SIZE/],
+    ['relative socket', { PEERPULL_CONTAINERD_SOCK: 'run/c.sock' }, /PEERPULL_CONTAINERD_SOCK/],
+    ['typo in a variable name', { PEERPULL_REGISTRY_ADR: ':5000' }, /PEERPULL_REGISTRY_ADR: unknown setting/],
+  ];
+  for (const [name, env, re] of cases) {
+    test(`${name}: exit 2 with a message naming the variable`, async () => {
+      const r = await startPeerpull(env).then(
+        () => assert.fail('should not start'),
+        (err: Error) => err.message,
+      );
+      assert.match(r, re);
+      assert.match(r, /exited \(2\)/);
+    });
+  }
+});

@@ -1,0 +1,59 @@
+// HTTP clients for tests: undici for ordinary requests, and a raw socket client for paths and
+// headers that a normal client would normalise or refuse to send.
+
+import { createHash } from 'node:crypto';
+import net from 'node:net';
+import { request } from 'undici';
+
+export interface Response {
+  status: number;
+  headers: Record<string, string>;
+  body: Buffer;
+}
+
+export async function get(url: string, headers: Record<string, string> = {}, method: 'GET' | 'HEAD' = 'GET'): Promise<Response> {
+  const r = await request(url, { method, headers });
+  const body = Buffer.from(await r.body.arrayBuffer());
+  const h: Record<string, string> = {};
+  for (const [k, v] of Object.entries(r.headers)) h[k] = Array.isArray(v) ? v.join(', ') : String(v);
+  return { status: r.statusCode, headers: h, body };
+}
+
+export function sha256(b: Uint8Array): string {
+  return 'sha256:' + createHash('sha256').update(b).digest('hex');
+}
+
+/** Sends `raw` as-is and reads until the server closes (send `Connection: close`). */
+export function rawRequest(port: number, raw: string | Buffer, host = '127.0.0.1', timeoutMs = 5000): Promise<Response> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, host);
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error('raw request timed out'));
+    }, timeoutMs);
+    sock.on('data', (d) => chunks.push(d));
+    sock.on('error', (e) => {
+      // A reset after the server answered is fine; without an answer it is a failure.
+      if (chunks.length === 0) {
+        clearTimeout(timer);
+        reject(e);
+      }
+    });
+    sock.on('close', () => {
+      clearTimeout(timer);
+      const all = Buffer.concat(chunks);
+      const end = all.indexOf('\r\n\r\n');
+      if (end < 0) return resolve({ status: 0, headers: {}, body: all });
+      const head = all.subarray(0, end).toString('latin1').split('\r\n');
+      const status = Number(head[0]!.split(' ')[1]);
+      const headers: Record<string, string> = {};
+      for (const line of head.slice(1)) {
+        const i = line.indexOf(':');
+        if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+      }
+      resolve({ status, headers, body: all.subarray(end + 4) });
+    });
+    sock.write(raw);
+  });
+}

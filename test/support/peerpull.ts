@@ -1,0 +1,115 @@
+// Starts a real `peerpull serve` process for tests and stops it by PID.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const CLI = path.join(REPO_ROOT, 'dist/src/main/cli.js');
+
+export interface PeerpullProcess {
+  child: ChildProcess;
+  registryPort: number;
+  metricsPort: number;
+  url: string;
+  metricsUrl: string;
+  /** Every log line so far, parsed. */
+  logs: Record<string, unknown>[];
+  stderr(): string;
+  waitForLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of running) if (c.exitCode === null) c.kill('SIGKILL');
+});
+
+/** Starts `peerpull <args>` with the given environment (merged over a clean base). */
+export async function startPeerpull(env: Record<string, string>, args: string[] = ['serve'], host = '127.0.0.1'): Promise<PeerpullProcess> {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PEERPULL_REGISTRY_ADDR: `${host}:0`, PEERPULL_METRICS_ADDR: `${host}:0`, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  child.on('exit', () => running.delete(child));
+  const logs: Record<string, unknown>[] = [];
+  let err = '';
+  const waiters = new Set<() => void>();
+  let buf = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      try {
+        logs.push(JSON.parse(line));
+      } catch {
+        logs.push({ raw: line });
+      }
+      for (const w of waiters) w();
+    }
+  });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const waitForLog = (pred: (l: Record<string, unknown>) => boolean, timeoutMs = 15_000) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const check = () => {
+        const hit = logs.find(pred);
+        if (hit) {
+          cleanup();
+          resolve(hit);
+        }
+      };
+      const onExit = () => {
+        cleanup();
+        reject(new Error(`peerpull exited (${child.exitCode}) before the expected log line; stderr: ${err}; logs: ${JSON.stringify(logs.slice(-5))}`));
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`timed out waiting for a log line; stderr: ${err}; last logs: ${JSON.stringify(logs.slice(-5))}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        waiters.delete(check);
+        child.off('exit', onExit);
+      };
+      waiters.add(check);
+      child.on('exit', onExit);
+      check();
+    });
+  const listening = await waitForLog((l) => l.msg === 'listening');
+  const registryPort = listening.registryPort as number;
+  const metricsPort = listening.metricsPort as number;
+  const hostPart = host.includes(':') ? `[${host}]` : host;
+  return {
+    child,
+    registryPort,
+    metricsPort,
+    url: `http://${hostPart}:${registryPort}`,
+    metricsUrl: `http://${hostPart}:${metricsPort}`,
+    logs,
+    stderr: () => err,
+    waitForLog,
+    stop: (signal = 'SIGTERM') =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
+        const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        child.once('exit', (code) => {
+          clearTimeout(t);
+          resolve(code);
+        });
+        child.kill(signal);
+      }),
+  };
+}
+
+/** Polls until `fn` returns true or the deadline passes. */
+export async function eventually(fn: () => Promise<boolean> | boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await fn()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
