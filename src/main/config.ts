@@ -4,6 +4,8 @@
 
 import os from 'node:os';
 import path from 'node:path';
+import { isIP } from 'node:net';
+import { registryNameProblem } from './hosts-config.js';
 
 export class ConfigError extends Error {
   constructor(readonly variable: string, message: string) {
@@ -189,6 +191,49 @@ function parseOptionalAbsolutePath(raw: string, variable: string): string {
   return raw.trim() === '' ? '' : parseAbsolutePath(raw.trim(), variable);
 }
 
+// ---- containerd mirror configuration parsers (owner: configure/cleanup) ----
+
+function parseMirroredRegistries(raw: string, variable: string): string[] {
+  const items = [...new Set(raw.split(',').map((x) => x.trim().toLowerCase()).filter(Boolean))];
+  for (const it of items) {
+    const problem = registryNameProblem(it);
+    if (problem) throw new ConfigError(variable, `registry ${JSON.stringify(it.slice(0, 300))} ${problem}`);
+  }
+  return items;
+}
+
+function parseNodeIp(raw: string, variable: string): string {
+  const t = raw.trim();
+  if (t !== '' && isIP(t) === 0) throw new ConfigError(variable, `"${raw}" is not an IP address`);
+  return t;
+}
+
+/** Comma-separated http(s) URLs of further mirrors, tried after this node's peerpull in the given order. */
+function parseMirrorTargets(raw: string, variable: string): string[] {
+  const out: string[] = [];
+  for (const it of raw.split(',').map((x) => x.trim()).filter(Boolean)) {
+    let u: URL;
+    try {
+      u = new URL(it);
+    } catch {
+      throw new ConfigError(variable, `"${it}" is not a URL (e.g. http://10.0.0.5:30500)`);
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ConfigError(variable, `"${it}" must be an http:// or https:// URL`);
+    if (u.username || u.password) throw new ConfigError(variable, `"${it}" must not carry credentials`);
+    if (u.search || u.hash) throw new ConfigError(variable, `"${it}" must not have a query or fragment`);
+    const url = `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}`;
+    if (!out.includes(url)) out.push(url);
+  }
+  return out;
+}
+
+function parseOnOff(raw: string, variable: string): boolean {
+  const t = raw.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(t)) return true;
+  if (['false', '0', 'no', 'off'].includes(t)) return false;
+  throw new ConfigError(variable, `"${raw}" must be true or false`);
+}
+
 // ---- the settings ----
 
 export const settings = {
@@ -232,6 +277,49 @@ export const settings = {
   ),
   shutdownGrace: setting('SHUTDOWN_GRACE', '10s', 'On SIGTERM, how long in-flight transfers may run before they are cut.', durationIn(0, 600_000)),
   logLevel: setting('LOG_LEVEL', 'info', 'Least severe log level written: debug, info, warn or error.', parseLogLevel),
+  // ---- containerd mirror configuration (owner: configure/cleanup) ----
+  containerdConfigPath: setting(
+    'CONTAINERD_CONFIG_PATH',
+    '/etc/containerd/certs.d',
+    'containerd registry `config_path` where `peerpull configure` writes `<registry>/hosts.toml` (and `cleanup` restores the previous files).',
+    parseAbsolutePath,
+  ),
+  mirroredRegistries: setting(
+    'MIRRORED_REGISTRIES',
+    '',
+    'Comma-separated registry hosts peerpull mirrors (e.g. `docker.io,ghcr.io,registry.k8s.io`); empty: all registries, through `_default`.',
+    parseMirroredRegistries,
+  ),
+  nodeIp: setting(
+    'NODE_IP',
+    '',
+    'IP of this node; `configure` points containerd at `http://<NODE_IP>:<registry port>` (the chart sets it from `status.hostIP`). Required by `configure`.',
+    parseNodeIp,
+  ),
+  mirrorTargets: setting(
+    'MIRROR_TARGETS',
+    '',
+    'Comma-separated further mirror URLs containerd tries after this node\'s peerpull and before the upstream, in order (e.g. a NodePort fallback `http://10.0.0.5:30500`).',
+    parseMirrorTargets,
+  ),
+  resolveTags: setting(
+    'RESOLVE_TAGS',
+    'true',
+    'Whether containerd may resolve tags through peerpull (`capabilities = ["pull", "resolve"]`); false: digests only (`["pull"]`), tags always go upstream.',
+    parseOnOff,
+  ),
+  keepExistingHosts: setting(
+    'KEEP_EXISTING_HOSTS',
+    'true',
+    'Whether mirrors (`[host]` tables) of an existing hosts.toml are kept after peerpull\'s, with their certificate files; the existing `server` is always kept.',
+    parseOnOff,
+  ),
+  mirrorDialTimeout: setting(
+    'MIRROR_DIAL_TIMEOUT',
+    '200ms',
+    '`dial_timeout` written for peerpull\'s hosts: how fast containerd gives up connecting and falls back when peerpull is down.',
+    durationIn(1, 60_000),
+  ),
   // ---- p2p thread settings (owner: p2p thread) ----
   p2pAddr: setting('P2P_ADDR', ':5001', 'Address the libp2p node (DHT routing only; blobs go over HTTP) listens on. Every node of a cluster uses the same port.', parseListenAddress),
   advertiseIp: setting(
