@@ -84,3 +84,43 @@ describe('configuration errors', () => {
     });
   }
 });
+
+describe('graceful shutdown', () => {
+  test('SIGTERM stops accepting, lets an in-flight download finish, then exits 0', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'peerpull-shutdown-'));
+    let pp: PeerpullProcess | undefined;
+    try {
+      const img = await generateImage(dir, { name: 'docker.io/library/big:1', layerSizes: [24 * 1024 * 1024] });
+      pp = await startPeerpull({ PEERPULL_STORE: `oci-layout:${dir}`, PEERPULL_SHUTDOWN_GRACE: '20s', PEERPULL_CHUNK_SIZE: '64Ki', PEERPULL_STREAM_CREDITS: '2' });
+      await pp.waitForLog((l) => l.msg === 'content source ready');
+      const layer = img.manifests[0]!.layers[0]!;
+      // A slow reader: pauses after every chunk so the transfer is still running at SIGTERM.
+      const { request } = await import('undici');
+      const r = await request(`${pp.url}/v2/library/big/blobs/${layer.digest}`, { highWaterMark: 64 * 1024 } as never);
+      assert.equal(r.statusCode, 200);
+      const hash = (await import('node:crypto')).createHash('sha256');
+      let got = 0;
+      let signalled = false;
+      const exit = new Promise<number | null>((resolve) => pp!.child.once('exit', (c) => resolve(c)));
+      for await (const chunk of r.body) {
+        hash.update(chunk as Buffer);
+        got += (chunk as Buffer).length;
+        if (!signalled && got > 1024 * 1024) {
+          signalled = true;
+          pp.child.kill('SIGTERM');
+          await pp.waitForLog((l) => l.msg === 'shutting down');
+          // New connections are refused once shutdown has begun.
+          await assert.rejects(get(`${pp.url}/v2/`));
+        }
+        await new Promise((res) => setTimeout(res, 2));
+      }
+      assert.ok(signalled, 'SIGTERM was sent mid-transfer');
+      assert.equal(got, layer.size);
+      assert.equal('sha256:' + hash.digest('hex'), layer.digest);
+      assert.equal(await exit, 0);
+    } finally {
+      await pp?.stop('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

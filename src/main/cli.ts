@@ -78,7 +78,7 @@ async function runDemo(dir: string, env: NodeJS.ProcessEnv, flags: Record<string
       `peerpull is serving ${layout} on port ${port}. Try:`,
       `  curl -sI 'http://127.0.0.1:${port}/v2/library/peerpull-demo/manifests/latest?ns=docker.io'`,
       `  curl -s  'http://127.0.0.1:${port}/v2/library/peerpull-demo/manifests/${index.manifests[0]?.digest ?? '<digest>'}?ns=docker.io'`,
-      `  curl -s  'http://127.0.0.1:${port}/metrics' (metrics are on ${config.metricsAddr.port})`,
+      `  curl -s  'http://127.0.0.1:${config.metricsAddr.port}/metrics'`,
       'Stop with Ctrl-C.',
       '',
     ].join('\n'),

@@ -83,6 +83,10 @@ export class Registry {
     const deadline = Date.now() + graceMs;
     while (this.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.streams) s.cut();
+    // The last bytes of a finished transfer may still sit in socket buffers a slow client has not
+    // drained: give it a moment before the connections are closed under it.
+    const linger = Math.min(1000, Math.max(0, deadline - Date.now()));
+    if (linger > 0) await new Promise((r) => setTimeout(r, linger));
     this.app.close();
   }
 
