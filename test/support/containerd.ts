@@ -1,0 +1,302 @@
+// A real containerd for tests: a plain background process with its own root, state and socket in a
+// temp dir, driven with `ctr -a <socket>`. No systemd, nothing outside the temp dir. A missing
+// containerd is a loud error: integration tests must never skip silently.
+
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile, access } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { generateImage, writeLayoutTar, type GeneratedImage, type ImageSpec } from '../../src/main/image-generator.js';
+
+const execFileP = promisify(execFile);
+
+export const NAMESPACE = 'k8s.io';
+
+export interface Containerd {
+  /** The temp dir holding config, root, state and the socket. */
+  dir: string;
+  socket: string;
+  root: string;
+  /** The content store directory (`<root>/io.containerd.content.v1.content`). */
+  contentPath: string;
+  /** `overlayfs` when this sandbox can mount it, else `native`. */
+  snapshotter: string;
+  pid(): number | undefined;
+  /** Runs `ctr -a <socket> <args>`; rejects with stderr in the message on failure. */
+  ctr(args: string[]): Promise<{ stdout: string; stderr: string }>;
+  /**
+   * Kills containerd but keeps its files: `restart()` brings it back. SIGTERM (the default) is a
+   * clean shutdown; SIGKILL is a crash.
+   */
+  kill(signal?: 'SIGTERM' | 'SIGKILL'): Promise<void>;
+  /** Starts containerd again on the same root and socket. */
+  restart(): Promise<void>;
+  /** Kills containerd by PID and removes the temp dir. */
+  stop(): Promise<void>;
+}
+
+// Plugins a content/image test never needs; dropping them makes startup fast and keeps containerd
+// from touching anything outside its temp dir (`opt` would create /opt/containerd).
+const DISABLED_PLUGINS = [
+  'io.containerd.grpc.v1.cri',
+  'io.containerd.internal.v1.opt',
+  'io.containerd.snapshotter.v1.aufs',
+  'io.containerd.snapshotter.v1.btrfs',
+  'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.zfs',
+  'io.containerd.runtime.v1.linux',
+  'io.containerd.tracing.processor.v1.otlp',
+  'io.containerd.internal.v1.tracing',
+];
+
+const live = new Map<number, ChildProcess>();
+const dirs = new Set<string>();
+
+// Last line of defence when a test crashes: no containerd and no temp dir may outlive the run.
+process.on('exit', () => {
+  for (const [pid] of live) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  for (const d of dirs) {
+    unmountUnder(d);
+    rmSync(d, { recursive: true, force: true });
+  }
+});
+
+/**
+ * Unpacking mounts snapshots only for a moment, but a containerd killed mid-unpack can leave one
+ * behind, and a mount under the temp dir would make its removal fail (EBUSY) or reach into it.
+ */
+function unmountUnder(dir: string): void {
+  let mounts: string;
+  try {
+    mounts = readFileSync('/proc/self/mounts', 'utf8');
+  } catch {
+    return;
+  }
+  const points = mounts
+    .split('\n')
+    .map((l) => l.split(' ')[1] ?? '')
+    .filter((mp) => mp.startsWith(dir + '/'))
+    .sort((a, b) => b.length - a.length);
+  for (const mp of points) {
+    try {
+      execFileSync('umount', ['-l', mp]);
+    } catch {
+      // best effort: rm reports what is left
+    }
+  }
+}
+
+let binaryChecked: Promise<void> | undefined;
+
+/** Throws a loud error when containerd or ctr is not installed. */
+export function requireContainerd(): Promise<void> {
+  binaryChecked ??= (async () => {
+    for (const bin of ['containerd', 'ctr']) {
+      try {
+        await execFileP(bin, ['--version']);
+      } catch (err) {
+        throw new Error(
+          `${bin} is not installed or does not run (${(err as Error).message}). The containerd integration tests need it: ` +
+            'install the Debian package `containerd` (apt-get install -y containerd). These tests never skip.',
+        );
+      }
+    }
+  })();
+  return binaryChecked;
+}
+
+function configToml(dir: string, socket: string): string {
+  const q = (s: string) => JSON.stringify(s);
+  return [
+    'version = 2',
+    `root = ${q(path.join(dir, 'root'))}`,
+    `state = ${q(path.join(dir, 'state'))}`,
+    `temp = ${q(path.join(dir, 'tmp'))}`,
+    `disabled_plugins = [${DISABLED_PLUGINS.map(q).join(', ')}]`,
+    '',
+    '[grpc]',
+    `  address = ${q(socket)}`,
+    '',
+    '[ttrpc]',
+    `  address = ${q(socket + '.ttrpc')}`,
+    '',
+    '[debug]',
+    '  address = ""',
+    '  level = "info"',
+    '',
+    '[metrics]',
+    '  address = ""',
+    '',
+  ].join('\n');
+}
+
+async function exists(p: string): Promise<boolean> {
+  return access(p).then(() => true, () => false);
+}
+
+export interface StartOptions {
+  /** Prefix of the temp dir name. */
+  name?: string;
+}
+
+/** Starts a containerd in a fresh temp dir and waits until its socket answers. */
+export async function startContainerd(opts: StartOptions = {}): Promise<Containerd> {
+  await requireContainerd();
+  // Unix socket paths are limited to 108 bytes: keep the dir short, under /tmp.
+  const dir = await mkdtemp(path.join(os.tmpdir(), `${opts.name ?? 'ppctd'}-`));
+  dirs.add(dir);
+  const socket = path.join(dir, 'containerd.sock');
+  const root = path.join(dir, 'root');
+  const configFile = path.join(dir, 'config.toml');
+  await writeFile(configFile, configToml(dir, socket));
+  const logFile = path.join(dir, 'containerd.log');
+  let proc: ChildProcess | undefined;
+  let snapshotter = 'native';
+
+  const ctr = async (args: string[]) => {
+    try {
+      return await execFileP('ctr', ['-a', socket, ...args], {
+        env: { ...process.env, CONTAINERD_SNAPSHOTTER: snapshotter },
+        maxBuffer: 64 * 1024 * 1024,
+      });
+    } catch (err) {
+      const e = err as Error & { stderr?: string };
+      throw new Error(`ctr ${args.join(' ')} failed: ${(e.stderr ?? '').trim() || e.message}`);
+    }
+  };
+
+  const launch = async () => {
+    // Sync open of the log file is fine here: test setup, not a serving path.
+    const fd = openSync(logFile, 'a');
+    const child = spawn('containerd', ['--config', configFile], { stdio: ['ignore', fd, fd], detached: false });
+    closeSync(fd);
+    const pid = child.pid;
+    if (pid === undefined) throw new Error('containerd did not start (no pid)');
+    live.set(pid, child);
+    let exited: string | undefined;
+    child.once('exit', (code, signal) => {
+      exited = `exit code ${code} signal ${signal}`;
+      live.delete(pid);
+    });
+    proc = child;
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      if (exited) throw new Error(`containerd exited during startup (${exited}); log:\n${await tail(logFile)}`);
+      if (await exists(socket)) {
+        try {
+          await execFileP('ctr', ['-a', socket, 'version'], { timeout: 5000 });
+          return;
+        } catch {
+          // socket exists but the gRPC server is not serving yet
+        }
+      }
+      if (Date.now() > deadline) {
+        await killProc(child);
+        throw new Error(`containerd did not answer on ${socket} within 30s; log:\n${await tail(logFile)}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  try {
+    await launch();
+    // overlayfs reports "ok" only when a test mount worked; nested container sandboxes often refuse it.
+    const { stdout } = await ctr(['plugins', 'ls']);
+    const overlay = stdout.split('\n').find((l) => /\bio\.containerd\.snapshotter\.v1\s+overlayfs\b/.test(l));
+    snapshotter = overlay && /\bok\s*$/.test(overlay) ? 'overlayfs' : 'native';
+  } catch (err) {
+    if (proc) await killProc(proc);
+    dirs.delete(dir);
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+
+  const handle: Containerd = {
+    dir,
+    socket,
+    root,
+    contentPath: path.join(root, 'io.containerd.content.v1.content'),
+    get snapshotter() {
+      return snapshotter;
+    },
+    pid: () => proc?.pid,
+    ctr,
+    kill: async (signal = 'SIGTERM') => {
+      if (proc) await killProc(proc, signal);
+    },
+    restart: async () => {
+      if (proc) await killProc(proc);
+      await launch();
+    },
+    stop: async () => {
+      if (proc) await killProc(proc);
+      proc = undefined;
+      dirs.delete(dir);
+      unmountUnder(dir);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  return handle;
+}
+
+/** Signals by PID (SIGKILL after 10 s if still there); resolves once the process is gone. */
+async function killProc(child: ChildProcess, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
+  const pid = child.pid;
+  if (pid === undefined || child.exitCode !== null || child.signalCode !== null) {
+    if (pid !== undefined) live.delete(pid);
+    return;
+  }
+  const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  process.kill(pid, signal);
+  const timer = setTimeout(() => {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // exited meanwhile
+    }
+  }, 10_000);
+  await gone;
+  clearTimeout(timer);
+  live.delete(pid);
+}
+
+async function tail(file: string): Promise<string> {
+  try {
+    const text = await readFile(file, 'utf8');
+    return text.split('\n').slice(-40).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+export interface ImportOptions {
+  /** Import every platform of an index (`--all-platforms`); otherwise only the host's. */
+  allPlatforms?: boolean;
+  namespace?: string;
+}
+
+/** Imports generated images with `ctr images import` (one tar for all of them). */
+export async function importImages(ctd: Containerd, layout: string, images: GeneratedImage[], opts: ImportOptions = {}): Promise<void> {
+  const tar = path.join(ctd.dir, `import-${process.hrtime.bigint()}.tar`);
+  await writeLayoutTar(layout, images, tar);
+  try {
+    await ctd.ctr(['-n', opts.namespace ?? NAMESPACE, 'images', 'import', ...(opts.allPlatforms ? ['--all-platforms'] : []), tar]);
+  } finally {
+    await rm(tar, { force: true });
+  }
+}
+
+/** Generates an image into `layout` and imports it. */
+export async function makeImage(ctd: Containerd, layout: string, spec: ImageSpec, opts: ImportOptions = {}): Promise<GeneratedImage> {
+  const img = await generateImage(layout, spec);
+  await importImages(ctd, layout, [img], opts);
+  return img;
+}
