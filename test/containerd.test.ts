@@ -265,6 +265,22 @@ test('containerd content source on a real containerd', { timeout: 600_000 }, asy
       assert.deepEqual(again, { added: [], removed: [] });
     });
 
+    await t.test('an explicit content delete (no GC) removes the digest through its event', async () => {
+      // A long resync interval proves the event did it, not a resync.
+      const slowIndex = new ContentIndex(10_000);
+      const slow = new ContainerdSource(
+        loadConfig({ PEERPULL_CONTAINERD_SOCK: ctd.socket, PEERPULL_CONTENT_PATH: ctd.contentPath, PEERPULL_RESYNC_INTERVAL: '1h' }),
+        slowIndex,
+      );
+      sources.push(slow);
+      await slow.start();
+      const victim = full.manifests[1]!.layers[0]!.digest;
+      assert.ok(slowIndex.get(victim));
+      await ctd.ctr(['-n', NAMESPACE, 'content', 'rm', victim]);
+      await until('deleted blob leaves the index', () => slowIndex.get(victim) === undefined);
+      await slow.stop();
+    });
+
     await t.test('a malformed manifest is logged and skipped, never a crash', async () => {
       const bad = await importMalformed(ctd, layout);
       await until('malformed image indexed', () => index.resolveTag(bad.key) === bad.digest);

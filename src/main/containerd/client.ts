@@ -123,12 +123,13 @@ function ignore(): void {}
 const UNARY_TIMEOUT_MS = 10_000;
 
 // The default reconnect backoff grows to 120 s; a restarted containerd must be found in seconds.
+// No keepalive pings: over a unix socket a dead daemon closes the connection at once, and
+// containerd's gRPC server (Go defaults) answers pings more often than every 5 minutes with
+// GOAWAY too_many_pings, which would drop the event stream.
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.initial_reconnect_backoff_ms': 200,
   'grpc.max_reconnect_backoff_ms': 3000,
   'grpc.max_receive_message_length': 32 * 1024 * 1024,
-  'grpc.keepalive_time_ms': 30_000,
-  'grpc.keepalive_timeout_ms': 10_000,
 };
 
 type Unary = (req: object, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: any) => void) => grpc.ClientUnaryCall;

@@ -32,6 +32,7 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_DEPTH = 4;
 const RECONNECT_MIN_MS = 200;
 const RECONNECT_MAX_MS = 5000;
+const STOP_WAIT_MS = 2000;
 
 type Lookup = (digest: Digest) => Promise<ContentInfo | undefined>;
 
@@ -60,8 +61,14 @@ export class ContainerdSource implements ContentSource {
   private filesReadable = false;
   /** Events and resyncs run one at a time, in arrival order, so a resync never undoes a newer event. */
   private queue: Promise<unknown> = Promise.resolve();
-  /** Manifest digest -> its children. Content is immutable by digest, so this never goes stale. */
-  private readonly children = new LRUCache<Digest, Descriptor[]>({ max: 50_000 });
+  /**
+   * Manifest digest -> its children. Content is immutable by digest, so this never goes stale, and a
+   * resync reads only manifests it has not seen. Only stored manifests are cached (about two per
+   * image: index and host manifest), so the bound covers thousands of images.
+   */
+  private readonly children = new LRUCache<Digest, Descriptor[]>({ max: 10_000 });
+  private readonly maxEntries: number;
+  private warnedCapacity = false;
 
   constructor(config: Config, index: ContentIndex) {
     this.index = index;
@@ -69,6 +76,7 @@ export class ContainerdSource implements ContentSource {
     this.namespace = config.containerdNamespace;
     this.contentPath = config.contentPath;
     this.resyncInterval = config.resyncInterval;
+    this.maxEntries = config.indexMaxEntries;
   }
 
   healthy(): boolean {
@@ -124,8 +132,12 @@ export class ContainerdSource implements ContentSource {
     clearTimeout(this.resyncTimer);
     this.subscription?.cancel();
     this.subscription = undefined;
-    await this.queue.catch(() => undefined);
-    await this.reconnecting?.catch(() => undefined);
+    // Work in flight ends by itself (every call has a deadline), but shutdown must not wait for a
+    // call to a hung containerd: give it a moment, then close the channel under it.
+    const settled = Promise.all([this.queue.catch(() => undefined), this.reconnecting?.catch(() => undefined)]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([settled, new Promise((r) => (timer = setTimeout(r, STOP_WAIT_MS)))]);
+    clearTimeout(timer);
     this.unlistenIndex?.();
     this.client?.close();
     this.client = undefined;
@@ -158,6 +170,14 @@ export class ContainerdSource implements ContentSource {
       const snap: Snapshot = { entries: new Map(), tags: new Map() };
       for (const image of images) await this.walkImage(image.name, image.target, lookup, snap);
       await this.checkFilesMatch(snap);
+      if (snap.entries.size > this.maxEntries && !this.warnedCapacity) {
+        // The LRU would evict and every resync re-add: advertising churns and hits turn into misses.
+        this.warnedCapacity = true;
+        log.warn('the store holds more digests than the index may keep; raise PEERPULL_INDEX_MAX_ENTRIES', {
+          digests: snap.entries.size,
+          indexMaxEntries: this.maxEntries,
+        });
+      }
       const change = this.index.replace(snap.entries.values(), snap.tags);
       this.updateIndexMetrics();
       indexResyncs.inc({ outcome: 'ok' });
@@ -246,7 +266,8 @@ export class ContainerdSource implements ContentSource {
     }
     let children: Descriptor[];
     try {
-      children = childDescriptors(mediaType, body);
+      // Only what the walk needs: annotations and platforms would multiply the cache's memory.
+      children = childDescriptors(mediaType, body).map((d) => ({ mediaType: d.mediaType, digest: d.digest, size: d.size }));
     } catch (err) {
       log.warn('malformed manifest, its children are skipped', { image, digest, mediaType, error: err });
       children = [];
