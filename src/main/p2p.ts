@@ -1,0 +1,381 @@
+// The main thread's handle on the p2p thread: spawns the libp2p Worker, restarts it with
+// backoff when it dies (the registry keeps serving local content meanwhile), turns the message
+// protocol into promises with timeouts, keeps readiness for /readyz and exposes the p2p metrics
+// on the main registry.
+
+import { readFile } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import { Counter, Gauge, Histogram } from 'prom-client';
+import type { ContentIndex } from './content/index.js';
+import { ConfigError, type Config } from './config.js';
+import { log as rootLog, type Logger } from './log.js';
+import { registry } from './metrics.js';
+import type {
+  LookupResult,
+  P2PFromWorker,
+  P2PMetricsSnapshot,
+  P2PRequest,
+  P2PStatus,
+  P2PWorkerConfig,
+  ProviderPeer,
+} from '../shared/messages.js';
+
+// ---- metrics (the cluster label lets per-region dashboards split) ----
+
+const peersGauge = new Gauge({ name: 'peerpull_p2p_peers', help: 'Peers with a live libp2p connection.', labelNames: ['cluster'] as const, registers: [registry] });
+const routingGauge = new Gauge({ name: 'peerpull_p2p_routing_table_size', help: 'Peers in the Kademlia routing table.', labelNames: ['cluster'] as const, registers: [registry] });
+const advertisedGauge = new Gauge({ name: 'peerpull_p2p_advertised_keys', help: 'Keys (digests and tags) this node advertises.', labelNames: ['cluster'] as const, registers: [registry] });
+const readyGauge = new Gauge({ name: 'peerpull_p2p_ready', help: '1 while connected to the cluster (or alone in it by DNS).', labelNames: ['cluster'] as const, registers: [registry] });
+const lookups = new Counter({
+  name: 'peerpull_p2p_lookups_total',
+  help: 'Provider lookups by outcome (found, notfound, timeout, error) and source (cache, negative-cache, local, network, coalesced, none).',
+  labelNames: ['cluster', 'outcome', 'source'] as const,
+  registers: [registry],
+});
+const lookupDuration = new Histogram({
+  name: 'peerpull_p2p_lookup_duration_seconds',
+  help: 'Provider lookup time seen by the main thread, by outcome.',
+  labelNames: ['cluster', 'outcome'] as const,
+  buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+  registers: [registry],
+});
+const bootstrapAttempts = new Counter({ name: 'peerpull_p2p_bootstrap_attempts_total', help: 'Bootstrap dials by outcome.', labelNames: ['cluster', 'outcome'] as const, registers: [registry] });
+const dnsResolve = new Histogram({
+  name: 'peerpull_p2p_dns_resolve_duration_seconds',
+  help: 'Time to resolve the bootstrap DNS name, by outcome.',
+  labelNames: ['cluster', 'outcome'] as const,
+  buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5],
+  registers: [registry],
+});
+const restarts = new Counter({ name: 'peerpull_p2p_thread_restarts_total', help: 'Restarts of the p2p thread after it died.', labelNames: ['cluster'] as const, registers: [registry] });
+
+// ---- configuration for the worker ----
+
+/** Reads the pre-shared key (file or variable) and checks settings that depend on each other. */
+export async function p2pWorkerConfig(config: Config): Promise<P2PWorkerConfig> {
+  if (config.providerTtl <= config.reprovideInterval) {
+    throw new ConfigError('PEERPULL_PROVIDER_TTL', `${config.providerTtl}ms must be longer than PEERPULL_REPROVIDE_INTERVAL (${config.reprovideInterval}ms)`);
+  }
+  if (config.clusterKey && config.clusterKeyFile) {
+    throw new ConfigError('PEERPULL_CLUSTER_KEY_FILE', 'set either PEERPULL_CLUSTER_KEY or PEERPULL_CLUSTER_KEY_FILE, not both');
+  }
+  let clusterKey = config.clusterKey;
+  if (config.clusterKeyFile) {
+    let text: string;
+    try {
+      text = await readFile(config.clusterKeyFile, 'utf8');
+    } catch (err) {
+      throw new ConfigError('PEERPULL_CLUSTER_KEY_FILE', `cannot read ${config.clusterKeyFile}: ${(err as Error).message}`);
+    }
+    // Either the bare 64 hex characters or a libp2p swarm.key (/key/swarm/psk/1.0.0/, /base16/, key).
+    const lines = text.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+    const hex = (lines[0] === '/key/swarm/psk/1.0.0/' && lines[1] === '/base16/' ? lines[2] : lines[0])?.toLowerCase() ?? '';
+    if (lines.length > 3 || !/^[0-9a-f]{64}$/.test(hex)) {
+      throw new ConfigError('PEERPULL_CLUSTER_KEY_FILE', `${config.clusterKeyFile} must hold 64 hex characters or a base16 libp2p swarm.key`);
+    }
+    clusterKey = hex;
+  }
+  return {
+    listenHost: config.p2pAddr.host,
+    listenPort: config.p2pAddr.port,
+    advertiseIp: config.advertiseIp,
+    registryPort: config.registryAddr.port,
+    bootstrapDns: config.bootstrapDns,
+    dnsServers: config.dnsServers,
+    bootstrapPeers: config.bootstrapPeers,
+    bootstrapIntervalMs: config.bootstrapInterval,
+    maxConnections: config.maxConnections,
+    cluster: config.cluster,
+    clusterKey,
+    dataDir: config.dataDir,
+    reprovideIntervalMs: config.reprovideInterval,
+    providerTtlMs: config.providerTtl,
+    deadPeerTimeoutMs: config.deadPeerTimeout,
+    lookupTimeoutMs: config.lookupTimeout,
+    lookupCacheTtlMs: config.lookupCacheTtl,
+    negativeCacheTtlMs: config.negativeCacheTtl,
+  };
+}
+
+// ---- the handle ----
+
+export interface P2POptions {
+  log?: Logger;
+  /** The compiled worker entry; defaults to dist/src/p2p/worker.js beside this file. */
+  workerUrl?: URL;
+  /** First restart delay; doubles per consecutive crash up to restartMaxMs. */
+  restartMinMs?: number;
+  restartMaxMs?: number;
+}
+
+interface Pending {
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+/** Keys per advertise/withdraw message: bounded so one message never stalls the p2p thread. */
+const BATCH = 5000;
+/** Extra time main grants a lookup beyond its deadline (thread hop, scheduling). */
+const LOOKUP_SLACK_MS = 250;
+const REQUEST_TIMEOUT_MS = 30_000;
+
+export class P2PError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'P2PError';
+  }
+}
+
+export class P2P {
+  private worker: Worker | undefined;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly log: Logger;
+  private readonly workerUrl: URL;
+  /** What main wants advertised: the source of truth, re-sent to every new incarnation. */
+  private readonly wanted = new Set<string>();
+  private status_: P2PStatus | undefined;
+  private stopping = false;
+  private crashes = 0;
+  private startedAt = 0;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private counterBase = { ok: 0, failed: 0 };
+  private readonly startListeners = new Set<() => void>();
+  private firstStart: { resolve(): void; reject(e: Error): void } | undefined;
+
+  constructor(readonly config: P2PWorkerConfig, private readonly opts: P2POptions = {}) {
+    this.log = (opts.log ?? rootLog).child({ thread: 'p2p' });
+    this.workerUrl = opts.workerUrl ?? new URL('../p2p/worker.js', import.meta.url);
+  }
+
+  static async fromConfig(config: Config, opts: P2POptions = {}): Promise<P2P> {
+    return new P2P(await p2pWorkerConfig(config), opts);
+  }
+
+  /**
+   * Spawns the p2p thread. Resolves once the node listens; rejects if that first start fails
+   * (e.g. the port is taken), while the handle keeps retrying in the background.
+   */
+  start(): Promise<void> {
+    this.stopping = false;
+    const p = new Promise<void>((resolve, reject) => (this.firstStart = { resolve, reject }));
+    this.spawn();
+    return p;
+  }
+
+  /** Stops the node (it says goodbye to nobody: peers notice the closed connections). */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    const w = this.worker;
+    if (!w) return;
+    try {
+      await this.request({ type: 'stop' }, 5000);
+    } catch {
+      // Stopping anyway.
+    }
+    await w.terminate().catch(() => {});
+    this.worker = undefined;
+  }
+
+  /** Connected to the cluster (or alone in it by design): what /readyz reports. */
+  ready(): boolean {
+    return this.worker !== undefined && this.status_?.ready === true;
+  }
+
+  /** The last status the p2p thread pushed (every 2 s), without a round trip. */
+  lastStatus(): P2PStatus | undefined {
+    return this.status_;
+  }
+
+  /** Called after every (re)start of the p2p thread, once its advertisements were re-sent. */
+  onStart(fn: () => void): () => void {
+    this.startListeners.add(fn);
+    return () => this.startListeners.delete(fn);
+  }
+
+  /** Advertises keys. `wait`: resolve only once the records reached the DHT (benchmarks, tests). */
+  async advertise(keys: Iterable<string>, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    const list = [...keys];
+    for (const k of list) this.wanted.add(k);
+    if (!this.worker) return; // sent with everything else when the thread (re)starts
+    for (let i = 0; i < list.length; i += BATCH) {
+      await this.request({ type: 'advertise', keys: list.slice(i, i + BATCH), wait: opts.wait }, opts.timeoutMs ?? (opts.wait ? 600_000 : REQUEST_TIMEOUT_MS));
+    }
+  }
+
+  async withdraw(keys: Iterable<string>): Promise<void> {
+    const list = [...keys];
+    for (const k of list) this.wanted.delete(k);
+    if (!this.worker) return;
+    for (let i = 0; i < list.length; i += BATCH) {
+      await this.request({ type: 'withdraw', keys: list.slice(i, i + BATCH) }, REQUEST_TIMEOUT_MS);
+    }
+  }
+
+  /**
+   * Nodes that hold `key` (a digest or `registry/repo:tag`), best first (connected ones lead).
+   * Never rejects: a failure, a dead p2p thread or the deadline gives [] (the registry then
+   * answers 404 and containerd falls back).
+   */
+  async findProviders(key: string, opts: { count?: number; timeoutMs?: number } = {}): Promise<ProviderPeer[]> {
+    return (await this.lookup(key, opts)).providers;
+  }
+
+  /** findProviders with where the answer came from (diagnostics, the doctor command). */
+  async lookup(key: string, opts: { count?: number; timeoutMs?: number } = {}): Promise<LookupResult> {
+    const t0 = process.hrtime.bigint();
+    const deadlineMs = Math.max(1, opts.timeoutMs ?? this.config.lookupTimeoutMs);
+    let result: LookupResult;
+    if (!this.worker) {
+      result = { providers: [], source: 'none', outcome: 'error' };
+    } else {
+      try {
+        result = (await this.request({ type: 'findProviders', key, count: opts.count ?? 2, deadlineMs }, deadlineMs + LOOKUP_SLACK_MS)) as LookupResult;
+      } catch (err) {
+        this.log.debug('lookup failed', { key, error: err });
+        result = { providers: [], source: 'none', outcome: (err as Error).message.includes('timed out') ? 'timeout' : 'error' };
+      }
+    }
+    const cluster = this.config.cluster;
+    lookups.inc({ cluster, outcome: result.outcome, source: result.source });
+    lookupDuration.observe({ cluster, outcome: result.outcome }, Number(process.hrtime.bigint() - t0) / 1e9);
+    return result;
+  }
+
+  /** A fetch from this peer failed: it is not offered again until it proves alive. */
+  reportFailure(peerId: string): void {
+    if (this.worker) this.request({ type: 'reportFailure', peerId }, 5000).catch(() => {});
+  }
+
+  async status(): Promise<P2PStatus> {
+    return (await this.request({ type: 'status' }, 5000)) as P2PStatus;
+  }
+
+  /** Sends a raw value to the p2p thread (tests: malformed messages must be survived). */
+  postRaw(value: unknown): void {
+    this.worker?.postMessage(value);
+  }
+
+  // ---- internals ----
+
+  private request(req: DistributiveOmit<P2PRequest, 'id'>, timeoutMs: number): Promise<unknown> {
+    const w = this.worker;
+    if (!w) return Promise.reject(new P2PError(`p2p thread not running (${req.type})`));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new P2PError(`p2p ${req.type} timed out after ${timeoutMs}ms`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      w.postMessage({ ...req, id });
+    });
+  }
+
+  private spawn(): void {
+    if (this.stopping) return;
+    const w = new Worker(this.workerUrl, { workerData: this.config, name: 'peerpull-p2p' });
+    this.worker = w;
+    this.startedAt = Date.now();
+    this.counterBase = { ok: 0, failed: 0 };
+    let fatal: string | undefined;
+    w.on('message', (m: P2PFromWorker) => {
+      if (m.kind === 'reply') {
+        const p = this.pending.get(m.id);
+        if (!p) return;
+        this.pending.delete(m.id);
+        clearTimeout(p.timer);
+        if (m.ok) p.resolve(m.result);
+        else p.reject(new P2PError(m.error));
+      } else if (m.kind === 'log') {
+        this.log[m.level](m.msg, m.fields);
+      } else if (m.kind === 'status') {
+        this.setStatus(m.status);
+        this.applyMetrics(m.metrics);
+      } else if (m.kind === 'started') {
+        this.setStatus(m.status);
+        this.onStarted();
+      } else if (m.kind === 'fatal') {
+        fatal = m.error;
+        this.log.error('p2p thread cannot start', { error: m.error });
+      }
+    });
+    w.on('error', (err) => this.log.error('p2p thread crashed', { error: err }));
+    w.on('exit', (code) => {
+      if (this.worker === w) this.worker = undefined;
+      this.status_ = undefined;
+      readyGauge.set({ cluster: this.config.cluster }, 0);
+      for (const [id, p] of this.pending) {
+        clearTimeout(p.timer);
+        p.reject(new P2PError('p2p thread exited'));
+        this.pending.delete(id);
+      }
+      if (this.stopping) return;
+      if (this.firstStart) {
+        this.firstStart.reject(new P2PError(fatal ?? `p2p thread exited with code ${code} before it started`));
+        this.firstStart = undefined;
+      }
+      // A thread that ran a while before dying starts the backoff over.
+      if (Date.now() - this.startedAt > 60_000) this.crashes = 0;
+      const min = this.opts.restartMinMs ?? 500;
+      const delay = Math.min(this.opts.restartMaxMs ?? 30_000, min * 2 ** this.crashes++);
+      restarts.inc({ cluster: this.config.cluster });
+      this.log.warn('p2p thread exited; restarting it (local content is still served)', { code, inMs: delay });
+      this.restartTimer = setTimeout(() => this.spawn(), delay);
+      this.restartTimer.unref?.();
+    });
+  }
+
+  private onStarted(): void {
+    if (this.firstStart) {
+      this.firstStart.resolve();
+      this.firstStart = undefined;
+    }
+    // A new incarnation knows nothing: advertise everything main wants advertised.
+    const keys = [...this.wanted];
+    const again = keys.length > 0 ? this.advertise(keys) : Promise.resolve();
+    again.then(
+      () => {
+        for (const fn of this.startListeners) fn();
+      },
+      (err: Error) => this.log.warn('re-advertising after p2p start failed', { error: err, keys: keys.length }),
+    );
+  }
+
+  private setStatus(s: P2PStatus): void {
+    this.status_ = s;
+    readyGauge.set({ cluster: this.config.cluster }, s.ready ? 1 : 0);
+  }
+
+  private applyMetrics(m: P2PMetricsSnapshot): void {
+    const cluster = this.config.cluster;
+    peersGauge.set({ cluster }, m.peers);
+    routingGauge.set({ cluster }, m.routingTable);
+    advertisedGauge.set({ cluster }, m.advertisedKeys);
+    // The thread's counters are cumulative per incarnation: add what is new since last time.
+    const ok = m.bootstrapAttempts.ok - this.counterBase.ok;
+    const failed = m.bootstrapAttempts.failed - this.counterBase.failed;
+    if (ok > 0) bootstrapAttempts.inc({ cluster, outcome: 'ok' }, ok);
+    if (failed > 0) bootstrapAttempts.inc({ cluster, outcome: 'failed' }, failed);
+    this.counterBase = { ...m.bootstrapAttempts };
+    for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);
+    for (const s of m.dnsResolveSeconds.failed) dnsResolve.observe({ cluster, outcome: 'failed' }, s);
+  }
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/**
+ * Keeps the p2p thread's advertisements equal to the content index: everything now, then every
+ * change. (Re-advertising after a p2p restart is the handle's job: it remembers what it was given.)
+ */
+export function wireContentIndex(p2p: P2P, index: ContentIndex, log: Logger = rootLog): () => void {
+  const warn = (what: string) => (err: Error) => log.warn(`p2p ${what} failed`, { error: err });
+  p2p.advertise(index.keys()).catch(warn('advertise'));
+  return index.onChange((change) => {
+    if (change.removed.length > 0) p2p.withdraw(change.removed).catch(warn('withdraw'));
+    if (change.added.length > 0) p2p.advertise(change.added).catch(warn('advertise'));
+  });
+}

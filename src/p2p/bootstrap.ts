@@ -1,0 +1,206 @@
+// Bootstrap from the DNS of a headless Service: no Kubernetes API calls at all.
+//
+// Every node resolves the same name and sorts the answer the same way. It always dials the
+// first ALWAYS_FIRST addresses (so every node joins one component: no split brain) and spreads
+// the rest of its choices with rendezvous hashing on its own peer id, so the lowest IPs are not
+// dialled by every node. How many it dials grows with log2 of the cluster size, within a
+// quarter of the connection budget. Addresses are dialled without a peer id: the noise
+// handshake reveals it.
+
+import { createHash } from 'node:crypto';
+import { Resolver } from 'node:dns/promises';
+import { isIPv4, isIPv6 } from 'node:net';
+
+export const ALWAYS_FIRST = 2;
+
+/** Bootstrap peers for a cluster of `members` other nodes: 3 at ~2 nodes, ~12 at 1000, capped. */
+export function bootstrapCount(members: number, maxConnections: number): number {
+  if (members <= 0) return 0;
+  const wanted = 2 + Math.ceil(Math.log2(members + 1));
+  return Math.min(members, Math.max(1, Math.floor(maxConnections / 4)), wanted);
+}
+
+function ipKey(ip: string): string {
+  if (isIPv4(ip)) return '4' + ip.split('.').map((o) => Number(o).toString(16).padStart(2, '0')).join('');
+  // Expand :: so that IPv6 addresses compare by value.
+  const [head, tail] = ip.split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail !== undefined && tail !== '' ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
+  return '6' + groups.map((g) => g.padStart(4, '0')).join('');
+}
+
+/** Numeric order, IPv4 before IPv6, duplicates removed: the same list on every node. */
+export function sortAddresses(ips: Iterable<string>): string[] {
+  return [...new Set(ips)].sort((a, b) => {
+    const ka = ipKey(a);
+    const kb = ipKey(b);
+    return ka < kb ? -1 : ka > kb ? 1 : 0;
+  });
+}
+
+/** The `count` addresses this node dials: the first few for everyone, the rest spread by `seed`. */
+export function selectBootstrap(sorted: string[], self: ReadonlySet<string>, seed: string, count: number): string[] {
+  const others = sorted.filter((ip) => !self.has(ip));
+  const first = others.slice(0, Math.min(ALWAYS_FIRST, count));
+  const rest = others
+    .slice(first.length)
+    .map((ip) => ({ ip, rank: createHash('sha256').update(seed).update('\0').update(ip).digest('hex') }))
+    .sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0))
+    .slice(0, Math.max(0, count - first.length))
+    .map((r) => r.ip);
+  return [...first, ...rest];
+}
+
+export class DnsResolveError extends Error {
+  constructor(readonly name_: string, readonly code: string | undefined, message: string) {
+    super(message);
+    this.name = 'DnsResolveError';
+  }
+}
+
+/** Resolves a name's A and AAAA records; one family missing is normal, both failing is an error. */
+export class DnsMembers {
+  private readonly resolver: Resolver;
+
+  constructor(readonly hostname: string, servers: string[], timeoutMs = 2000) {
+    this.resolver = new Resolver({ timeout: timeoutMs, tries: 2 });
+    if (servers.length > 0) this.resolver.setServers(servers);
+  }
+
+  async resolve(): Promise<string[]> {
+    const [v4, v6] = await Promise.allSettled([this.resolver.resolve4(this.hostname), this.resolver.resolve6(this.hostname)]);
+    const ips: string[] = [];
+    if (v4.status === 'fulfilled') ips.push(...v4.value);
+    if (v6.status === 'fulfilled') ips.push(...v6.value);
+    if (ips.length === 0) {
+      // ENODATA/ENOTFOUND for both: the name lists nobody (yet), which is an answer, not an outage.
+      const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code : undefined));
+      if (codes.every((c) => c === 'ENODATA' || c === 'ENOTFOUND')) return [];
+      const reason = v4.status === 'rejected' ? (v4.reason as Error) : (v6 as PromiseRejectedResult).reason as Error;
+      throw new DnsResolveError(this.hostname, codes.find(Boolean), `resolving ${this.hostname}: ${reason.message}`);
+    }
+    return sortAddresses(ips.filter((ip) => isIPv4(ip) || isIPv6(ip)));
+  }
+}
+
+export interface BootstrapDeps {
+  /** Own peer id: the seed of the spread, stable across restarts. */
+  seed: string;
+  /** IPs this node listens on, never dialled. */
+  selfIps(): ReadonlySet<string>;
+  p2pPort: number;
+  maxConnections: number;
+  intervalMs: number;
+  dns?: DnsMembers;
+  staticPeers: string[];
+  /** IPs of the peers we hold connections to right now. */
+  connectedIps(): ReadonlySet<string>;
+  connectionCount(): number;
+  dial(addr: string): Promise<void>;
+  onDnsAnswer(ips: string[] | undefined, seconds: number, ok: boolean): void;
+  onAttempt(ok: boolean, addr: string, error?: Error): void;
+  log(level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>): void;
+}
+
+/** Runs bootstrap rounds: at start, every interval, fast while alone, and when peers are lost. */
+export class Bootstrapper {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = false;
+  private aloneRounds = 0;
+  /** Other members in the last DNS answer (plus static peers): 0 means we are alone by design. */
+  members = 0;
+  /** Whether at least one round finished (so `members` means something). */
+  resolvedOnce = false;
+  private target = 0;
+
+  constructor(private readonly d: BootstrapDeps) {}
+
+  start(): void {
+    this.schedule(0);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+  }
+
+  /** After losing peers: run soon, unless we still hold enough connections. */
+  peerLost(): void {
+    if (this.d.connectionCount() < Math.max(1, this.target)) this.schedule(500);
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.running ??= this.round()
+        .catch((err: Error) => this.d.log('warn', 'bootstrap round failed', { error: err.message }))
+        .finally(() => {
+          this.running = undefined;
+          this.scheduleNext();
+        });
+    }, ms);
+    this.timer.unref?.();
+  }
+
+  private scheduleNext(): void {
+    if (this.timer || this.stopped) return;
+    // Alone (nobody else resolved or reachable yet): retry fast with backoff, so a node that came
+    // up first joins within seconds of the others appearing.
+    if (this.d.connectionCount() === 0) {
+      this.aloneRounds++;
+      this.schedule(Math.min(this.d.intervalMs, 500 * 2 ** Math.min(this.aloneRounds, 4)));
+    } else {
+      this.aloneRounds = 0;
+      this.schedule(this.d.intervalMs);
+    }
+  }
+
+  private async round(): Promise<void> {
+    const self = this.d.selfIps();
+    let selected: string[] = [];
+    let members = 0;
+    if (this.d.dns) {
+      const t0 = process.hrtime.bigint();
+      try {
+        const ips = await this.d.dns.resolve();
+        this.d.onDnsAnswer(ips, Number(process.hrtime.bigint() - t0) / 1e9, true);
+        const others = ips.filter((ip) => !self.has(ip));
+        members = others.length;
+        this.target = bootstrapCount(members, this.d.maxConnections);
+        selected = selectBootstrap(ips, self, this.d.seed, this.target);
+      } catch (err) {
+        this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false);
+        this.d.log('warn', 'bootstrap DNS resolve failed', { name: this.d.dns.hostname, error: (err as Error).message });
+      }
+    }
+    this.members = members + this.d.staticPeers.length;
+    this.resolvedOnce = true;
+    const connected = this.d.connectedIps();
+    const haveEnough = this.d.connectionCount() >= Math.max(1, this.target);
+    const addrs: string[] = [];
+    // Static peers are few by nature: keep at least one of them connected.
+    if (this.d.staticPeers.length > 0 && !haveEnough) addrs.push(...this.d.staticPeers);
+    if (!haveEnough) {
+      for (const ip of selected) {
+        if (connected.has(ip)) continue;
+        addrs.push(`/ip${isIPv4(ip) ? 4 : 6}/${ip}/tcp/${this.d.p2pPort}`);
+      }
+    }
+    if (addrs.length === 0) return;
+    this.d.log('debug', 'bootstrap dialling', { addrs, members: this.members });
+    await Promise.all(
+      addrs.map(async (a) => {
+        try {
+          await this.d.dial(a);
+          this.d.onAttempt(true, a);
+        } catch (err) {
+          this.d.onAttempt(false, a, err as Error);
+        }
+      }),
+    );
+  }
+}

@@ -1,0 +1,177 @@
+// Provider lookups, the hot path of a pull: every request for content this node lacks asks
+// here first, and a miss must be answered in tens of milliseconds so containerd can fall back.
+//
+// In order: the brief result cache (and the briefer negative cache), a lookup of the same key
+// already running (joined, not repeated), this node's own provider store (with k = 20 replicas
+// a small cluster holds most records on most nodes), then the DHT query, stopped as soon as
+// enough live providers are known and always by the caller's deadline.
+
+import type { LookupOutcome, LookupResult, LookupSource, ProviderPeer } from '../shared/messages.js';
+
+export interface LookupDeps {
+  /** Providers in this node's own store, already mapped; self excluded. */
+  local(key: string): Promise<ProviderPeer[]>;
+  /** The DHT query: yields batches of providers until done or aborted. */
+  network(key: string, signal: AbortSignal): AsyncIterable<ProviderPeer[]>;
+  /** Liveness verdict for a provider right now. */
+  isLive(p: ProviderPeer): boolean;
+  /** Peers to ask: 0 means a network query cannot find anything. */
+  routingTableSize(): number;
+  cacheTtlMs: number;
+  negativeTtlMs: number;
+  /** Once one provider is known, wait at most this long for more before answering. */
+  settleMs: number;
+  now?: () => number;
+}
+
+interface CacheEntry {
+  providers: ProviderPeer[];
+  expires: number;
+}
+
+const MAX_CACHE_ENTRIES = 10_000;
+
+export class Lookups {
+  private readonly cache = new Map<string, CacheEntry>();
+  private readonly inflight = new Map<string, Promise<LookupResult>>();
+  private readonly now: () => number;
+
+  constructor(private readonly d: LookupDeps) {
+    this.now = d.now ?? Date.now;
+  }
+
+  async find(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
+    const cached = this.fromCache(key, count);
+    if (cached) return cached;
+    const running = this.inflight.get(key);
+    if (running) {
+      const r = await running;
+      return { ...r, source: 'coalesced' };
+    }
+    const p = this.run(key, count, deadlineMs).finally(() => this.inflight.delete(key));
+    this.inflight.set(key, p);
+    return p;
+  }
+
+  /** A peer died: drop it from every cached answer (a cached dead provider is a wasted fetch). */
+  forgetPeer(peerId: string): void {
+    for (const [k, e] of this.cache) {
+      if (e.providers.length === 0) continue;
+      const keep = e.providers.filter((p) => p.peerId !== peerId);
+      if (keep.length === e.providers.length) continue;
+      if (keep.length === 0) this.cache.delete(k);
+      else e.providers = keep;
+    }
+  }
+
+  /** A peer withdrew a key: drop it from that key's cached answer. */
+  forgetProvider(key: string, peerId: string): void {
+    const e = this.cache.get(key);
+    if (!e) return;
+    e.providers = e.providers.filter((p) => p.peerId !== peerId);
+    if (e.providers.length === 0) this.cache.delete(key);
+  }
+
+  /** New content here or elsewhere may turn a cached miss into a hit. */
+  forgetMiss(key: string): void {
+    const e = this.cache.get(key);
+    if (e && e.providers.length === 0) this.cache.delete(key);
+  }
+
+  private fromCache(key: string, count: number): LookupResult | undefined {
+    const e = this.cache.get(key);
+    if (!e) return undefined;
+    if (e.expires <= this.now()) {
+      this.cache.delete(key);
+      return undefined;
+    }
+    if (e.providers.length === 0) return { providers: [], source: 'negative-cache', outcome: 'notfound' };
+    const live = e.providers.filter((p) => this.d.isLive(p));
+    if (live.length === 0) {
+      this.cache.delete(key);
+      return undefined;
+    }
+    return { providers: live.slice(0, count), source: 'cache', outcome: 'found' };
+  }
+
+  private remember(key: string, providers: ProviderPeer[]): void {
+    const ttl = providers.length > 0 ? this.d.cacheTtlMs : this.d.negativeTtlMs;
+    if (ttl <= 0) return;
+    if (this.cache.size >= MAX_CACHE_ENTRIES) {
+      // Map keeps insertion order: dropping the oldest tenth is a cheap approximate LRU.
+      let n = Math.ceil(MAX_CACHE_ENTRIES / 10);
+      for (const k of this.cache.keys()) {
+        this.cache.delete(k);
+        if (--n === 0) break;
+      }
+    }
+    this.cache.set(key, { providers, expires: this.now() + ttl });
+  }
+
+  private async run(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
+    const found = new Map<string, ProviderPeer>();
+    const add = (ps: ProviderPeer[]) => {
+      for (const p of ps) if (!found.has(p.peerId) && this.d.isLive(p)) found.set(p.peerId, p);
+    };
+    add(await this.d.local(key));
+    let source: LookupSource = found.size > 0 ? 'local' : 'none';
+    if (found.size >= count || this.d.routingTableSize() === 0) {
+      return this.finish(key, found, count, source, found.size > 0 ? 'found' : 'notfound', true);
+    }
+    const ac = new AbortController();
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      ac.abort();
+    }, Math.max(1, deadlineMs));
+    let settle: NodeJS.Timeout | undefined;
+    const armSettle = () => {
+      settle ??= setTimeout(() => ac.abort(), this.d.settleMs);
+    };
+    if (found.size > 0) armSettle();
+    let outcome: LookupOutcome = 'notfound';
+    let complete = false;
+    try {
+      for await (const batch of this.d.network(key, ac.signal)) {
+        const before = found.size;
+        add(batch);
+        if (found.size > before) {
+          if (source === 'none') source = 'network';
+          armSettle();
+        }
+        if (found.size >= count) break;
+      }
+      complete = !ac.signal.aborted;
+    } catch (err) {
+      if (!ac.signal.aborted) {
+        outcome = 'error';
+        if (found.size === 0) {
+          return { providers: [], source, outcome };
+        }
+      }
+    } finally {
+      clearTimeout(deadline);
+      if (settle) clearTimeout(settle);
+      ac.abort();
+    }
+    if (found.size > 0) outcome = 'found';
+    else if (timedOut) outcome = 'timeout';
+    // A query cut by its deadline proves nothing: cache only real answers.
+    return this.finish(key, found, count, source, outcome, found.size > 0 || complete);
+  }
+
+  private finish(
+    key: string,
+    found: Map<string, ProviderPeer>,
+    count: number,
+    source: LookupSource,
+    outcome: LookupOutcome,
+    cacheable: boolean,
+  ): LookupResult {
+    const providers = [...found.values()];
+    // Connected providers first: their liveness is proven and a fetch reuses a warm path.
+    providers.sort((a, b) => Number(b.connected) - Number(a.connected));
+    if (cacheable) this.remember(key, providers);
+    return { providers: providers.slice(0, count), source, outcome };
+  }
+}

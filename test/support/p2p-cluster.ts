@@ -1,0 +1,189 @@
+// Real p2p nodes as separate processes (test/support/p2p-node.ts) on 127.0.0.x addresses,
+// each with its own data dir; started, driven and stopped by PID.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import type { LookupResult, P2PStatus } from '../../src/shared/messages.js';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const NODE_SCRIPT = path.join(REPO_ROOT, 'dist/test/support/p2p-node.js');
+
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+
+export interface NodeOptions {
+  ip: string;
+  p2pPort: number;
+  registryPort?: number;
+  env?: Record<string, string>;
+  dataDir?: string;
+}
+
+export class P2PNodeProcess {
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  stderr = '';
+  started: Promise<P2PStatus | undefined>;
+  readonly exited: Promise<number | null>;
+
+  private constructor(
+    readonly ip: string,
+    readonly child: ChildProcess,
+    readonly dataDir: string,
+    private readonly ownsDataDir: boolean,
+  ) {
+    let startedResolve!: (s: P2PStatus | undefined) => void;
+    let startedReject!: (e: Error) => void;
+    this.started = new Promise((res, rej) => {
+      startedResolve = res;
+      startedReject = rej;
+    });
+    this.started.catch(() => {});
+    this.exited = new Promise((res) => child.once('exit', (code) => res(code)));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      this.stderr += d;
+      if (this.stderr.length > 4_000_000) this.stderr = this.stderr.slice(-2_000_000);
+    });
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      let m: Record<string, unknown>;
+      try {
+        m = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (m.event === 'started') startedResolve(m.status as P2PStatus | undefined);
+      else if (m.event === 'start-failed') startedReject(new Error(`node ${ip} failed to start: ${String(m.error)}`));
+      else if (typeof m.id === 'number') {
+        const w = this.waiting.get(m.id);
+        if (!w) return;
+        this.waiting.delete(m.id);
+        if (m.ok) w.resolve(m.result);
+        else w.reject(new Error(`node ${ip}: ${String(m.error)}`));
+      }
+    });
+    void this.exited.then((code) => {
+      startedReject(new Error(`node ${ip} exited (${code}) before starting: ${this.stderr.slice(-3000)}`));
+      for (const w of this.waiting.values()) w.reject(new Error(`node ${ip} exited`));
+      this.waiting.clear();
+    });
+  }
+
+  static async start(o: NodeOptions): Promise<P2PNodeProcess> {
+    const dataDir = o.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'peerpull-p2p-')));
+    const child = spawn(process.execPath, [NODE_SCRIPT], {
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        PEERPULL_P2P_ADDR: `${o.ip}:${o.p2pPort}`,
+        PEERPULL_REGISTRY_ADDR: `${o.ip}:${o.registryPort ?? 5000}`,
+        PEERPULL_DATA_DIR: dataDir,
+        PEERPULL_LOG_LEVEL: 'info',
+        ...o.env,
+      },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    running.add(child);
+    child.once('exit', () => running.delete(child));
+    return new P2PNodeProcess(o.ip, child, dataDir, o.dataDir === undefined);
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  call<T = unknown>(cmd: string, args: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<T> {
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      if (this.child.exitCode !== null || this.child.signalCode !== null) {
+        reject(new Error(`node ${this.ip} is not running`));
+        return;
+      }
+      const t = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new Error(`node ${this.ip}: ${cmd} timed out`));
+      }, timeoutMs);
+      this.waiting.set(id, {
+        resolve: (v) => {
+          clearTimeout(t);
+          resolve(v as T);
+        },
+        reject: (e) => {
+          clearTimeout(t);
+          reject(e);
+        },
+      });
+      this.child.stdin!.write(JSON.stringify({ id, cmd, ...args }) + '\n');
+    });
+  }
+
+  status(): Promise<P2PStatus> {
+    return this.call<P2PStatus>('status');
+  }
+
+  find(key: string, opts: { count?: number; timeoutMs?: number } = {}): Promise<LookupResult> {
+    return this.call<LookupResult>('find', { key, ...opts });
+  }
+
+  logLines(): Record<string, unknown>[] {
+    return this.stderr
+      .split('\n')
+      .filter(Boolean)
+      .flatMap((l) => {
+        try {
+          return [JSON.parse(l) as Record<string, unknown>];
+        } catch {
+          return [{ raw: l }];
+        }
+      });
+  }
+
+  /** SIGKILL: the node dies without saying goodbye, like a node that loses power. */
+  async kill(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      process.kill(this.pid, 'SIGKILL');
+      await this.exited;
+    }
+  }
+
+  /** Graceful stop, then SIGKILL after a grace period; removes the data dir it created. */
+  async stop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.stdin!.end();
+      const t = setTimeout(() => {
+        if (this.child.exitCode === null && this.child.signalCode === null) process.kill(this.pid, 'SIGKILL');
+      }, 3000);
+      await this.exited;
+      clearTimeout(t);
+    }
+    if (this.ownsDataDir) await rm(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+/** Polls `fn` until it returns true; throws with `what` at the deadline. */
+export async function waitFor(what: string, fn: () => Promise<boolean> | boolean, timeoutMs = 30_000, everyMs = 200): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      if (await fn()) return;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** 127.0.0.<base + i>: distinct loopback addresses stand in for distinct hosts. */
+export function nodeIp(i: number, base = 10): string {
+  return `127.0.${Math.floor((base + i) / 250)}.${((base + i) % 250) + 1}`;
+}
+
+export async function stopAll(nodes: Iterable<P2PNodeProcess | undefined>): Promise<void> {
+  await Promise.all([...nodes].map((n) => n?.stop().catch(() => {})));
+}
