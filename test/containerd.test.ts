@@ -386,3 +386,25 @@ async function importMalformed(ctd: Containerd, layout: string): Promise<{ key: 
     await rm(dir, { recursive: true, force: true });
   }
 }
+
+test('test support: CRI can be enabled with a config_path, and stop() leaves nothing behind', async () => {
+  const certs = await mkdtemp(path.join(os.tmpdir(), 'ppcerts-'));
+  const ctd = await startContainerd({ name: 'ppcri', cri: { configPath: certs } });
+  let stopped = false;
+  try {
+    const { stdout } = await ctd.ctr(['plugins', 'ls']);
+    const cri = stdout.split('\n').find((l) => /\bio\.containerd\.grpc\.v1\s+cri\b/.test(l));
+    assert.match(cri ?? '', /\bok\s*$/, `CRI plugin loaded:\n${stdout}`);
+    const config = await readFile(path.join(ctd.dir, 'config.toml'), 'utf8');
+    assert.match(config, new RegExp(`config_path = "${certs}"`));
+    assert.match(config, new RegExp(`snapshotter = "${ctd.snapshotter}"`));
+    const pid = ctd.pid()!;
+    await ctd.stop();
+    stopped = true;
+    assert.throws(() => process.kill(pid, 0), /ESRCH/, 'containerd process is gone');
+    await assert.rejects(access(ctd.dir), /ENOENT/, 'temp dir is removed');
+  } finally {
+    if (!stopped) await ctd.stop();
+    await rm(certs, { recursive: true, force: true });
+  }
+});

@@ -38,15 +38,14 @@ export interface Containerd {
 }
 
 // Plugins a content/image test never needs; dropping them makes startup fast and keeps containerd
-// from touching anything outside its temp dir (`opt` would create /opt/containerd).
+// from touching anything outside its temp dir (`opt` would create /opt/containerd). The CRI plugin
+// is off unless asked for; it needs `io.containerd.runtime.v1.linux` (tasks-service), so that stays.
 const DISABLED_PLUGINS = [
-  'io.containerd.grpc.v1.cri',
   'io.containerd.internal.v1.opt',
   'io.containerd.snapshotter.v1.aufs',
   'io.containerd.snapshotter.v1.btrfs',
   'io.containerd.snapshotter.v1.devmapper',
   'io.containerd.snapshotter.v1.zfs',
-  'io.containerd.runtime.v1.linux',
   'io.containerd.tracing.processor.v1.otlp',
   'io.containerd.internal.v1.tracing',
 ];
@@ -113,14 +112,15 @@ export function requireContainerd(): Promise<void> {
   return binaryChecked;
 }
 
-function configToml(dir: string, socket: string): string {
+function configToml(dir: string, socket: string, snapshotter: string, opts: StartOptions): string {
   const q = (s: string) => JSON.stringify(s);
-  return [
+  const disabled = opts.cri ? DISABLED_PLUGINS : ['io.containerd.grpc.v1.cri', ...DISABLED_PLUGINS];
+  const lines = [
     'version = 2',
     `root = ${q(path.join(dir, 'root'))}`,
     `state = ${q(path.join(dir, 'state'))}`,
     `temp = ${q(path.join(dir, 'tmp'))}`,
-    `disabled_plugins = [${DISABLED_PLUGINS.map(q).join(', ')}]`,
+    `disabled_plugins = [${disabled.map(q).join(', ')}]`,
     '',
     '[grpc]',
     `  address = ${q(socket)}`,
@@ -135,7 +135,27 @@ function configToml(dir: string, socket: string): string {
     '[metrics]',
     '  address = ""',
     '',
-  ].join('\n');
+  ];
+  if (opts.cri) {
+    // The daemon itself pulls (CRI ImageService) through hosts.toml files under config_path, the
+    // way a kubelet-driven node does. No TCP stream server, no CNI config from /etc.
+    lines.push(
+      '[plugins."io.containerd.grpc.v1.cri"]',
+      '  disable_tcp_service = true',
+      '  stream_server_address = "127.0.0.1"',
+      '  stream_server_port = "0"',
+      '  [plugins."io.containerd.grpc.v1.cri".containerd]',
+      `    snapshotter = ${q(snapshotter)}`,
+      '    discard_unpacked_layers = false',
+      '  [plugins."io.containerd.grpc.v1.cri".cni]',
+      `    bin_dir = ${q(path.join(dir, 'cni', 'bin'))}`,
+      `    conf_dir = ${q(path.join(dir, 'cni', 'conf'))}`,
+      '  [plugins."io.containerd.grpc.v1.cri".registry]',
+      `    config_path = ${q(opts.cri.configPath)}`,
+      '',
+    );
+  }
+  return lines.join('\n');
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -145,6 +165,12 @@ async function exists(p: string): Promise<boolean> {
 export interface StartOptions {
   /** Prefix of the temp dir name. */
   name?: string;
+  /**
+   * Enables the CRI plugin, whose image service pulls through `<configPath>/<host>/hosts.toml`
+   * (containerd's `config_path`), with `discard_unpacked_layers = false` as peerpull nodes need.
+   * CRI answers "not initialized" for a moment after start: retry the first call.
+   */
+  cri?: { configPath: string };
 }
 
 /** Starts a containerd in a fresh temp dir and waits until its socket answers. */
@@ -156,7 +182,6 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
   const socket = path.join(dir, 'containerd.sock');
   const root = path.join(dir, 'root');
   const configFile = path.join(dir, 'config.toml');
-  await writeFile(configFile, configToml(dir, socket));
   const logFile = path.join(dir, 'containerd.log');
   let proc: ChildProcess | undefined;
   let snapshotter = 'native';
@@ -207,11 +232,20 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
   };
 
   try {
+    snapshotter = 'overlayfs';
+    await writeFile(configFile, configToml(dir, socket, snapshotter, opts));
     await launch();
-    // overlayfs reports "ok" only when a test mount worked; nested container sandboxes often refuse it.
+    // overlayfs reports "ok" only when containerd's own test mount worked; nested container
+    // sandboxes often refuse it, and then the native snapshotter (plain copies) is the fallback.
     const { stdout } = await ctr(['plugins', 'ls']);
     const overlay = stdout.split('\n').find((l) => /\bio\.containerd\.snapshotter\.v1\s+overlayfs\b/.test(l));
     snapshotter = overlay && /\bok\s*$/.test(overlay) ? 'overlayfs' : 'native';
+    if (opts.cri && snapshotter !== 'overlayfs') {
+      // CRI reads its snapshotter from the config: write the one that works and start again.
+      await killProc(proc!);
+      await writeFile(configFile, configToml(dir, socket, snapshotter, opts));
+      await launch();
+    }
   } catch (err) {
     if (proc) await killProc(proc);
     dirs.delete(dir);
