@@ -235,6 +235,14 @@ test('containerd content source on a real containerd', { timeout: 600_000 }, asy
       // A second tag on the same target: /images/create with an existing target.
       await ctd.ctr(['-n', NAMESPACE, 'images', 'tag', late.name, 'docker.io/library/late:alias']);
       await until('alias tag indexed', () => index.resolveTag('docker.io/library/late:alias') === late.target.digest);
+      // Moving a tag to another image is an /images/update: the key follows the new target.
+      const moved = 'docker.io/library/moving:1';
+      await ctd.ctr(['-n', NAMESPACE, 'images', 'tag', late.name, moved]);
+      await until('moving tag on late', () => index.resolveTag(moved) === late.target.digest);
+      await ctd.ctr(['-n', NAMESPACE, 'images', 'tag', '--force', full.name, moved]);
+      await until('moving tag on full', () => index.resolveTag(moved) === full.target.digest);
+      await ctd.ctr(['-n', NAMESPACE, 'images', 'rm', moved]);
+      await until('moving tag removed', () => index.resolveTag(moved) === undefined);
     });
 
     await t.test('deleting an image removes its tag through the event stream', async () => {

@@ -168,7 +168,12 @@ export class ContainerdSource implements ContentSource {
       const content = await client.listContent();
       const lookup: Lookup = async (d) => content.get(d);
       const snap: Snapshot = { entries: new Map(), tags: new Map() };
-      for (const image of images) await this.walkImage(image.name, image.target, lookup, snap);
+      for (const [i, image] of images.entries()) {
+        // Walking cached manifests resolves without I/O: yield now and then so that requests are
+        // served while a node with thousands of images resyncs.
+        if (i % 100 === 99) await new Promise((r) => setImmediate(r));
+        await this.walkImage(image.name, image.target, lookup, snap);
+      }
       await this.checkFilesMatch(snap);
       if (snap.entries.size > this.maxEntries && !this.warnedCapacity) {
         // The LRU would evict and every resync re-add: advertising churns and hits turn into misses.
@@ -181,7 +186,9 @@ export class ContainerdSource implements ContentSource {
       const change = this.index.replace(snap.entries.values(), snap.tags);
       this.updateIndexMetrics();
       indexResyncs.inc({ outcome: 'ok' });
-      log.info('index resynced', {
+      // Quiet when a periodic resync finds nothing new: one line a minute per node is noise.
+      const quiet = reason === 'timer' && change.added.length === 0 && change.removed.length === 0;
+      (quiet ? log.debug : log.info)('index resynced', {
         reason,
         images: images.length,
         digests: snap.entries.size,
