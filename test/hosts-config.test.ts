@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
-import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
@@ -61,7 +61,9 @@ async function snapshot(dir: string): Promise<Map<string, string>> {
   const walk = async (d: string) => {
     for (const e of await readdir(d, { withFileTypes: true })) {
       const p = path.join(d, e.name);
-      if (e.isDirectory()) {
+      if (e.isSymbolicLink()) {
+        out.set(path.relative(dir, p), `link ${await readlink(p)}`);
+      } else if (e.isDirectory()) {
         out.set(path.relative(dir, p) + '/', `dir ${((await stat(p)).mode & 0o7777).toString(8)}`);
         await walk(p);
       } else {
@@ -316,6 +318,26 @@ describe('configure: refusals', () => {
     const after = await snapshot(dir);
     for (const [k, v] of before) assert.equal(after.get(k), v, `${k} untouched`);
     assert.match(formatReport(r), /ghcr\.io: failed: .*not valid TOML/);
+  });
+
+  test('a symbolic link as hosts.toml is refused; a linked registry directory is handled both ways', async () => {
+    const dir = await tempDir();
+    const target = path.join(dir, 'elsewhere.toml');
+    await writeFile(target, 'server = "https://x"\n');
+    await mkdir(path.join(dir, 'ghcr.io'));
+    await symlink(target, path.join(dir, 'ghcr.io', 'hosts.toml'));
+    await mkdir(path.join(dir, 'shared'));
+    await symlink(path.join(dir, 'shared'), path.join(dir, 'quay.io'));
+    const before = await snapshot(dir);
+    const config = cfg(dir, { PEERPULL_MIRRORED_REGISTRIES: 'ghcr.io,quay.io' });
+    const r = await configure(config);
+    assert.equal(r.ok, false);
+    assert.match(r.registries[0]!.message!, /hosts\.toml is a symbolic link; peerpull only replaces regular files/);
+    assert.equal(r.registries[1]!.action, 'written');
+    assert.ok((await stat(path.join(dir, 'shared', 'hosts.toml'))).isFile());
+    const c = await cleanup(config);
+    assert.deepEqual(c.registries.map((x) => [x.registry, x.action]), [['quay.io', 'removed']]);
+    assert.deepEqual(await snapshot(dir), before);
   });
 
   test('hostile registry names are refused before anything is written', async () => {

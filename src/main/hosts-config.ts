@@ -20,7 +20,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readFile, readdir, realpath, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import type { Config } from './config.js';
@@ -341,6 +341,11 @@ async function configureOne(root: string, registry: string, o: Options): Promise
   await removeTemps(dir);
 
   const dirExisted = await exists(dir);
+  const link = await lstat(file).catch(() => null);
+  if (link && !link.isFile()) {
+    // Replacing a link (or anything else) with a file could not be undone byte for byte.
+    throw new Error(`${file} is ${link.isSymbolicLink() ? 'a symbolic link' : 'not a regular file'}; peerpull only replaces regular files (make it one, or leave ${registry} out of PEERPULL_MIRRORED_REGISTRIES)`);
+  }
   const current = await readOrNull(file);
   const backup = await readOrNull(backupFile);
   const marker = await exists(markerFile);
@@ -426,9 +431,10 @@ export async function configure(config: Config): Promise<Report> {
     }
   }
   // Registries configured by an earlier run but no longer mirrored go back to what they were.
-  const wanted = new Set(names);
+  const wanted = new Set<string>();
+  for (const n of names) wanted.add(await realpath(path.join(root, n)).catch(() => path.join(root, n)));
   for (const dir of await managedDirs(root)) {
-    if (wanted.has(path.basename(dir))) continue;
+    if (wanted.has(await realpath(dir).catch(() => dir))) continue;
     const r = await cleanupOneSafely(dir, report);
     if (r) {
       r.message = [r.message, 'no longer in PEERPULL_MIRRORED_REGISTRIES'].filter(Boolean).join('; ');
@@ -470,9 +476,14 @@ async function managedDirs(root: string): Promise<string[]> {
     throw err;
   }
   const out: string[] = [];
+  const seen = new Set<string>();
   for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-    if (!e.isDirectory()) continue; // never follow symlinks out of the config path
     const dir = path.join(root, e.name);
+    // A linked registry directory is what containerd reads too, so configure wrote through it.
+    if (!e.isDirectory() && !(e.isSymbolicLink() && (await stat(dir).then((st) => st.isDirectory(), () => false)))) continue;
+    const real = await realpath(dir).catch(() => dir);
+    if (seen.has(real)) continue; // one directory under two names is handled once
+    seen.add(real);
     if (await hasState(dir)) out.push(dir);
   }
   return out;
