@@ -68,7 +68,8 @@ async function runDemo(dir: string, env: NodeJS.ProcessEnv, flags: Record<string
     log.info('creating demo store', { layout, image: DEMO_IMAGE });
     await generateImage(layout, { name: DEMO_IMAGE, layerSizes: [1 << 20, 2 << 20, 512 << 10] });
   }
-  const config = loadConfig({ ...env, PEERPULL_STORE: `oci-layout:${layout}` }, flags);
+  // A lone node keeps its peer identity beside the demo store, not in /var/lib.
+  const config = loadConfig({ PEERPULL_DATA_DIR: path.join(layout, '.peerpull'), ...env, PEERPULL_STORE: `oci-layout:${layout}` }, flags);
   await runServe(config);
   const index = JSON.parse(await readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
   const port = config.registryAddr.port;

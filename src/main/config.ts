@@ -277,6 +277,31 @@ export const settings = {
   ),
   shutdownGrace: setting('SHUTDOWN_GRACE', '10s', 'On SIGTERM, how long in-flight transfers may run before they are cut.', durationIn(0, 600_000)),
   logLevel: setting('LOG_LEVEL', 'info', 'Least severe log level written: debug, info, warn or error.', parseLogLevel),
+  p2p: setting(
+    'P2P',
+    'true',
+    'Whether the p2p thread runs (DHT routing, fetching from peers). false: serve this node\'s content only, every miss is a 404.',
+    parseOnOff,
+  ),
+  mirrorLookupTimeout: setting(
+    'MIRROR_LOOKUP_TIMEOUT',
+    '50ms',
+    'Deadline of the provider lookup for a request this node cannot serve; when it passes, the answer is 404 and containerd goes on to the next host.',
+    durationIn(1, 10_000),
+  ),
+  peerHedgeDelay: setting(
+    'PEER_HEDGE_DELAY',
+    '20ms',
+    'Least time a peer may take to answer before the next provider is asked too (the recent 90th percentile of peer answer times is used when larger).',
+    durationIn(1, 60_000),
+  ),
+  peerStallTimeout: setting(
+    'PEER_STALL_TIMEOUT',
+    '2s',
+    'A peer that sends no headers, or no body bytes, for this long is abandoned for the next provider (a blob resumes from the first missing byte).',
+    durationIn(10, 600_000),
+  ),
+  peerMaxAttempts: setting('PEER_MAX_ATTEMPTS', '3', 'Most providers one request asks, counting hedges and resumes.', intIn(1, 16)),
   // ---- containerd mirror configuration (owner: configure/cleanup) ----
   containerdConfigPath: setting(
     'CONTAINERD_CONFIG_PATH',

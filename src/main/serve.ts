@@ -9,12 +9,16 @@ import { log, setLogLevel } from './log.js';
 import { registry as metricsRegistry } from './metrics.js';
 import { createPool, type BlobPool } from './pool.js';
 import { Registry } from './registry/routes.js';
+import { Mirror } from './mirror.js';
+import { P2P, wireContentIndex } from './p2p.js';
 
 export interface RunningServer {
   registryPort: number;
   metricsPort: number;
   source: ContentSource;
   registry: Registry;
+  p2p?: P2P;
+  mirror?: Mirror;
   /** Graceful stop: stop accepting, let transfers finish within the grace period, release everything. */
   close(): Promise<void>;
 }
@@ -83,8 +87,18 @@ export async function serve(config: Config): Promise<RunningServer> {
   const pool: BlobPool = createPool(config.workers);
   let sourceStarted = false;
   let closing = false;
-  const ready = () => !closing && sourceStarted && source.healthy();
-  const registry = new Registry({ config, source, pool, log: log.child({ component: 'registry' }), ready });
+  let p2p: P2P | undefined;
+  let mirror: Mirror | undefined;
+  if (config.p2p) {
+    p2p = await P2P.fromConfig(config, { log: log.child({ component: 'p2p' }) });
+    mirror = new Mirror(config, p2p, log.child({ component: 'mirror' }));
+    // Follows the index from its first (empty) state: the source's first sync arrives as additions.
+    wireContentIndex(p2p, index, log.child({ component: 'p2p' }));
+    // The handle keeps restarting the thread after a failed first start; local content is served meanwhile.
+    p2p.start().catch((err: unknown) => log.error('p2p thread failed to start; retrying in the background', { error: err }));
+  }
+  const ready = () => !closing && sourceStarted && source.healthy() && (p2p ? p2p.ready() : true);
+  const registry = new Registry({ config, source, pool, log: log.child({ component: 'registry' }), ready, ...(mirror ? { mirror } : {}) });
   const metrics = metricsApp(ready);
 
   const registryPort = await registry.listen(config.registryAddr.host, config.registryAddr.port);
@@ -102,6 +116,8 @@ export async function serve(config: Config): Promise<RunningServer> {
     metricsPort,
     source,
     registry,
+    ...(p2p ? { p2p } : {}),
+    ...(mirror ? { mirror } : {}),
     async close() {
       if (closing) return;
       closing = true;
@@ -110,6 +126,7 @@ export async function serve(config: Config): Promise<RunningServer> {
       us_listen_socket_close(metricsSock);
       metrics.close();
       await sourceReady.catch(() => undefined);
+      await p2p?.stop();
       await source.stop();
       await pool.destroy();
       log.info('stopped');

@@ -4,6 +4,12 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { Digest } from './oci.js';
 
+/**
+ * Header a peerpull sets on requests to another peerpull: answer from local content only, never
+ * look up or forward (no loops, no amplification).
+ */
+export const PEER_HOP_HEADER = 'x-peerpull-hop';
+
 /** Where a worker reads a blob's bytes from. */
 export type BlobLocation =
   | { kind: 'file'; path: string }
@@ -31,14 +37,83 @@ export interface ReadSmallTask {
 
 export type ReadSmallResult = { ok: true; bytes: ArrayBuffer } | { ok: false; missing: boolean; error: string };
 
+/** What a peer answered, known only once its headers arrive (the size of a blob we do not hold). */
+export interface PeerOpen {
+  status: 200 | 206;
+  /** Whole blob size. */
+  size: number;
+  /** [start, end) of the body that follows. */
+  start: number;
+  end: number;
+  contentType: string;
+  peerId: string;
+}
+
 /** Worker -> main, on the transfer port. */
 export type StreamFromWorker =
-  /** The source is open and has the expected size; headers can be sent now. */
-  | { type: 'open' }
+  /** The source is open (and, for local content, has the expected size); headers can be sent now. */
+  | { type: 'open'; peer?: PeerOpen }
   | { type: 'chunk'; data: ArrayBuffer }
   | { type: 'end' }
-  /** `missing`: the content is gone (GC), which becomes a 404 if nothing was sent yet. */
-  | { type: 'error'; missing: boolean; error: string };
+  /**
+   * `missing`: the content is gone (GC) or no peer could serve it, which becomes a 404 if nothing
+   * was sent yet. `status` 416: every peer found the client's range unsatisfiable.
+   */
+  | { type: 'error'; missing: boolean; error: string; status?: 416 };
+
+/** A peer that holds a key, as the pool fetches from it. */
+export interface PeerTarget {
+  peerId: string;
+  /** IP literal (IPv6 without brackets). */
+  host: string;
+  port: number;
+}
+
+/** Knobs shared by peer fetch tasks. */
+export interface PeerFetchPolicy {
+  /** Start the next provider when the current one has not answered headers within this. */
+  hedgeDelayMs: number;
+  /** A provider that sends no headers, or no body bytes, for this long is abandoned. */
+  stallMs: number;
+  /** Most providers asked (first tries, hedges and resumes together). */
+  maxAttempts: number;
+}
+
+/** Task for `fetchBlob`: stream a blob from peers over `port`, hedged and resumable. */
+export interface PeerBlobTask extends PeerFetchPolicy {
+  providers: PeerTarget[];
+  digest: Digest;
+  /** Path and query to ask peers for, e.g. `/v2/library/x/blobs/sha256:...?ns=docker.io`. */
+  path: string;
+  /** The client's Range header, forwarded as is ('' for none). */
+  range: string;
+  chunkSize: number;
+  credits: number;
+  port: MessagePort;
+}
+
+export interface PeerFetchReport {
+  bytes: number;
+  /** Peer that served the first byte, if any. */
+  winner?: string;
+  /** Time from task start to the winner's response headers. */
+  ttfbMs?: number;
+  hedges: number;
+  resumes: number;
+  /** Peers that failed (errors, stalls, wrong answers): main tells the p2p thread. */
+  failedPeers: string[];
+}
+
+/** Task for `fetchManifest`: get a manifest from peers and check its digest. */
+export interface PeerManifestTask extends PeerFetchPolicy {
+  providers: PeerTarget[];
+  path: string;
+  /** For a request by digest: the body must hash to it. For a tag: to the peer's Docker-Content-Digest. */
+  digest?: Digest;
+}
+
+export type PeerManifestResult = PeerFetchReport &
+  ({ ok: true; body: ArrayBuffer; mediaType: string; digest: Digest } | { ok: false; error: string });
 
 /** Main -> worker, on the transfer port. */
 export type StreamToWorker = { type: 'credit'; n: number } | { type: 'cancel' };

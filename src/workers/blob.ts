@@ -5,14 +5,8 @@
 
 import { open, type FileHandle } from 'node:fs/promises';
 import type { MessagePort } from 'node:worker_threads';
-import type {
-  BlobLocation,
-  ReadBlobTask,
-  ReadSmallResult,
-  ReadSmallTask,
-  StreamFromWorker,
-  StreamToWorker,
-} from '../shared/messages.js';
+import type { BlobLocation, ReadBlobTask, ReadSmallResult, ReadSmallTask, StreamFromWorker } from '../shared/messages.js';
+import { ChunkSender, Credit } from './channel.js';
 
 // gRPC is loaded only when content must come through containerd's API (file reads are the norm).
 async function readContent(...args: Parameters<typeof import('./containerd-read.js').readContent>) {
@@ -28,40 +22,6 @@ function isMissing(err: unknown): boolean {
 
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/** Waits for credit; resolves false when the transfer is cancelled or the port closes. */
-class Credit {
-  private available: number;
-  private cancelled = false;
-  private wake: (() => void) | null = null;
-
-  constructor(initial: number, port: MessagePort) {
-    this.available = initial;
-    port.on('message', (m: StreamToWorker) => {
-      if (m.type === 'credit') this.available += m.n;
-      else if (m.type === 'cancel') this.cancelled = true;
-      this.wake?.();
-    });
-    port.on('close', () => {
-      this.cancelled = true;
-      this.wake?.();
-    });
-  }
-
-  async take(): Promise<boolean> {
-    while (!this.cancelled && this.available <= 0) {
-      await new Promise<void>((resolve) => (this.wake = resolve));
-      this.wake = null;
-    }
-    if (this.cancelled) return false;
-    this.available--;
-    return true;
-  }
-
-  get isCancelled(): boolean {
-    return this.cancelled;
-  }
 }
 
 async function openFile(path: string, size: number): Promise<FileHandle> {
@@ -109,44 +69,19 @@ async function streamFile(task: ReadBlobTask, path: string, port: MessagePort, c
 }
 
 async function streamContainerd(task: ReadBlobTask, loc: Extract<BlobLocation, { kind: 'containerd' }>, port: MessagePort, credit: Credit): Promise<number> {
-  let sent = 0;
+  // gRPC messages are whatever size containerd picks; the sender re-cuts them so credits mean bytes.
+  const sender = new ChunkSender(port, credit, task.chunkSize);
   let opened = false;
-  // gRPC messages are whatever size containerd picks; re-cut them to chunkSize so credits mean bytes.
-  let pending: Uint8Array[] = [];
-  let pendingBytes = 0;
-  const flush = async (all: boolean): Promise<boolean> => {
-    while (pendingBytes >= task.chunkSize || (all && pendingBytes > 0)) {
-      const n = Math.min(task.chunkSize, pendingBytes);
-      if (!(await credit.take())) return false;
-      const out = new Uint8Array(new ArrayBuffer(n));
-      let filled = 0;
-      while (filled < n) {
-        const head = pending[0]!;
-        const take = Math.min(head.length, n - filled);
-        out.set(head.subarray(0, take), filled);
-        filled += take;
-        if (take === head.length) pending.shift();
-        else pending[0] = head.subarray(take);
-      }
-      pendingBytes -= n;
-      port.postMessage({ type: 'chunk', data: out.buffer } satisfies StreamFromWorker, [out.buffer]);
-      sent += n;
-    }
-    return true;
-  };
   for await (const piece of await readContent(loc.socket, loc.namespace, loc.digest, task.start, task.end)) {
     if (!opened) {
       port.postMessage({ type: 'open' } satisfies StreamFromWorker);
       opened = true;
     }
-    pending.push(piece);
-    pendingBytes += piece.length;
-    if (!(await flush(false))) return sent;
+    if (!(await sender.push(piece))) return sender.sent;
   }
   if (!opened) port.postMessage({ type: 'open' } satisfies StreamFromWorker);
-  await flush(true);
-  pending = [];
-  return sent;
+  await sender.flush();
+  return sender.sent;
 }
 
 /** Streams [start, end) of a blob; resolves with the bytes sent. Never throws: errors go over the port. */

@@ -28,7 +28,8 @@ process.on('exit', () => {
 /** Starts `peerpull <args>` with the given environment (merged over a clean base). */
 export async function startPeerpull(env: Record<string, string>, args: string[] = ['serve'], host = '127.0.0.1'): Promise<PeerpullProcess> {
   const child = spawn(process.execPath, [CLI, ...args], {
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PEERPULL_REGISTRY_ADDR: `${host}:0`, PEERPULL_METRICS_ADDR: `${host}:0`, ...env },
+    // p2p is off unless a test asks for it: a lone node needs no DHT and must not touch /var/lib.
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PEERPULL_REGISTRY_ADDR: `${host}:0`, PEERPULL_METRICS_ADDR: `${host}:0`, PEERPULL_P2P: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.add(child);

@@ -11,12 +11,12 @@ import type { ContentEntry, ContentSource } from '../content/index.js';
 import type { Logger } from '../log.js';
 import { bytesServed, httpDuration, httpRequests, inflightRequests } from '../metrics.js';
 import type { BlobPool } from '../pool.js';
+import { PEER_HOP_HEADER, type PeerOpen } from '../../shared/messages.js';
 import { MediaType, tagKey, type Digest } from '../../shared/oci.js';
+import type { Mirror } from '../mirror.js';
 import { HttpError, STATUS, errorBody, parseRange, parseRegistryPath, type OciErrorCode, type RegistryRequest } from './http.js';
 import { streamBlob, type ActiveStream } from './stream.js';
 
-/** Header a peerpull sets on requests it forwards to another peerpull: answer locally only. */
-export const PEER_HOP_HEADER = 'x-peerpull-hop';
 
 export interface RegistryDeps {
   config: Config;
@@ -25,14 +25,23 @@ export interface RegistryDeps {
   log: Logger;
   /** true when /readyz should answer 200. */
   ready(): boolean;
+  /** The peer path for content this node lacks; absent when p2p is off (local content only). */
+  mirror?: Mirror;
 }
 
 type Route = 'base' | 'manifests' | 'blobs' | 'probe' | 'other';
+
+interface CachedManifest {
+  body: Uint8Array;
+  mediaType: string;
+}
 
 /** What a handler needs from a request; uWS invalidates `req` when the handler returns. */
 interface Incoming {
   method: 'GET' | 'HEAD';
   range: string;
+  /** Came from another peerpull: local content only, never a lookup. */
+  hop: boolean;
   started: number;
   aborted: boolean;
   /** Counted in `inflight` (until done). */
@@ -44,15 +53,16 @@ interface Incoming {
 export class Registry {
   readonly app: TemplatedApp;
   private readonly streams = new Set<ActiveStream>();
-  private readonly manifests: LRUCache<string, Uint8Array>;
+  /** Manifest bodies by digest: local ones, and ones fetched (and verified) from peers. */
+  private readonly manifests: LRUCache<string, CachedManifest>;
   private listenSocket: us_listen_socket | null = null;
   private inflight = 0;
 
   constructor(private readonly deps: RegistryDeps) {
     const cacheBytes = deps.config.manifestCacheBytes;
-    this.manifests = new LRUCache<string, Uint8Array>({
+    this.manifests = new LRUCache<string, CachedManifest>({
       maxSize: Math.max(1, cacheBytes),
-      sizeCalculation: (v) => Math.max(1, v.byteLength),
+      sizeCalculation: (v) => Math.max(1, v.body.byteLength),
       max: cacheBytes === 0 ? 1 : 100_000,
     });
     // GC'd or replaced content must not linger in the cache.
@@ -103,13 +113,14 @@ export class Registry {
       httpRequests.inc({ route: 'probe', method, code: ok ? '200' : '503' });
       return;
     }
-    const inc: Incoming = { method: 'GET', range: '', started: performance.now(), aborted: false, counted: false, route: 'other' };
+    const inc: Incoming = { method: 'GET', range: '', hop: false, started: performance.now(), aborted: false, counted: false, route: 'other' };
     if (method !== 'GET' && method !== 'HEAD') {
       this.reply(res, inc, 405, errorBody('UNSUPPORTED', `method ${method} is not allowed on a pull-only mirror`), method);
       return;
     }
     inc.method = method;
     inc.range = req.getHeader('range');
+    inc.hop = req.getHeader(PEER_HOP_HEADER) !== '';
     let request: RegistryRequest;
     try {
       request = parseRegistryPath(path, req.getQuery('ns') || undefined, this.deps.config.defaultRegistry);
@@ -137,7 +148,7 @@ export class Registry {
           return;
         case 'blob':
           inc.route = 'blobs';
-          this.serveBlob(res, inc, request.digest);
+          this.serveBlob(res, inc, request);
           return;
       }
     } catch (err) {
@@ -152,39 +163,85 @@ export class Registry {
   }
 
   private async serveManifest(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'manifest' }>): Promise<void> {
+    const what: string = request.tag ? tagKey(request.registry, request.repository, request.tag) : request.digest!;
     const entry = this.lookup(request);
-    if (!entry || !entry.manifest) {
-      const what = request.tag ? `${request.repository}:${request.tag}` : request.digest;
-      throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${what} is not on this node`);
-    }
-    let body = this.manifests.get(entry.digest);
-    if (!body) {
-      const r = await this.deps.pool.readSmall({ location: this.deps.source.locate(entry), size: entry.size });
-      if (!r.ok) {
-        if (r.missing) this.deps.source.index.forget(entry.digest);
-        else this.deps.log.warn('manifest read failed', { digest: entry.digest, error: r.error });
-        throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${entry.digest} is not readable on this node`);
+    let m: { digest: Digest } & CachedManifest;
+    if (entry && entry.manifest) {
+      let cached = this.manifests.get(entry.digest);
+      if (!cached) {
+        const r = await this.deps.pool.readSmall({ location: this.deps.source.locate(entry), size: entry.size });
+        if (!r.ok) {
+          if (r.missing) this.deps.source.index.forget(entry.digest);
+          else this.deps.log.warn('manifest read failed', { digest: entry.digest, error: r.error });
+          throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${entry.digest} is not readable on this node`);
+        }
+        cached = { body: new Uint8Array(r.bytes), mediaType: entry.mediaType };
+        this.manifests.set(entry.digest, cached);
       }
-      body = new Uint8Array(r.bytes);
-      this.manifests.set(entry.digest, body);
+      m = { digest: entry.digest, ...cached };
+      this.deps.mirror?.outcome('manifest', what, 'local');
+    } else if (entry) {
+      throw new HttpError(404, 'MANIFEST_UNKNOWN', `${what} is a blob, not a manifest`);
+    } else {
+      m = await this.manifestFromPeers(inc, request, what);
     }
     if (inc.aborted) return this.done(inc, 0);
-    const b = body;
     res.cork(() => {
       res.writeStatus(STATUS[200]!);
-      res.writeHeader('Content-Type', entry.mediaType);
-      res.writeHeader('Docker-Content-Digest', entry.digest);
+      res.writeHeader('Content-Type', m.mediaType);
+      res.writeHeader('Docker-Content-Digest', m.digest);
       res.writeHeader('Docker-Distribution-API-Version', 'registry/2.0');
-      if (inc.method === 'HEAD') res.endWithoutBody(b.byteLength);
-      else res.end(b);
+      if (inc.method === 'HEAD') res.endWithoutBody(m.body.byteLength);
+      else res.end(m.body);
     });
-    if (inc.method === 'GET') bytesServed.inc({ route: 'manifests' }, b.byteLength);
+    if (inc.method === 'GET') bytesServed.inc({ route: 'manifests' }, m.body.byteLength);
     this.done(inc, 200);
   }
 
-  private serveBlob(res: HttpResponse, inc: Incoming, digest: Digest): void {
+  /** A manifest this node does not hold: a verified copy fetched earlier, or peers, or 404. */
+  private async manifestFromPeers(inc: Incoming, request: Extract<RegistryRequest, { kind: 'manifest' }>, what: string): Promise<{ digest: Digest } & CachedManifest> {
+    const mirror = this.deps.mirror;
+    const miss = (why: string): never => {
+      mirror?.outcome('manifest', what, 'miss', why);
+      throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${what} is not on this node${why ? ` (${why})` : ''}`);
+    };
+    if (inc.hop) return miss('');
+    if (request.digest) {
+      // containerd asks HEAD by tag, then GET by digest: the tag's answer is already here.
+      const cached = this.manifests.get(request.digest);
+      if (cached) {
+        mirror?.outcome('manifest', what, 'peer');
+        return { digest: request.digest, ...cached };
+      }
+    }
+    if (!mirror || !mirror.mirrors(request.registry)) return miss(mirror ? 'registry not mirrored' : '');
+    if (request.tag && !mirror.resolvesTags(request.registry)) return miss('tags are not resolved through peers');
+    const providers = await mirror.providers(what);
+    if (providers.length === 0) return miss('no peer has it');
+    if (inc.aborted) return miss('client gone');
+    const ns = `?ns=${encodeURIComponent(request.registry)}`;
+    const path = `/v2/${request.repository}/manifests/${request.tag ?? request.digest}${ns}`;
+    const r = await this.deps.pool.fetchManifest({ providers, path, ...(request.digest ? { digest: request.digest } : {}), ...mirror.policy() });
+    mirror.record('manifest', what, r, r.ok, r.ok ? undefined : r.error);
+    if (!r.ok) {
+      mirror.outcome('manifest', what, 'error', r.error);
+      throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${what}: no peer could serve it`);
+    }
+    const cached = { body: new Uint8Array(r.body), mediaType: r.mediaType };
+    this.manifests.set(r.digest, cached);
+    mirror.outcome('manifest', what, 'peer');
+    return { digest: r.digest, ...cached };
+  }
+
+  private serveBlob(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>): void {
+    const digest = request.digest;
     const entry = this.deps.source.index.get(digest);
-    if (!entry || entry.manifest) throw new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest} is not on this node`);
+    if (entry?.manifest) throw new HttpError(404, 'BLOB_UNKNOWN', `${digest} is a manifest, not a blob`);
+    if (!entry) {
+      this.blobFromPeers(res, inc, request);
+      return;
+    }
+    this.deps.mirror?.outcome('blob', digest, 'local');
     const range = parseRange(inc.range, entry.size);
     const start = range?.start ?? 0;
     const end = range?.end ?? entry.size;
@@ -201,32 +258,92 @@ export class Registry {
       void this.headBlob(res, inc, entry, writeHead, end - start).catch((err) => this.fail(res, inc, err));
       return;
     }
-    const stream = streamBlob(
-      res,
-      this.deps.pool,
-      { location, size: entry.size, start, end, chunkSize: this.deps.config.chunkSize, credits: this.deps.config.streamCredits, writeHead },
-      (fn) => (inc.onAbort = fn),
-    );
+    const { chunkSize, streamCredits: credits } = this.deps.config;
+    this.pipe(res, inc, digest, range ? 206 : 200, {
+      run: (port) => this.deps.pool.readBlob({ location, size: entry.size, start, end, chunkSize, credits, port }),
+      total: end - start,
+      writeHead,
+    }, () => this.deps.source.index.forget(digest));
+  }
+
+  /** A blob this node does not hold: stream it from peers (hedged, resumable), or 404 fast. */
+  private blobFromPeers(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>): void {
+    const { digest } = request;
+    const mirror = this.deps.mirror;
+    const miss = (why: string) => {
+      mirror?.outcome('blob', digest, 'miss', why);
+      return new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest} is not on this node${why ? ` (${why})` : ''}`);
+    };
+    if (inc.hop || !mirror) throw miss('');
+    if (!mirror.mirrors(request.registry)) throw miss('registry not mirrored');
+    void (async () => {
+      const providers = await mirror.providers(digest);
+      if (providers.length === 0) throw miss('no peer has it');
+      if (inc.aborted) return this.done(inc, 0);
+      const { chunkSize, streamCredits: credits } = this.deps.config;
+      const path = `/v2/${request.repository}/blobs/${digest}?ns=${encodeURIComponent(request.registry)}`;
+      const head = inc.method === 'HEAD';
+      // A HEAD asks for one byte: the peer's Content-Range carries the size without moving the blob.
+      const range = head ? 'bytes=0-0' : inc.range;
+      let report: Promise<import('../../shared/messages.js').PeerFetchReport> | undefined;
+      const writeHead = (r: HttpResponse, peer?: PeerOpen) => {
+        const p = peer!;
+        const partial = p.status === 206 && !head;
+        r.writeStatus(partial ? STATUS[206]! : STATUS[200]!);
+        r.writeHeader('Content-Type', p.contentType);
+        r.writeHeader('Docker-Content-Digest', digest);
+        r.writeHeader('Accept-Ranges', 'bytes');
+        if (partial) r.writeHeader('Content-Range', `bytes ${p.start}-${p.end - 1}/${p.size}`);
+        if (head) r.endWithoutBody(p.size);
+      };
+      this.pipe(res, inc, digest, 200, {
+        run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, chunkSize, credits, port, ...mirror.policy() })),
+        writeHead,
+        headOnly: head,
+      }, undefined, async (ok, detail) => {
+        const r = await report?.catch(() => undefined);
+        if (r) mirror.record('blob', digest, r, ok, detail);
+        mirror.outcome('blob', digest, ok ? 'peer' : 'error', detail);
+      });
+    })().catch((err) => this.fail(res, inc, err));
+  }
+
+  /** Streams a pool task into the response and settles the request's bookkeeping. */
+  private pipe(
+    res: HttpResponse,
+    inc: Incoming,
+    digest: Digest,
+    okStatus: number,
+    opts: Parameters<typeof streamBlob>[1],
+    onMissing?: () => void,
+    onFinish?: (ok: boolean, detail?: string) => void,
+  ): void {
+    const stream = streamBlob(res, opts, (fn) => (inc.onAbort = fn));
     this.streams.add(stream);
     void stream.done.then((o) => {
       this.streams.delete(stream);
       switch (o.kind) {
         case 'done':
           bytesServed.inc({ route: 'blobs' }, o.bytes);
-          this.done(inc, range ? 206 : 200);
+          onFinish?.(true);
+          this.done(inc, okStatus);
           break;
         case 'failed-before-headers':
-          if (o.missing) this.deps.source.index.forget(entry.digest);
+          onFinish?.(false, o.error);
+          if (o.missing) onMissing?.();
           else this.deps.log.warn('blob read failed', { digest, error: o.error });
-          this.fail(res, inc, new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest} is not readable on this node`));
+          if (o.status === 416) this.fail(res, inc, new HttpError(416, 'RANGE_INVALID', `range not satisfiable for ${digest}`));
+          else this.fail(res, inc, new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest} is not readable${onMissing ? ' on this node' : ' from any peer'}`));
           break;
         case 'broken':
           bytesServed.inc({ route: 'blobs' }, o.bytes);
+          onFinish?.(false, o.error);
           this.deps.log.warn('blob transfer broken', { digest, bytes: o.bytes, error: o.error });
           this.done(inc, 500);
           break;
         case 'aborted':
           bytesServed.inc({ route: 'blobs' }, o.bytes);
+          onFinish?.(false, 'client went away');
           this.done(inc, 499);
           break;
       }

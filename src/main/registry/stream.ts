@@ -3,26 +3,25 @@
 // returns one credit each time uWS accepted a whole chunk. A slow client therefore holds at most
 // credits x chunkSize bytes of this process's memory, however large the blob.
 
-import { MessageChannel } from 'node:worker_threads';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { HttpResponse } from 'uWebSockets.js';
-import type { BlobLocation, StreamFromWorker, StreamToWorker } from '../../shared/messages.js';
-import type { BlobPool } from '../pool.js';
+import type { PeerOpen, StreamFromWorker, StreamToWorker } from '../../shared/messages.js';
 
 export interface StreamOptions {
-  location: BlobLocation;
-  size: number;
-  start: number;
-  end: number;
-  chunkSize: number;
-  credits: number;
+  /** Starts the pool task that feeds the worker end of the channel. */
+  run(port: MessagePort): Promise<unknown>;
+  /** Body length when known up front (local content); a peer announces it when it opens. */
+  total?: number;
   /** Writes status and headers; called inside cork once the worker has opened the content. */
-  writeHead(res: HttpResponse): void;
+  writeHead(res: HttpResponse, peer?: PeerOpen): void;
+  /** HEAD: writeHead ends the response; the body is not wanted and the source is cancelled. */
+  headOnly?: boolean;
 }
 
 export type StreamOutcome =
   | { kind: 'done'; bytes: number }
   /** Nothing was sent: the caller still owns the response and answers it (404 for `missing`). */
-  | { kind: 'failed-before-headers'; missing: boolean; error: string }
+  | { kind: 'failed-before-headers'; missing: boolean; error: string; status?: 416 }
   /** Headers and part of the body were sent: the connection was closed, the client sees a short body. */
   | { kind: 'broken'; bytes: number; error: string }
   | { kind: 'aborted'; bytes: number };
@@ -37,8 +36,8 @@ export interface ActiveStream {
  * Starts streaming. The caller must already have registered `res.onAborted` and pass the
  * abort hook in `onAborted` registration: uWS allows one handler, so we take it over here.
  */
-export function streamBlob(res: HttpResponse, pool: BlobPool, opts: StreamOptions, abortHook: (fn: () => void) => void): ActiveStream {
-  const total = opts.end - opts.start;
+export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (fn: () => void) => void): ActiveStream {
+  let total = opts.total ?? -1;
   const channel = new MessageChannel();
   const port = channel.port1;
   const queue: ArrayBuffer[] = [];
@@ -61,7 +60,7 @@ export function streamBlob(res: HttpResponse, pool: BlobPool, opts: StreamOption
   const finish = (o: StreamOutcome) => {
     if (finished) return;
     finished = true;
-    if (o.kind !== 'done') send({ type: 'cancel' });
+    if (o.kind !== 'done' || opts.headOnly) send({ type: 'cancel' });
     port.close();
     resolve(o);
   };
@@ -115,15 +114,19 @@ export function streamBlob(res: HttpResponse, pool: BlobPool, opts: StreamOption
     if (finished) return;
     switch (m.type) {
       case 'open':
+        if (m.peer) total = m.peer.end - m.peer.start;
         res.cork(() => {
-          opts.writeHead(res);
+          opts.writeHead(res, m.peer);
           headersSent = true;
-          if (total === 0) {
+          if (opts.headOnly) {
+            finish({ kind: 'done', bytes: 0 });
+          } else if (total === 0) {
             res.end();
             finish({ kind: 'done', bytes: 0 });
           }
         });
-        res.onWritable(onWritable);
+        // A finished uWS response must not be touched again.
+        if (!finished) res.onWritable(onWritable);
         break;
       case 'chunk':
         queue.push(m.data);
@@ -133,7 +136,7 @@ export function streamBlob(res: HttpResponse, pool: BlobPool, opts: StreamOption
         // Every byte is queued; the last tryEnd completes the response.
         break;
       case 'error':
-        if (!headersSent) finish({ kind: 'failed-before-headers', missing: m.missing, error: m.error });
+        if (!headersSent) finish({ kind: 'failed-before-headers', missing: m.missing, error: m.error, ...(m.status ? { status: m.status } : {}) });
         else {
           finish({ kind: 'broken', bytes: written, error: m.error });
           if (!aborted) res.close();
@@ -142,8 +145,8 @@ export function streamBlob(res: HttpResponse, pool: BlobPool, opts: StreamOption
     }
   });
 
-  pool
-    .readBlob({ location: opts.location, size: opts.size, start: opts.start, end: opts.end, chunkSize: opts.chunkSize, credits: opts.credits, port: channel.port2 })
+  opts
+    .run(channel.port2)
     .catch((err: unknown) => {
       // The pool itself failed (worker crashed, pool destroyed).
       if (finished) return;
