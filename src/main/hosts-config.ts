@@ -52,7 +52,7 @@ export type Action =
   | 'restored' // the backup was put back
   | 'removed' // peerpull's hosts.toml removed (there was none before)
   | 'left' // the file was changed by someone else after configure; left as it is
-  | 'failed'; // see message; nothing in this directory was changed
+  | 'failed'; // see message; hosts.toml was left as it was
 
 export interface RegistryReport {
   /** Directory name: a registry host or `_default`. */
@@ -427,7 +427,7 @@ export async function configure(config: Config): Promise<Report> {
       report.registries.push(await configureOne(root, registry, options));
     } catch (err) {
       report.ok = false;
-      report.registries.push({ registry, dir: path.join(root, registry), action: 'failed', message: `${(err as Error).message}; nothing was changed` });
+      report.registries.push({ registry, dir: path.join(root, registry), action: 'failed', message: `${(err as Error).message}; its hosts.toml was left as it was` });
     }
   }
   // Registries configured by an earlier run but no longer mirrored go back to what they were.
