@@ -172,6 +172,13 @@ describe('configure: golden hosts.toml', () => {
     await golden('docker-certs.toml', await readFile(path.join(reg, 'hosts.toml'), 'utf8'));
     await cleanup(cfg(dir));
     assert.deepEqual((await readdir(reg)).sort(), ['a.cert', 'b.cert', 'b.key', 'ca.crt']);
+    // An empty hosts.toml is no hosts.toml to containerd: the certificates still count, and the
+    // empty file comes back on cleanup.
+    await writeFile(path.join(reg, 'hosts.toml'), '');
+    assert.ok((await configure(cfg(dir, { PEERPULL_MIRRORED_REGISTRIES: 'registry.corp:5443' }))).ok);
+    await golden('docker-certs.toml', await readFile(path.join(reg, 'hosts.toml'), 'utf8'));
+    await cleanup(cfg(dir));
+    assert.equal((await readFile(path.join(reg, 'hosts.toml'))).length, 0);
   });
 });
 

@@ -378,13 +378,13 @@ async function configureOne(root: string, registry: string, o: Options): Promise
   let server = upstreamServer(registry);
   let serverSettings: TomlTable = new Map();
   let kept: [string, TomlTable][] = [];
-  if (original !== null) {
+  if (original !== null && original.length > 0) {
     const prev = parseHostsFile(original.toString('utf8'), backup !== null ? backupFile : file);
     if (prev.server) server = prev.server; // the operator's upstream stays the upstream
     serverSettings = prev.serverSettings;
     if (o.keepExistingHosts) kept = prev.hosts.filter(([url]) => !o.endpoints.includes(url));
   } else {
-    // Without hosts.toml containerd reads Docker-style certificate files for the server;
+    // Without hosts.toml (or with an empty one) containerd reads Docker-style certificate files for the server;
     // with one it ignores them, so carry them over explicitly.
     serverSettings = await dockerCertSettings(dir);
   }
