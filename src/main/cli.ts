@@ -4,6 +4,7 @@
 import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, configTable, loadConfig, type Config } from './config.js';
+import { cleanup, configure, formatReport, HostsConfigError } from './hosts-config.js';
 import { generateImage } from './image-generator.js';
 import { log } from './log.js';
 import { serve } from './serve.js';
@@ -12,6 +13,8 @@ const USAGE = `usage: peerpull <command> [--flag value ...]
 
 commands:
   serve        run the node-local registry mirror
+  configure    write containerd mirror config (hosts.toml) pointing at this node's peerpull
+  cleanup      restore the containerd mirror config that configure replaced
   demo [dir]   create a demo OCI layout (default ./demo-store) and serve it
   config       print the configuration table (every PEERPULL_* variable)
   help         this text
@@ -97,6 +100,21 @@ async function main(argv: string[]): Promise<number> {
     case 'demo':
       await runDemo(rest[0] ?? 'demo-store', process.env, flags);
       return -1;
+    case 'configure':
+    case 'cleanup': {
+      const config = loadConfig(process.env, flags);
+      try {
+        const report = command === 'configure' ? await configure(config) : await cleanup(config);
+        process.stdout.write(formatReport(report));
+        return report.ok ? 0 : 1;
+      } catch (err) {
+        if (err instanceof HostsConfigError) {
+          process.stderr.write(`peerpull ${command}: ${err.message}\n`);
+          return 1;
+        }
+        throw err;
+      }
+    }
     case 'config':
       loadConfig(process.env, flags); // validates the current environment too
       process.stdout.write(configTable() + '\n');

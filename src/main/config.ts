@@ -301,6 +301,12 @@ export const settings = {
     'A peer that sends no headers, or no body bytes, for this long is abandoned for the next provider (a blob resumes from the first missing byte).',
     durationIn(10, 600_000),
   ),
+  peerVerify: setting(
+    'PEER_VERIFY',
+    'true',
+    'Hash whole blobs fetched from peers (in the pool, while streaming) and cut the transfer before its last byte if the digest does not match.',
+    parseOnOff,
+  ),
   peerMaxAttempts: setting('PEER_MAX_ATTEMPTS', '3', 'Most providers one request asks, counting hedges and resumes.', intIn(1, 16)),
   // ---- containerd mirror configuration (owner: configure/cleanup) ----
   containerdConfigPath: setting(

@@ -87,6 +87,11 @@ export interface PeerBlobTask extends PeerFetchPolicy {
   path: string;
   /** The client's Range header, forwarded as is ('' for none). */
   range: string;
+  /**
+   * Hash a whole blob while it streams and withhold its last byte until the digest matches, so a
+   * lying peer yields a cut transfer, never a complete wrong blob. Ranges cannot be verified.
+   */
+  verify: boolean;
   chunkSize: number;
   credits: number;
   port: MessagePort;

@@ -51,10 +51,15 @@ export class ChunkSender {
   /** Bytes posted to main so far. */
   sent = 0;
 
+  /**
+   * `holdBack`: keep at least one byte unsent until flush(), so a caller that verifies the whole
+   * body (a digest) can still refuse to complete it.
+   */
   constructor(
     private readonly port: MessagePort,
     private readonly credit: Credit,
     private readonly chunkSize: number,
+    private readonly holdBack = false,
   ) {}
 
   /** Queues a piece and posts every full chunk; false when the transfer was cancelled. */
@@ -76,7 +81,8 @@ export class ChunkSender {
   }
 
   private async drain(all: boolean): Promise<boolean> {
-    while (this.pendingBytes >= this.chunkSize || (all && this.pendingBytes > 0)) {
+    const keep = this.holdBack && !all ? 1 : 0;
+    while (this.pendingBytes - keep >= this.chunkSize || (all && this.pendingBytes > 0)) {
       if (!(await this.credit.take())) return false;
       const n = Math.min(this.chunkSize, this.pendingBytes);
       const out = new Uint8Array(new ArrayBuffer(n));

@@ -30,6 +30,12 @@ function origin(p: PeerTarget): string {
   return p.host.includes(':') ? `http://[${p.host}]:${p.port}` : `http://${p.host}:${p.port}`;
 }
 
+/** Drops a response body we will not read. undici reports the abort as an 'error' on the body: swallow it. */
+function discard(body: Dispatcher.ResponseData['body']): void {
+  body.on('error', () => {});
+  body.destroy();
+}
+
 function header(h: Dispatcher.ResponseData['headers'], name: string): string | undefined {
   const v = h[name];
   return Array.isArray(v) ? v[0] : v;
@@ -138,7 +144,7 @@ function parseContentRange(v: string | undefined): { start: number; end: number;
 /** Checks a blob response's headers; returns what it promises, or throws after discarding the body. */
 async function acceptBlob(peer: PeerTarget, res: Dispatcher.ResponseData, digest: Digest, want?: { start: number; end: number; size: number }): Promise<PeerOpen> {
   const fail = async (msg: string, final?: 'range'): Promise<never> => {
-    res.body.destroy();
+    discard(res.body);
     throw new PeerAnswerError(peer, msg, final);
   };
   const served = header(res.headers, 'docker-content-digest');
@@ -167,7 +173,10 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
   const started = performance.now();
   const report: PeerFetchReport = { bytes: 0, hedges: 0, resumes: 0, failedPeers: [] };
   const credit = new Credit(task.credits, port);
-  const sender = new ChunkSender(port, credit, task.chunkSize);
+  const verify = task.verify && task.range === '';
+  const sender = new ChunkSender(port, credit, task.chunkSize, verify);
+  const hash = verify ? createHash('sha256') : null;
+  const servedBy = new Set<string>();
   const budget = { attempts: task.maxAttempts };
   const post = (m: StreamFromWorker) => port.postMessage(m);
   try {
@@ -180,7 +189,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
         const res = await get(peer, task.path, task.range ? { range: task.range } : {}, signal, task.stallMs);
         return { res, open: await acceptBlob(peer, res, task.digest) };
       },
-      (v) => v.res.body.destroy(),
+      (v) => discard(v.res.body),
     );
     if (!('peer' in first)) {
       post({ type: 'error', missing: true, error: first.error, ...(first.final === 'range' ? { status: 416 as const } : {}) });
@@ -195,12 +204,14 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
     const tried = new Set<string>([first.peer.peerId]);
     for (;;) {
       let error = '';
+      servedBy.add(current.peer.peerId);
       try {
         for await (const piece of current.res.body) {
           const buf = piece as Buffer;
           if (sender.accepted + buf.length > total) throw new Error(`sent more than the ${total} bytes it announced`);
+          hash?.update(buf);
           if (!(await sender.push(buf))) {
-            current.res.body.destroy();
+            discard(current.res.body);
             report.bytes = sender.sent;
             return report;
           }
@@ -211,7 +222,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
         error = err instanceof Error ? err.message : String(err);
       }
       // The peer broke mid-body: go on from the first missing byte elsewhere.
-      current.res.body.destroy();
+      discard(current.res.body);
       report.failedPeers.push(current.peer.peerId);
       report.resumes++;
       const want = { start: open.start + sender.accepted, end: open.end, size: open.size };
@@ -227,7 +238,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
           await acceptBlob(peer, res, task.digest, want);
           return res;
         },
-        (res) => res.body.destroy(),
+        (res) => discard(res.body),
       );
       if (!('peer' in next)) {
         await sender.flush();
@@ -237,6 +248,16 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
       }
       tried.add(next.peer.peerId);
       current = { peer: next.peer, res: next.value };
+    }
+    if (hash && open.status === 200) {
+      const actual = 'sha256:' + hash.digest('hex');
+      if (actual !== task.digest) {
+        // The last byte is still held back: the client gets a cut transfer, not a wrong blob.
+        for (const p of servedBy) report.failedPeers.push(p);
+        post({ type: 'error', missing: false, error: `peers ${[...servedBy].join(', ')} served bytes hashing to ${actual}, not ${task.digest}` });
+        report.bytes = sender.sent;
+        return report;
+      }
     }
     if (await sender.flush()) post({ type: 'end' });
     report.bytes = sender.sent;
@@ -256,7 +277,7 @@ async function readLimited(peer: PeerTarget, res: Dispatcher.ResponseData, limit
   for await (const piece of res.body) {
     n += (piece as Buffer).length;
     if (n > limit) {
-      res.body.destroy();
+      discard(res.body);
       throw new PeerAnswerError(peer, `manifest larger than ${limit} bytes`);
     }
     parts.push(piece as Buffer);
@@ -277,12 +298,12 @@ export async function fetchManifest(task: PeerManifestTask): Promise<PeerManifes
     async (peer, signal) => {
       const res = await get(peer, task.path, {}, signal, task.stallMs);
       if (res.statusCode !== 200) {
-        res.body.destroy();
+        discard(res.body);
         throw new PeerAnswerError(peer, `answered ${res.statusCode}`);
       }
       const mediaType = (header(res.headers, 'content-type') ?? '').split(';')[0]!.trim();
       if (!isManifestMediaType(mediaType)) {
-        res.body.destroy();
+        discard(res.body);
         throw new PeerAnswerError(peer, `answered media type "${mediaType}" for a manifest`);
       }
       const claimed = header(res.headers, 'docker-content-digest');

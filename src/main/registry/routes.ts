@@ -297,7 +297,7 @@ export class Registry {
         if (head) r.endWithoutBody(p.size);
       };
       this.pipe(res, inc, digest, 200, {
-        run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, chunkSize, credits, port, ...mirror.policy() })),
+        run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...mirror.policy() })),
         writeHead,
         headOnly: head,
       }, undefined, async (ok, detail) => {
