@@ -1,0 +1,520 @@
+// The registry benchmark: peerpull beside nginx (sendfile) and a plain node:http server, serving
+// the same generated OCI layout on 127.0.0.1, measured one server at a time in one run.
+//
+//   npm run build && node_modules/.bin/node dist/native-bench/registry.js [--quick] [--json]
+//
+// Measures, per server: GET throughput of a 256 MiB blob with 1 and 32 connections (wrk); server
+// CPU-seconds per GiB served during those runs (utime+stime of the server processes from /proc);
+// requests/s and p99 latency of HEAD and GET of a ~2 KiB manifest with 1 and 32 connections; RSS
+// growth over idle while 32 slow clients download a 1 GiB blob. Prints absolute figures, ratios
+// against nginx and node:http, and the targets of issue 2. PEERPULL_* variables in the
+// environment (e.g. PEERPULL_CHUNK_SIZE, PEERPULL_STREAM_CREDITS, PEERPULL_WORKERS) are passed to
+// peerpull. Generated content lives in a temp dir that is always removed; every process started
+// is stopped by PID, also on Ctrl-C or failure.
+
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { generateImage } from '../src/main/image-generator.js';
+import { cleanupAll, tempDir } from './children.js';
+import { buildReqload, REQLOAD_SOURCE, runReqload, runWrk, slowClients, WRK, wrkErrorCount, type SlowClientsResult, type WrkResult } from './load.js';
+import { cpuSeconds, hwmBytes, rssBytes, sumOver } from './proc.js';
+import { NGINX, PEERPULL_CLI, SERVER_NAMES, startServer, type RunningServer, type ServerName } from './servers.js';
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+/** A layer blob is a tar: 512-byte header + payload + 1024-byte end marker (payloads here are 512-aligned). */
+const TAR_OVERHEAD = 1536;
+const IMAGE = 'docker.io/library/bench:latest';
+const REPO_PATH = '/v2/library/bench';
+const NS = '?ns=docker.io';
+
+interface Options {
+  quick: boolean;
+  json: boolean;
+  servers: ServerName[];
+  peerpullNodeArgs: string[];
+  peerpullCli: string | undefined;
+  wrkThreads: number;
+  strict: boolean;
+}
+
+interface Plan {
+  blobSeconds: number;
+  manifestSeconds: number;
+  warmupSeconds: number;
+  slowClients: number;
+  slowBytesPerSec: number;
+  slowSeconds: number;
+  /** Size of the blob the slow clients download. */
+  slowBlobSize: number;
+}
+
+const USAGE = `usage: node dist/native-bench/registry.js [options]
+
+  --quick               short runs (under a minute): 2 s per load run, a 256 MiB blob for the slow clients
+  --json                print the results as JSON on stdout (progress stays on stderr)
+  --servers a,b,c       which servers to run (default peerpull,nginx,node:http)
+  --peerpull-node-args  extra node flags for peerpull, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+  --peerpull-cli path   run this peerpull cli.js instead of the build's (A/B of a patched copy)
+  --wrk-threads n       wrk threads (default 1: client and servers share this machine's cores)
+  --strict              exit 1 when a target is not met (default: exit 0 whenever the run completed)
+
+PEERPULL_* variables in the environment are passed to peerpull (e.g. PEERPULL_CHUNK_SIZE=1Mi).`;
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = { quick: false, json: false, servers: [...SERVER_NAMES], peerpullNodeArgs: [], peerpullCli: undefined, wrkThreads: 1, strict: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    switch (a) {
+      case '--quick':
+        o.quick = true;
+        break;
+      case '--json':
+        o.json = true;
+        break;
+      case '--strict':
+        o.strict = true;
+        break;
+      case '--servers': {
+        const names = value().split(',').map((s) => s.trim()) as ServerName[];
+        for (const n of names) if (!SERVER_NAMES.includes(n)) throw new Error(`unknown server "${n}" (known: ${SERVER_NAMES.join(', ')})`);
+        o.servers = SERVER_NAMES.filter((n) => names.includes(n));
+        break;
+      }
+      case '--peerpull-node-args':
+        o.peerpullNodeArgs = value().split(/\s+/).filter(Boolean);
+        break;
+      case '--peerpull-cli':
+        o.peerpullCli = path.resolve(value());
+        break;
+      case '--wrk-threads':
+        o.wrkThreads = Math.max(1, Number(value()) || 1);
+        break;
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE + '\n');
+        process.exit(0);
+      // eslint-disable-next-line no-fallthrough
+      default:
+        throw new Error(`unknown option ${a}\n${USAGE}`);
+    }
+  }
+  return o;
+}
+
+function progress(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The compiled HEAD load generator (built once per run into the temp dir). */
+let reqload = '';
+
+// ---------------------------------------------------------------- content
+
+interface Content {
+  layout: string;
+  manifest: { digest: string; size: number; mediaType: string };
+  blob256: { digest: string; size: number };
+  slowBlob: { digest: string; size: number };
+}
+
+async function makeContent(layout: string, plan: Plan): Promise<Content> {
+  const big = 256 * MiB - TAR_OVERHEAD;
+  const layerSizes = [big];
+  if (plan.slowBlobSize !== 256 * MiB) layerSizes.push(plan.slowBlobSize - TAR_OVERHEAD);
+  // Ten tiny layers bring the manifest to ~2 KiB, the size of a typical real image manifest.
+  const filler = plan.slowBlobSize !== 256 * MiB ? 10 : 11;
+  for (let i = 0; i < filler; i++) layerSizes.push(512 * (i + 1));
+  const img = await generateImage(layout, { name: IMAGE, layerSizes });
+  const m = img.manifests[0]!;
+  const blob256 = m.layers[0]!;
+  const slow = plan.slowBlobSize !== 256 * MiB ? m.layers[1]! : blob256;
+  return {
+    layout,
+    manifest: { digest: m.manifest.digest, size: m.manifest.size, mediaType: m.manifest.mediaType },
+    blob256: { digest: blob256.digest, size: blob256.size },
+    slowBlob: { digest: slow.digest, size: slow.size },
+  };
+}
+
+// ---------------------------------------------------------------- per-server suite
+
+interface LoadFigures extends WrkResult {
+  cpuSeconds: number;
+  cpuSecondsPerGiB: number;
+  cpuMicrosPerRequest: number;
+}
+
+interface ServerResult {
+  name: ServerName;
+  notes: string[];
+  /** Cores busy with other work just before this server's suite (should be ~0). */
+  backgroundCores: number;
+  blob: { c1: LoadFigures; c32: LoadFigures };
+  manifest: { headC1: LoadFigures; headC32: LoadFigures; getC1: LoadFigures; getC32: LoadFigures };
+  memory: { idleRssMiB: number; peakRssMiB: number; growthMiB: number; slow: SlowClientsResult };
+}
+
+function url(s: RunningServer, p: string): string {
+  return `http://${s.host}:${s.port}${p}`;
+}
+
+async function verify(s: RunningServer, c: Content): Promise<void> {
+  const mPath = `${REPO_PATH}/manifests/${c.manifest.digest}${NS}`;
+  const get = await fetch(url(s, mPath));
+  const body = Buffer.from(await get.arrayBuffer());
+  const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
+  const problems: string[] = [];
+  if (get.status !== 200) problems.push(`manifest GET status ${get.status}`);
+  if (digest !== c.manifest.digest) problems.push(`manifest GET body hashes to ${digest}`);
+  if (get.headers.get('content-type') !== c.manifest.mediaType) problems.push(`manifest Content-Type ${get.headers.get('content-type')}`);
+  if (get.headers.get('docker-content-digest') !== c.manifest.digest) problems.push(`manifest Docker-Content-Digest ${get.headers.get('docker-content-digest')}`);
+  const head = await fetch(url(s, mPath), { method: 'HEAD' });
+  await head.arrayBuffer();
+  if (head.status !== 200 || head.headers.get('content-length') !== String(c.manifest.size)) {
+    problems.push(`manifest HEAD status ${head.status}, Content-Length ${head.headers.get('content-length')}`);
+  }
+  const blob = await fetch(url(s, `${REPO_PATH}/blobs/${c.blob256.digest}${NS}`));
+  const h = createHash('sha256');
+  let n = 0;
+  for await (const chunk of blob.body as unknown as AsyncIterable<Uint8Array>) {
+    h.update(chunk);
+    n += chunk.byteLength;
+  }
+  const blobDigest = `sha256:${h.digest('hex')}`;
+  if (blob.status !== 200 || n !== c.blob256.size || blobDigest !== c.blob256.digest) {
+    problems.push(`blob GET status ${blob.status}, ${n} bytes, digest ${blobDigest}`);
+  }
+  if (problems.length) throw new Error(`${s.name} serves wrong content: ${problems.join('; ')}`);
+}
+
+async function measuredWrk(s: RunningServer, scratch: string, opts: Options, run: { path: string; method: 'GET' | 'HEAD'; connections: number; seconds: number; timeoutSeconds: number }): Promise<LoadFigures> {
+  const pids = s.pids();
+  const before = sumOver(pids, cpuSeconds);
+  const r =
+    run.method === 'HEAD'
+      ? await runReqload(reqload, { host: s.host, port: s.port, path: run.path, method: 'HEAD', connections: run.connections, seconds: run.seconds })
+      : await runWrk({ url: url(s, run.path), method: run.method, connections: run.connections, threads: Math.min(opts.wrkThreads, run.connections), seconds: run.seconds, timeoutSeconds: run.timeoutSeconds, scratch });
+  const cpu = sumOver(s.pids(), cpuSeconds) - before;
+  if (r.requests === 0 && r.bytes === 0) throw new Error(`${s.name}: ${run.method} ${run.path} got nothing: ${JSON.stringify(r.errors)}`);
+  // Errors are reported, not fatal: a server that drops keep-alive connections is a finding.
+  if (wrkErrorCount(r) > 0) progress(`${s.name}:   WARNING: ${run.method} with ${run.connections} connection(s): ${JSON.stringify(r.errors)} (connect = connections the server closed, so the client reconnected)`);
+  return { ...r, cpuSeconds: cpu, cpuSecondsPerGiB: r.bytes > 0 ? cpu / (r.bytes / GiB) : NaN, cpuMicrosPerRequest: r.requests > 0 ? (cpu / r.requests) * 1e6 : NaN };
+}
+
+async function memoryUnderSlowClients(s: RunningServer, c: Content, plan: Plan): Promise<ServerResult['memory']> {
+  await sleep(500);
+  const pids = s.pids();
+  const idle = new Map(pids.map((p) => [p, rssBytes(p)]));
+  const hwmBefore = new Map(pids.map((p) => [p, hwmBytes(p)]));
+  const sampled = new Map(idle);
+  const sampler = setInterval(() => {
+    for (const p of pids) {
+      try {
+        sampled.set(p, Math.max(sampled.get(p)!, rssBytes(p)));
+      } catch {
+        // Process gone (a failure the load run reports).
+      }
+    }
+  }, 20);
+  let slow: SlowClientsResult;
+  try {
+    slow = await slowClients(s.host, s.port, `${REPO_PATH}/blobs/${c.slowBlob.digest}${NS}`, plan.slowClients, plan.slowBytesPerSec, plan.slowSeconds);
+  } finally {
+    clearInterval(sampler);
+  }
+  let idleSum = 0;
+  let peakSum = 0;
+  for (const p of pids) {
+    const hwmAfter = hwmBytes(p);
+    // A high-water mark that rose during the test is the exact peak; otherwise the samples are.
+    const peak = hwmAfter > hwmBefore.get(p)! ? hwmAfter : sampled.get(p)!;
+    idleSum += idle.get(p)!;
+    peakSum += peak;
+  }
+  if (slow.ok !== slow.clients || slow.failed > 0) throw new Error(`${s.name}: slow clients: ${slow.ok}/${slow.clients} got 200, ${slow.failed} failed`);
+  return { idleRssMiB: idleSum / MiB, peakRssMiB: peakSum / MiB, growthMiB: (peakSum - idleSum) / MiB, slow };
+}
+
+async function runSuite(name: ServerName, c: Content, scratchRoot: string, plan: Plan, opts: Options): Promise<ServerResult> {
+  const scratch = path.join(scratchRoot, name.replace(':', '-'));
+  await mkdir(scratch, { recursive: true });
+  const background = await busyCores(1000);
+  if (background > 0.2) progress(`WARNING: ${background.toFixed(2)} cores busy before ${name} starts: other work on this machine skews the figures`);
+  progress(`${name}: starting`);
+  const s = await startServer(name, { layout: c.layout, scratch, peerpullEnv: peerpullEnv(), peerpullNodeArgs: opts.peerpullNodeArgs, peerpullCli: opts.peerpullCli });
+  try {
+    progress(`${name}: listening on ${s.host}:${s.port} (pids ${s.pids().join(',')}); checking content`);
+    await verify(s, c);
+
+    progress(`${name}: ${plan.slowClients} slow clients at ${plan.slowBytesPerSec / MiB} MiB/s each for ${plan.slowSeconds} s (${c.slowBlob.size / MiB} MiB blob)`);
+    const memory = await memoryUnderSlowClients(s, c, plan);
+    progress(`${name}:   idle RSS ${memory.idleRssMiB.toFixed(1)} MiB, peak ${memory.peakRssMiB.toFixed(1)} MiB, growth ${memory.growthMiB.toFixed(1)} MiB, clients read ${(memory.slow.bytes / MiB).toFixed(0)} MiB`);
+    await sleep(1000);
+
+    const blobPath = `${REPO_PATH}/blobs/${c.blob256.digest}${NS}`;
+    const blob: Partial<ServerResult['blob']> = {};
+    for (const conns of [1, 32] as const) {
+      progress(`${name}: GET 256 MiB blob, ${conns} connection(s), ${plan.blobSeconds} s`);
+      const r = await measuredWrk(s, scratch, opts, { path: blobPath, method: 'GET', connections: conns, seconds: plan.blobSeconds, timeoutSeconds: 60 });
+      progress(`${name}:   ${r.mibPerSec.toFixed(0)} MiB/s, ${r.cpuSecondsPerGiB.toFixed(3)} CPU-s/GiB`);
+      blob[conns === 1 ? 'c1' : 'c32'] = r;
+      await sleep(500);
+    }
+
+    const mPath = `${REPO_PATH}/manifests/${c.manifest.digest}${NS}`;
+    // JIT warm-up for the Node servers; nginx does not care.
+    await runReqload(reqload, { host: s.host, port: s.port, path: mPath, method: 'HEAD', connections: 32, seconds: plan.warmupSeconds });
+    await runWrk({ url: url(s, mPath), method: 'GET', connections: 32, threads: Math.min(opts.wrkThreads, 32), seconds: plan.warmupSeconds, timeoutSeconds: 5, scratch });
+    const manifest: Partial<ServerResult['manifest']> = {};
+    for (const method of ['HEAD', 'GET'] as const) {
+      for (const conns of [1, 32] as const) {
+        progress(`${name}: ${method} manifest, ${conns} connection(s), ${plan.manifestSeconds} s`);
+        const r = await measuredWrk(s, scratch, opts, { path: mPath, method, connections: conns, seconds: plan.manifestSeconds, timeoutSeconds: 5 });
+        progress(`${name}:   ${r.requestsPerSec.toFixed(0)} req/s, p99 ${r.p99Ms.toFixed(3)} ms, ${r.cpuMicrosPerRequest.toFixed(1)} CPU-us/req`);
+        manifest[`${method === 'HEAD' ? 'head' : 'get'}C${conns}` as keyof ServerResult['manifest']] = r;
+        await sleep(300);
+      }
+    }
+    return { name, notes: s.notes, backgroundCores: background, blob: blob as ServerResult['blob'], manifest: manifest as ServerResult['manifest'], memory };
+  } finally {
+    progress(`${name}: stopping`);
+    await s.stop();
+  }
+}
+
+function peerpullEnv(): Record<string, string> {
+  const fixed = new Set(['PEERPULL_STORE', 'PEERPULL_REGISTRY_ADDR', 'PEERPULL_METRICS_ADDR']);
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (k.startsWith('PEERPULL_') && !fixed.has(k) && v !== undefined) out[k] = v;
+  return out;
+}
+
+/** Cores busy (all processes) over `ms`, from /proc/stat. */
+async function busyCores(ms: number): Promise<number> {
+  const read = () => {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const idle = f[3]! + (f[4] ?? 0);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { idle, total };
+  };
+  const a = read();
+  await sleep(ms);
+  const b = read();
+  const total = b.total - a.total;
+  return total > 0 ? ((total - (b.idle - a.idle)) / total) * os.cpus().length : 0;
+}
+
+// ---------------------------------------------------------------- report
+
+interface Check {
+  id: string;
+  metric: string;
+  unit: string;
+  /** Which way is better. */
+  better: 'higher' | 'lower';
+  values: Partial<Record<ServerName, number>>;
+  target?: { text: string; met: boolean | null };
+}
+
+function ratio(a: number | undefined, b: number | undefined): number | null {
+  return a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0 ? null : a / b;
+}
+
+function buildChecks(results: Partial<Record<ServerName, ServerResult>>): Check[] {
+  const pick = (f: (r: ServerResult) => number): Partial<Record<ServerName, number>> => {
+    const o: Partial<Record<ServerName, number>> = {};
+    for (const n of SERVER_NAMES) if (results[n]) o[n] = f(results[n]!);
+    return o;
+  };
+  const checks: Check[] = [];
+  const vsNginx = (v: Partial<Record<ServerName, number>>, min: number) => {
+    const r = ratio(v.peerpull, v.nginx);
+    return { text: `>= ${min}x nginx`, met: r === null ? null : r >= min };
+  };
+  const vsNode = (v: Partial<Record<ServerName, number>>, op: '<=' | '>=', k: number) => {
+    const r = ratio(v.peerpull, v['node:http']);
+    return { text: `${op} ${k}x node:http`, met: r === null ? null : op === '<=' ? r <= k : r >= k };
+  };
+  for (const [key, conns] of [['c1', 1], ['c32', 32]] as const) {
+    const v = pick((r) => r.blob[key].mibPerSec);
+    checks.push({ id: `blob-throughput-${key}`, metric: `256 MiB blob GET, ${conns} conn`, unit: 'MiB/s', better: 'higher', values: v, target: vsNginx(v, 0.9) });
+  }
+  for (const [key, conns] of [['c1', 1], ['c32', 32]] as const) {
+    const v = pick((r) => r.blob[key].cpuSecondsPerGiB);
+    checks.push({ id: `blob-cpu-${key}`, metric: `server CPU per GiB, ${conns} conn`, unit: 'CPU-s/GiB', better: 'lower', values: v, target: vsNode(v, '<=', 1) });
+  }
+  for (const [key, label] of [['headC1', 'HEAD, 1 conn'], ['headC32', 'HEAD, 32 conn'], ['getC1', 'GET, 1 conn'], ['getC32', 'GET, 32 conn']] as const) {
+    const rps = pick((r) => r.manifest[key].requestsPerSec);
+    checks.push({ id: `manifest-rps-${key}`, metric: `manifest ${label}`, unit: 'req/s', better: 'higher', values: rps, target: vsNode(rps, '>=', 2) });
+    const p99 = pick((r) => r.manifest[key].p99Ms);
+    checks.push({
+      id: `manifest-p99-${key}`,
+      metric: `manifest ${label} p99`,
+      unit: 'ms',
+      better: 'lower',
+      values: p99,
+      target: { text: '< 2 ms', met: p99.peerpull === undefined ? null : p99.peerpull < 2 },
+    });
+  }
+  for (const [key, label] of [['headC32', 'HEAD'], ['getC32', 'GET']] as const) {
+    checks.push({ id: `manifest-cpu-${key}`, metric: `server CPU per manifest ${label}, 32 conn`, unit: 'CPU-us/req', better: 'lower', values: pick((r) => r.manifest[key].cpuMicrosPerRequest) });
+  }
+  checks.push({
+    id: 'manifest-errors',
+    metric: 'manifest runs: reconnects + errors',
+    unit: 'count',
+    better: 'lower',
+    values: pick((r) => Object.values(r.manifest).reduce((a, f) => a + wrkErrorCount(f), 0)),
+    target: { text: '0 (keep-alive holds)', met: results.peerpull ? Object.values(results.peerpull.manifest).every((f) => wrkErrorCount(f) === 0) : null },
+  });
+  const growth = pick((r) => r.memory.growthMiB);
+  checks.push({
+    id: 'slow-clients-rss-growth',
+    metric: '32 slow clients, RSS growth over idle',
+    unit: 'MiB',
+    better: 'lower',
+    values: growth,
+    target: { text: '< 64 MiB', met: growth.peerpull === undefined ? null : growth.peerpull < 64 },
+  });
+  checks.push({ id: 'idle-rss', metric: 'idle RSS', unit: 'MiB', better: 'lower', values: pick((r) => r.memory.idleRssMiB) });
+  return checks;
+}
+
+function fmt(v: number | undefined | null, unit: string): string {
+  if (v === undefined || v === null || !Number.isFinite(v)) return 'n/a';
+  if (unit === 'ms') return v.toFixed(v < 10 ? 2 : 1);
+  if (unit === 'CPU-s/GiB') return v.toFixed(3);
+  if (unit === 'CPU-us/req') return v.toFixed(1);
+  if (unit === 'MiB') return v.toFixed(1);
+  return Math.round(v).toString();
+}
+
+function fmtRatio(r: number | null): string {
+  return r === null ? 'n/a' : `${r.toFixed(2)}x`;
+}
+
+function markdownTable(checks: Check[], servers: ServerName[]): string {
+  const head = ['metric', ...servers, 'peerpull/nginx', 'peerpull/node:http', 'target', 'met'];
+  const rows = checks.map((c) => [
+    `${c.metric} (${c.unit})`,
+    ...servers.map((n) => fmt(c.values[n], c.unit)),
+    fmtRatio(ratio(c.values.peerpull, c.values.nginx)),
+    fmtRatio(ratio(c.values.peerpull, c.values['node:http'])),
+    c.target?.text ?? '',
+    c.target ? (c.target.met === null ? 'n/a' : c.target.met ? 'met' : 'NOT MET') : '',
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
+  const sep = `|${widths.map((w, i) => (i === 0 ? `-${'-'.repeat(w)}-` : `-${'-'.repeat(w - 1)}:-`)).join('|')}|`;
+  return [line(head), sep, ...rows.map(line)].join('\n');
+}
+
+function machine(): Record<string, unknown> {
+  const cpu = os.cpus()[0]?.model ?? 'unknown';
+  let nginxVersion = 'unknown';
+  try {
+    // nginx prints its version on stderr.
+    nginxVersion = execFileSync('sh', ['-c', `${NGINX} -v 2>&1`], { encoding: 'utf8' }).trim().replace(/^nginx version: /, '');
+  } catch {
+    // keep unknown
+  }
+  let wrkVersion = 'unknown';
+  try {
+    wrkVersion = execFileSync('sh', ['-c', `${WRK} -v 2>&1 | head -1`], { encoding: 'utf8' }).trim();
+  } catch {
+    // keep unknown
+  }
+  return { cpu, cores: os.availableParallelism(), memoryGiB: Math.round(os.totalmem() / GiB), kernel: os.release(), node: process.version, nginx: nginxVersion, wrk: wrkVersion };
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<number> {
+  const opts = parseOptions(process.argv.slice(2));
+  if (process.platform !== 'linux') throw new Error('the benchmark reads /proc: Linux only');
+  const major = Number(process.versions.node.split('.')[0]);
+  if (major < 22) throw new Error(`run it on the pinned Node 22 (node_modules/.bin/node), not ${process.version}`);
+  for (const [f, what] of [
+    [WRK, 'wrk (apt-get install wrk)'],
+    [REQLOAD_SOURCE, 'native-bench/reqload.c (the HEAD load generator)'],
+    [PEERPULL_CLI, 'the build (npm run build)'],
+    ...(opts.servers.includes('nginx') ? [[NGINX, 'nginx (apt-get install nginx-light)'] as const] : []),
+  ] as const) {
+    if (!existsSync(f)) throw new Error(`${f} is missing: install ${what}`);
+  }
+  const plan: Plan = opts.quick
+    ? { blobSeconds: 2, manifestSeconds: 2, warmupSeconds: 1, slowClients: 32, slowBytesPerSec: 2 * MiB, slowSeconds: 4, slowBlobSize: 256 * MiB }
+    : { blobSeconds: 8, manifestSeconds: 6, warmupSeconds: 1, slowClients: 32, slowBytesPerSec: 2 * MiB, slowSeconds: 15, slowBlobSize: GiB };
+
+  const root = tempDir(await mkdtemp(path.join(os.tmpdir(), 'peerpull-bench-')));
+  const layout = path.join(root, 'layout');
+  const started = performance.now();
+  progress(`generating content in ${root} (256 MiB blob${plan.slowBlobSize === GiB ? ', 1 GiB blob' : ''}, ~2 KiB manifest)`);
+  reqload = await buildReqload(root);
+  const content = await makeContent(layout, plan);
+  // Bring every blob into the page cache, so no server pays for the first disk read.
+  for (const d of [content.blob256, content.slowBlob]) await readFile(path.join(layout, 'blobs', 'sha256', d.digest.slice(7))).then(() => undefined);
+  progress(`manifest ${content.manifest.size} bytes; blobs ${content.blob256.size} and ${content.slowBlob.size} bytes`);
+
+  const results: Partial<Record<ServerName, ServerResult>> = {};
+  for (const name of opts.servers) results[name] = await runSuite(name, content, root, plan, opts);
+
+  const checks = buildChecks(results);
+  const report = {
+    command: `node dist/native-bench/registry.js ${process.argv.slice(2).join(' ')}`.trim(),
+    date: new Date().toISOString(),
+    machine: machine(),
+    plan: { ...plan, wrkThreads: opts.wrkThreads, note: 'one server at a time; client and server share the machine; GET load: wrk (HTTP/1.1 keep-alive); HEAD load: native-bench/reqload.c (HTTP/1.1 keep-alive, one thread, compiled with cc at start), because wrk 4.1 and h2load wait for a body after a HEAD response and ab speaks only HTTP/1.0, which uWebSockets.js refuses with 505' },
+    peerpullEnv: peerpullEnv(),
+    content: { manifestBytes: content.manifest.size, blobBytes: content.blob256.size, slowBlobBytes: content.slowBlob.size },
+    servers: results,
+    checks: checks.map((c) => ({
+      ...c,
+      ratioVsNginx: ratio(c.values.peerpull, c.values.nginx),
+      ratioVsNodeHttp: ratio(c.values.peerpull, c.values['node:http']),
+    })),
+    seconds: (performance.now() - started) / 1000,
+  };
+  if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+  else {
+    const m = report.machine;
+    const out = [
+      '',
+      `peerpull registry benchmark (${opts.quick ? 'quick' : 'full'}), ${report.date}`,
+      `machine: ${m.cpu}, ${m.cores} cores (client and server share them), ${m.memoryGiB} GiB, Linux ${m.kernel}; node ${m.node}; ${m.nginx}; ${m.wrk}`,
+      `load: wrk -t${opts.wrkThreads} (GET, HTTP/1.1 keep-alive), native-bench/reqload.c (HEAD, HTTP/1.1 keep-alive, one thread); blob runs ${plan.blobSeconds} s, manifest runs ${plan.manifestSeconds} s; slow clients: ${plan.slowClients} x ${plan.slowBytesPerSec / MiB} MiB/s for ${plan.slowSeconds} s on a ${content.slowBlob.size / MiB} MiB blob`,
+      `content: ${content.manifest.size} B manifest, ${content.blob256.size} B blob, all in page cache`,
+      ...opts.servers.map((n) => `${n}: ${results[n]!.notes.join('; ')}; other load before its run: ${results[n]!.backgroundCores.toFixed(2)} cores`),
+      '',
+      markdownTable(checks, opts.servers),
+      '',
+      `${checks.filter((c) => c.target?.met === true).length} of ${checks.filter((c) => c.target && c.target.met !== null).length} targets met; ${report.seconds.toFixed(0)} s`,
+      '',
+    ];
+    process.stdout.write(out.join('\n'));
+  }
+  return opts.strict && checks.some((c) => c.target?.met === false) ? 1 : 0;
+}
+
+let code = 2;
+try {
+  code = await main();
+} catch (err) {
+  process.stderr.write(`benchmark failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  code = 2;
+} finally {
+  await cleanupAll();
+}
+process.exit(code);
