@@ -9,7 +9,7 @@ import { log, setLogLevel } from './log.js';
 import { registry as metricsRegistry } from './metrics.js';
 import { createPool, type BlobPool } from './pool.js';
 import { Registry } from './registry/routes.js';
-import { Mirror } from './mirror.js';
+import { Mirror, type ProviderFinder } from './mirror.js';
 import { P2P, wireContentIndex } from './p2p.js';
 
 export interface RunningServer {
@@ -89,19 +89,26 @@ export async function serve(config: Config): Promise<RunningServer> {
   let closing = false;
   let p2p: P2P | undefined;
   let mirror: Mirror | undefined;
+  // The mirror is created before the registry (which routes misses to it) but finds providers
+  // only once the p2p thread exists, after the registry port is known (port 0 in tests).
+  const finder: ProviderFinder = {
+    findProviders: (key, opts) => (p2p ? p2p.findProviders(key, opts) : Promise.resolve([])),
+    reportFailure: (peerId) => p2p?.reportFailure(peerId),
+  };
+  if (config.p2p) mirror = new Mirror(config, finder, log.child({ component: 'mirror' }));
+  const ready = () => !closing && sourceStarted && source.healthy() && (config.p2p ? p2p?.ready() === true : true);
+  const registry = new Registry({ config, source, pool, log: log.child({ component: 'registry' }), ready, ...(mirror ? { mirror } : {}) });
+  const metrics = metricsApp(ready);
+
+  const registryPort = await registry.listen(config.registryAddr.host, config.registryAddr.port);
   if (config.p2p) {
-    p2p = await P2P.fromConfig(config, { log: log.child({ component: 'p2p' }) });
-    mirror = new Mirror(config, p2p, log.child({ component: 'mirror' }));
+    // Peers fetch from the port really bound, which differs from the configured one with port 0.
+    p2p = await P2P.fromConfig({ ...config, registryAddr: { ...config.registryAddr, port: registryPort } }, { log: log.child({ component: 'p2p' }) });
     // Follows the index from its first (empty) state: the source's first sync arrives as additions.
     wireContentIndex(p2p, index, log.child({ component: 'p2p' }));
     // The handle keeps restarting the thread after a failed first start; local content is served meanwhile.
     p2p.start().catch((err: unknown) => log.error('p2p thread failed to start; retrying in the background', { error: err }));
   }
-  const ready = () => !closing && sourceStarted && source.healthy() && (p2p ? p2p.ready() : true);
-  const registry = new Registry({ config, source, pool, log: log.child({ component: 'registry' }), ready, ...(mirror ? { mirror } : {}) });
-  const metrics = metricsApp(ready);
-
-  const registryPort = await registry.listen(config.registryAddr.host, config.registryAddr.port);
   const metricsSock = await listenApp(metrics, config.metricsAddr.host, config.metricsAddr.port, 'metrics');
   const metricsPort = us_socket_local_port(metricsSock);
   log.info('listening', { registryPort, metricsPort, store: config.store.kind, workers: pool.threads });
@@ -116,7 +123,9 @@ export async function serve(config: Config): Promise<RunningServer> {
     metricsPort,
     source,
     registry,
-    ...(p2p ? { p2p } : {}),
+    get p2p() {
+      return p2p;
+    },
     ...(mirror ? { mirror } : {}),
     async close() {
       if (closing) return;
