@@ -1,0 +1,224 @@
+// The peer-mirror benchmark (issue 4): N real peerpull nodes on loopback (127.0.88.x, p2p on, each
+// with its own OCI-layout store), node 1 holding the content. In one run it measures:
+//   - blob throughput when node 2 serves node 1's blob through the peer path, against node 1
+//     serving it locally (the baseline), alternating runs, as a ratio (target >= 0.7x);
+//   - time to first byte of peer hits from every other node (p50/p99; target p99 < 30 ms);
+//   - miss-to-404 latency for content nobody has (p50/p99; target p99 < 30 ms).
+//
+//   npm run build && node_modules/.bin/node dist/native-bench/mirror.js [--nodes 10] [--blob-mib 256] [--json]
+//
+// PEERPULL_* variables in the environment are passed to every node. All processes are stopped by
+// PID and the temp dir removed, also on Ctrl-C or failure.
+
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { request } from 'undici';
+import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
+import { cleanupAll, start, stop, tempDir } from './children.js';
+import { PEERPULL_CLI } from './servers.js';
+
+const execFileP = promisify(execFile);
+const MiB = 2 ** 20;
+
+interface Options {
+  nodes: number;
+  blobMiB: number;
+  rounds: number;
+  samples: number;
+  json: boolean;
+}
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = { nodes: 10, blobMiB: 256, rounds: 3, samples: 300, json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const num = () => {
+      const v = Number(argv[++i]);
+      if (!Number.isFinite(v) || v <= 0) throw new Error(`${a} needs a positive number`);
+      return v;
+    };
+    if (a === '--nodes') o.nodes = Math.max(2, Math.floor(num()));
+    else if (a === '--blob-mib') o.blobMiB = num();
+    else if (a === '--rounds') o.rounds = Math.floor(num());
+    else if (a === '--samples') o.samples = Math.floor(num());
+    else if (a === '--json') o.json = true;
+    else throw new Error(`unknown option ${a} (see the header of native-bench/mirror.ts)`);
+  }
+  return o;
+}
+
+const ip = (i: number) => `127.0.88.${i + 1}`;
+const REGISTRY_PORT = 5000;
+const METRICS_PORT = 9090;
+const P2P_PORT = 5001;
+
+function say(msg: string): void {
+  process.stderr.write(msg + '\n');
+}
+
+async function waitFor(fn: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await fn().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+async function status(url: string, method: 'GET' | 'HEAD' = 'HEAD'): Promise<number> {
+  const r = await request(url, { method });
+  await r.body.dump();
+  return r.statusCode;
+}
+
+/** Downloads with curl (a client cheaper than any Node one) and returns MiB/s. */
+async function curlMiBps(url: string): Promise<number> {
+  const { stdout } = await execFileP('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code} %{speed_download}', url]);
+  const [code, speed] = stdout.trim().split(' ');
+  if (code !== '200') throw new Error(`curl ${url}: HTTP ${code}`);
+  return Number(speed) / MiB;
+}
+
+/** Time to the response headers and the status, with the body drained. */
+async function ttfb(url: string): Promise<{ ms: number; status: number }> {
+  const t0 = performance.now();
+  const r = await request(url);
+  const ms = performance.now() - t0;
+  await r.body.dump();
+  return { ms, status: r.statusCode };
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor(s.length * p))]!;
+}
+
+function median(xs: number[]): number {
+  return pct(xs, 0.5);
+}
+
+async function main(): Promise<void> {
+  const o = parseOptions(process.argv.slice(2));
+  const root = tempDir(await mkdtemp(path.join(os.tmpdir(), 'peerpull-mirror-bench-')));
+  say(`generating content (${o.blobMiB} MiB blob + small blobs) ...`);
+  const holder = path.join(root, 'store-0');
+  const big: GeneratedImage = await generateImage(holder, { name: 'docker.io/library/big:1', layerSizes: [o.blobMiB * MiB] });
+  // Many small distinct blobs: each TTFB sample is a blob the asking node has not fetched before
+  // (peerpull keeps no copies), and the lookup of a fresh key is part of what is measured.
+  const small: GeneratedImage = await generateImage(holder, { name: 'docker.io/library/small:1', layerSizes: Array.from({ length: 60 }, () => 16 * 1024) });
+  const passEnv: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (k.startsWith('PEERPULL_') && v !== undefined) passEnv[k] = v;
+
+  say(`starting ${o.nodes} nodes on 127.0.88.1-${o.nodes} ...`);
+  const children = [];
+  for (let i = 0; i < o.nodes; i++) {
+    const store = i === 0 ? holder : path.join(root, `store-${i}`);
+    if (i > 0) await generateImage(store, { name: `docker.io/library/own-${i}:1`, layerSizes: [1024] });
+    const peers = [0, 1, 2].filter((j) => j !== i && j < o.nodes).map((j) => `/ip4/${ip(j)}/tcp/${P2P_PORT}`).join(',');
+    children.push(
+      start(process.execPath, [PEERPULL_CLI, 'serve'], {
+        env: {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
+          PEERPULL_STORE: `oci-layout:${store}`,
+          PEERPULL_REGISTRY_ADDR: `${ip(i)}:${REGISTRY_PORT}`,
+          PEERPULL_METRICS_ADDR: `${ip(i)}:${METRICS_PORT}`,
+          PEERPULL_P2P_ADDR: `${ip(i)}:${P2P_PORT}`,
+          PEERPULL_BOOTSTRAP_PEERS: peers,
+          PEERPULL_DATA_DIR: path.join(root, `data-${i}`),
+          PEERPULL_CLUSTER: 'bench',
+          PEERPULL_WORKERS: '2',
+          PEERPULL_LOG_LEVEL: 'warn',
+          ...passEnv,
+        },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      }),
+    );
+  }
+  const url = (i: number, p: string) => `http://${ip(i)}:${REGISTRY_PORT}${p}`;
+  for (let i = 0; i < o.nodes; i++) await waitFor(async () => (await status(url(i, '/readyz'), 'GET')) === 200, 60_000, `node ${i + 1} ready`);
+  const layer = big.manifests[0]!.layers[0]!;
+  const blobPath = `/v2/library/big/blobs/${layer.digest}?ns=docker.io`;
+  for (let i = 1; i < o.nodes; i++) await waitFor(async () => (await status(url(i, blobPath))) === 200, 60_000, `node ${i + 1} finding the blob`);
+  say('cluster ready; measuring');
+
+  // 1. Throughput: local (node 1) vs peer path (node 2 proxying node 1), alternating.
+  const local: number[] = [];
+  const peer: number[] = [];
+  await curlMiBps(url(0, blobPath)); // warm page cache
+  for (let r = 0; r < o.rounds; r++) {
+    local.push(await curlMiBps(url(0, blobPath)));
+    peer.push(await curlMiBps(url(1, blobPath)));
+  }
+
+  // 2. Peer-hit TTFB: each sample asks a node other than the holder for a small blob.
+  const hits: number[] = [];
+  let hitErrors = 0;
+  const smallLayers = small.manifests[0]!.layers;
+  for (let s = 0; s < o.samples; s++) {
+    const node = 1 + (s % (o.nodes - 1));
+    const d = smallLayers[s % smallLayers.length]!.digest;
+    const r = await ttfb(url(node, `/v2/library/small/blobs/${d}?ns=docker.io`));
+    if (r.status === 200) hits.push(r.ms);
+    else hitErrors++;
+  }
+
+  // 3. Miss-to-404: fresh random digests (no negative cache can help).
+  const misses: number[] = [];
+  let missWrong = 0;
+  for (let s = 0; s < o.samples; s++) {
+    const node = s % o.nodes;
+    const d = `sha256:${randomBytes(32).toString('hex')}`;
+    const r = await ttfb(url(node, `/v2/library/nothing/blobs/${d}?ns=docker.io`));
+    if (r.status === 404) misses.push(r.ms);
+    else missWrong++;
+  }
+
+  const results = {
+    nodes: o.nodes,
+    blobMiB: o.blobMiB,
+    throughput: { localMiBps: median(local), peerMiBps: median(peer), ratio: median(peer) / median(local), target: 0.7, runs: { local, peer } },
+    peerHitTtfbMs: { p50: median(hits), p99: pct(hits, 0.99), max: Math.max(...hits), samples: hits.length, errors: hitErrors, target: 30 },
+    missTo404Ms: { p50: median(misses), p99: pct(misses, 0.99), max: Math.max(...misses), samples: misses.length, wrongStatus: missWrong, target: 30 },
+  };
+  await Promise.all(children.map((c) => stop(c)));
+  if (o.json) {
+    process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+    return;
+  }
+  const f = (n: number) => n.toFixed(1);
+  const met = (ok: boolean) => (ok ? 'met' : 'NOT met');
+  process.stdout.write(
+    [
+      `peer mirror benchmark: ${o.nodes} nodes, ${o.blobMiB} MiB blob, ${o.rounds} rounds, ${o.samples} samples`,
+      '',
+      '| measure | value | baseline | ratio | target |',
+      '|---|---|---|---|---|',
+      `| blob throughput via peer (MiB/s) | ${f(results.throughput.peerMiBps)} | ${f(results.throughput.localMiBps)} (local) | ${results.throughput.ratio.toFixed(2)}x | >= 0.7x: ${met(results.throughput.ratio >= 0.7)} |`,
+      `| peer hit TTFB p50 / p99 (ms) | ${f(results.peerHitTtfbMs.p50)} / ${f(results.peerHitTtfbMs.p99)} | | | p99 < 30: ${met(results.peerHitTtfbMs.p99 < 30)} |`,
+      `| miss-to-404 p50 / p99 (ms) | ${f(results.missTo404Ms.p50)} / ${f(results.missTo404Ms.p99)} | | | p99 < 30: ${met(results.missTo404Ms.p99 < 30)} |`,
+      '',
+      `errors: peer hits not 200: ${hitErrors}; misses not 404: ${missWrong}`,
+      '',
+    ].join('\n'),
+  );
+}
+
+let exiting = false;
+const bail = (code: number) => {
+  if (exiting) return;
+  exiting = true;
+  void cleanupAll().finally(() => process.exit(code));
+};
+process.on('SIGINT', () => bail(130));
+process.on('SIGTERM', () => bail(143));
+main().then(
+  () => bail(0),
+  (err: unknown) => {
+    process.stderr.write(`mirror benchmark failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+    bail(1);
+  },
+);
