@@ -4,10 +4,12 @@
 import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, configTable, loadConfig, type Config } from './config.js';
+import { defaultStatusUrl, fetchStatus, formatDoctor, runDoctor } from './doctor.js';
 import { cleanup, configure, formatReport, HostsConfigError } from './hosts-config.js';
 import { generateImage } from './image-generator.js';
 import { log } from './log.js';
 import { serve } from './serve.js';
+import { formatStatusText } from './status.js';
 
 const USAGE = `usage: peerpull <command> [--flag value ...]
 
@@ -15,6 +17,8 @@ commands:
   serve        run the node-local registry mirror
   configure    write containerd mirror config (hosts.toml) pointing at this node's peerpull
   cleanup      restore the containerd mirror config that configure replaced
+  status       show a running node's status (--url http://host:port of its metrics port; --format json)
+  doctor       check this node's setup and say what is wrong (--url as for status; exits 1 on problems)
   demo [dir]   create a demo OCI layout (default ./demo-store) and serve it
   config       print the configuration table (every PEERPULL_* variable)
   help         this text
@@ -50,6 +54,11 @@ async function runServe(config: Config): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info('signal received', { signal });
+    // A shutdown that hangs (a stuck thread) must not keep a DaemonSet pod terminating forever.
+    setTimeout(() => {
+      log.error('shutdown did not finish in time; exiting', { graceMs: config.shutdownGrace });
+      process.exit(1);
+    }, config.shutdownGrace + 10_000).unref();
     server.close().then(
       () => process.exit(0),
       (err: unknown) => {
@@ -113,6 +122,27 @@ async function main(argv: string[]): Promise<number> {
           return 1;
         }
         throw err;
+      }
+    }
+    case 'status':
+    case 'doctor': {
+      // --url and --format belong to these commands, not to the configuration.
+      const { '--url': url, '--format': format = 'text', ...rest } = flags;
+      if (format !== 'text' && format !== 'json') throw new ConfigError('--format', `"${format}" must be text or json`);
+      const config = loadConfig(process.env, rest);
+      const statusUrl = url ?? defaultStatusUrl(config);
+      if (command === 'doctor') {
+        const report = await runDoctor(config, { statusUrl });
+        process.stdout.write(format === 'json' ? JSON.stringify(report, null, 2) + '\n' : formatDoctor(report));
+        return report.ok ? 0 : 1;
+      }
+      try {
+        const snap = await fetchStatus(statusUrl);
+        process.stdout.write(format === 'json' ? JSON.stringify(snap, null, 2) + '\n' : formatStatusText(snap));
+        return snap.healthy ? 0 : 1;
+      } catch (err) {
+        process.stderr.write(`peerpull status: ${(err as Error).message}\n  is \`peerpull serve\` running? pass its metrics address with --url http://<host>:<port>\n`);
+        return 1;
       }
     }
     case 'config':

@@ -8,9 +8,11 @@ import { OciLayoutSource } from './content/oci-layout.js';
 import { log, setLogLevel } from './log.js';
 import { registry as metricsRegistry } from './metrics.js';
 import { createPool, type BlobPool } from './pool.js';
-import { Registry } from './registry/routes.js';
+import { Registry, listenExclusive } from './registry/routes.js';
 import { Mirror, type ProviderFinder } from './mirror.js';
 import { P2P, wireContentIndex } from './p2p.js';
+import { preflight } from './preflight.js';
+import { renderStatusHtml, StatusBuilder, type StatusSnapshot } from './status.js';
 
 export interface RunningServer {
   registryPort: number;
@@ -50,13 +52,32 @@ async function startSource(source: ContentSource, isClosed: () => boolean): Prom
 function listenApp(app: TemplatedApp, host: string, port: number, what: string): Promise<us_listen_socket> {
   return new Promise((resolve, reject) => {
     const cb = (sock: us_listen_socket | false) => (sock ? resolve(sock) : reject(new Error(`${what}: cannot listen on ${host || '*'}:${port}`)));
-    if (host) app.listen(host, port, cb);
-    else app.listen(port, cb);
+    listenExclusive(app, host, port, cb);
   });
 }
 
-function metricsApp(ready: () => boolean): TemplatedApp {
+function metricsApp(ready: () => boolean, status?: () => Promise<StatusSnapshot>): TemplatedApp {
   const app = App();
+  if (status) {
+    // JSON for tools (`peerpull status`, doctor) on `Accept: application/json` or `?format=json`; HTML otherwise.
+    app.get('/status', (res, req) => {
+      const format = req.getQuery('format');
+      const json = format === 'json' || (format !== 'html' && /\bapplication\/json\b/i.test(req.getHeader('accept')));
+      let aborted = false;
+      res.onAborted(() => (aborted = true));
+      status().then(
+        (snap) => {
+          if (aborted) return;
+          const body = json ? JSON.stringify(snap, null, 2) + '\n' : renderStatusHtml(snap);
+          res.cork(() => res.writeHeader('Content-Type', json ? 'application/json' : 'text/html; charset=utf-8').writeHeader('Cache-Control', 'no-store').end(body));
+        },
+        (err: unknown) => {
+          log.error('status snapshot failed', { error: err });
+          if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end('status snapshot failed\n'));
+        },
+      );
+    });
+  }
   app.get('/metrics', (res) => {
     let aborted = false;
     res.onAborted(() => (aborted = true));
@@ -82,6 +103,8 @@ function metricsApp(ready: () => boolean): TemplatedApp {
 
 export async function serve(config: Config): Promise<RunningServer> {
   setLogLevel(config.logLevel);
+  // Never fatal and never waited for: warnings about containerd's config, logged once.
+  if (config.store.kind === 'containerd') void preflight(config, log.child({ component: 'preflight' }));
   const index = new ContentIndex(config.indexMaxEntries);
   const source = await createSource(config, index);
   const pool: BlobPool = createPool(config.workers);
@@ -98,9 +121,11 @@ export async function serve(config: Config): Promise<RunningServer> {
   if (config.p2p) mirror = new Mirror(config, finder, log.child({ component: 'mirror' }));
   const ready = () => !closing && sourceStarted && source.healthy() && (config.p2p ? p2p?.ready() === true : true);
   const registry = new Registry({ config, source, pool, log: log.child({ component: 'registry' }), ready, ...(mirror ? { mirror } : {}) });
-  const metrics = metricsApp(ready);
+  const status = new StatusBuilder({ config, source, ready, p2p: () => p2p, ...(mirror ? { mirror } : {}) });
+  const metrics = metricsApp(ready, () => status.snapshot());
 
   const registryPort = await registry.listen(config.registryAddr.host, config.registryAddr.port);
+  status.registryPort = registryPort;
   if (config.p2p) {
     // Peers fetch from the port really bound, which differs from the configured one with port 0.
     p2p = await P2P.fromConfig({ ...config, registryAddr: { ...config.registryAddr, port: registryPort } }, { log: log.child({ component: 'p2p' }) });
@@ -111,6 +136,7 @@ export async function serve(config: Config): Promise<RunningServer> {
   }
   const metricsSock = await listenApp(metrics, config.metricsAddr.host, config.metricsAddr.port, 'metrics');
   const metricsPort = us_socket_local_port(metricsSock);
+  status.metricsPort = metricsPort;
   log.info('listening', { registryPort, metricsPort, store: config.store.kind, workers: pool.threads });
 
   const sourceReady = startSource(source, () => closing).then((ok) => {

@@ -3,7 +3,7 @@
 // (local), and later from peers. Blob bytes are streamed by the pool; manifests are served
 // from a small in-memory cache because they are tiny and asked for on every pull.
 
-import { App, us_listen_socket_close, us_socket_local_port, type HttpRequest, type HttpResponse, type TemplatedApp, type us_listen_socket } from 'uWebSockets.js';
+import { App, us_listen_socket_close, us_socket_local_port, type HttpRequest, type HttpResponse, type TemplatedApp, type us_listen_socket, type ListenOptions } from 'uWebSockets.js';
 import { stat } from 'node:fs/promises';
 import { LRUCache } from 'lru-cache';
 import type { Config } from '../config.js';
@@ -27,6 +27,18 @@ export interface RegistryDeps {
   ready(): boolean;
   /** The peer path for content this node lacks; absent when p2p is off (local content only). */
   mirror?: Mirror;
+}
+
+/** uWS's LIBUS_LISTEN_EXCLUSIVE_PORT (the typings declare the enum, the module exports only the number). */
+const EXCLUSIVE_PORT = 1 as ListenOptions;
+
+/**
+ * Listens without SO_REUSEPORT: by default uWS lets a second process bind the same port, so two
+ * peerpulls on one node would silently split the traffic instead of the second one failing.
+ */
+export function listenExclusive(app: TemplatedApp, host: string, port: number, cb: (sock: us_listen_socket | false) => void): void {
+  if (host) (app.listen as unknown as (h: string, p: number, o: ListenOptions, c: typeof cb) => void)(host, port, EXCLUSIVE_PORT, cb);
+  else app.listen(port, EXCLUSIVE_PORT, cb);
 }
 
 type Route = 'base' | 'manifests' | 'blobs' | 'probe' | 'other';
@@ -81,8 +93,7 @@ export class Registry {
         this.listenSocket = sock;
         resolve(us_socket_local_port(sock));
       };
-      if (host) this.app.listen(host, port, cb);
-      else this.app.listen(port, cb);
+      listenExclusive(this.app, host, port, cb);
     });
   }
 
