@@ -315,6 +315,12 @@ export const settings = {
     'containerd registry `config_path` where `peerpull configure` writes `<registry>/hosts.toml` (and `cleanup` restores the previous files).',
     parseAbsolutePath,
   ),
+  containerdConfigFile: setting(
+    'CONTAINERD_CONFIG_FILE',
+    '/etc/containerd/config.toml',
+    'containerd\'s own config file, read (never written) by the checks of `peerpull doctor` and of `serve` at start: CRI `config_path` set, `discard_unpacked_layers` off.',
+    parseAbsolutePath,
+  ),
   mirroredRegistries: setting(
     'MIRRORED_REGISTRIES',
     '',
