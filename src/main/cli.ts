@@ -20,6 +20,7 @@ commands:
   status       show a running node's status (--url http://host:port of its metrics port; --format json)
   doctor       check this node's setup and say what is wrong (--url as for status; exits 1 on problems)
   demo [dir]   create a demo OCI layout (default ./demo-store) and serve it
+  storm        pull-storm load test: a running cluster, or --local N nodes (peerpull storm --help)
   config       print the configuration table (every PEERPULL_* variable)
   help         this text
 
@@ -99,6 +100,8 @@ async function runDemo(dir: string, env: NodeJS.ProcessEnv, flags: Record<string
 }
 
 async function main(argv: string[]): Promise<number> {
+  // storm has its own flags (some without values) and its own help.
+  if (argv[0] === 'storm') return (await import('./storm/index.js')).runStorm(argv.slice(1));
   if (argv.includes('--help') || argv.includes('-h')) argv = ['help'];
   const { words, flags } = parseArgs(argv);
   const [command = 'help', ...rest] = words;

@@ -1,0 +1,250 @@
+// A local peerpull cluster for storm: N `peerpull serve` processes on loopback addresses
+// (127.0.90.1, .2, ...; every 127/8 address is local on Linux, as pods on different hosts),
+// each with its own OCI-layout store and peer identity, p2p on, joined by static bootstrap addresses.
+// Processes are stopped by PID (the ChildProcess handles this module spawned), never by name, and
+// the temp dir is removed on stop, on errors and on the signals storm's entry point catches.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { request } from 'undici';
+import { LayoutSink } from './pull.js';
+import { sleep } from './util.js';
+
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
+
+export interface LocalNode {
+  index: number;
+  name: string;
+  ip: string;
+  url: string;
+  metricsUrl: string;
+  store: LayoutSink;
+  child: ChildProcess;
+  pid: number;
+  alive: boolean;
+  /** Last lines of the node's log, for error messages. */
+  tail: string[];
+}
+
+export interface ClusterOptions {
+  nodes: number;
+  /** Parent directory of the cluster's temp dir. */
+  dir: string;
+  /** First three octets of the node addresses, e.g. `127.0.90`. */
+  ipBase: string;
+  /** Extra PEERPULL_* settings for every node. */
+  env?: Record<string, string>;
+  onEvent?: (e: Record<string, unknown>) => void;
+  startTimeoutMs?: number;
+}
+
+function nodeIp(base: string, i: number): string {
+  const [a, b, c] = base.split('.').map(Number) as [number, number, number];
+  const third = c + Math.floor(i / 250);
+  if (a !== 127 || third > 255) throw new Error(`no loopback address for node ${i} under ${base}`);
+  return `${a}.${b}.${third}.${(i % 250) + 1}`;
+}
+
+/** A port free on the first node's address (all nodes use it for p2p, each on its own IP). */
+async function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, host, () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+const live = new Set<LocalCluster>();
+
+/** Last-resort cleanup when the process exits with clusters still up (sync: it runs in 'exit'). */
+process.on('exit', () => {
+  for (const c of live) c.stopSync();
+});
+
+export class LocalCluster {
+  readonly nodes: LocalNode[] = [];
+  private stopped = false;
+
+  private constructor(
+    readonly dir: string,
+    private readonly opts: ClusterOptions,
+  ) {}
+
+  static async start(opts: ClusterOptions): Promise<LocalCluster> {
+    await mkdir(opts.dir, { recursive: true });
+    const { mkdtemp } = await import('node:fs/promises');
+    const dir = await mkdtemp(path.join(opts.dir, 'peerpull-storm-'));
+    const cluster = new LocalCluster(dir, opts);
+    live.add(cluster);
+    try {
+      await cluster.boot();
+    } catch (err) {
+      await cluster.stop();
+      throw err;
+    }
+    return cluster;
+  }
+
+  pids(): number[] {
+    return this.nodes.map((n) => n.pid);
+  }
+
+  private async boot(): Promise<void> {
+    const n = this.opts.nodes;
+    const ips = Array.from({ length: n }, (_, i) => nodeIp(this.opts.ipBase, i));
+    const p2pPort = await freePort(ips[0]!);
+    const clusterName = `storm-${process.pid}-${Date.now().toString(36)}`;
+    const ready: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) {
+      const ip = ips[i]!;
+      // The first few always, plus a spread of the rest: one component without an n-squared dial storm.
+      const seeds = new Set<number>([0, 1, 2, (i + 1) % n, (i + 7) % n, (i + Math.floor(n / 2)) % n]);
+      seeds.delete(i);
+      const peers = [...seeds].filter((j) => j < n).map((j) => `/ip4/${ips[j]}/tcp/${p2pPort}`).join(',');
+      const nodeDir = path.join(this.dir, `node-${i}`);
+      const store = await LayoutSink.create(path.join(nodeDir, 'store'));
+      const env: Record<string, string> = {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        PEERPULL_STORE: `oci-layout:${store.dir}`,
+        PEERPULL_REGISTRY_ADDR: `${ip}:0`,
+        PEERPULL_METRICS_ADDR: `${ip}:0`,
+        PEERPULL_P2P: 'true',
+        PEERPULL_P2P_ADDR: `${ip}:${p2pPort}`,
+        PEERPULL_BOOTSTRAP_PEERS: peers,
+        PEERPULL_BOOTSTRAP_INTERVAL: '2s',
+        PEERPULL_DATA_DIR: path.join(nodeDir, 'data'),
+        PEERPULL_CLUSTER: clusterName,
+        PEERPULL_RESYNC_INTERVAL: '1s',
+        PEERPULL_WORKERS: '1',
+        ...(n === 1 ? {} : {}),
+        ...this.opts.env,
+      };
+      const child = spawn(process.execPath, [CLI, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const node: LocalNode = { index: i, name: `node-${i}`, ip, url: '', metricsUrl: '', store, child, pid: child.pid ?? -1, alive: true, tail: [] };
+      this.nodes.push(node);
+      child.on('exit', () => (node.alive = false));
+      ready.push(this.watch(node));
+    }
+    this.opts.onEvent?.({ event: 'cluster', dir: this.dir, pids: this.pids(), nodes: this.nodes.map((x) => x.ip) });
+    await Promise.all(ready);
+    await this.waitReady();
+  }
+
+  /** Reads the node's log for the listening ports; keeps a short tail. */
+  private watch(node: LocalNode): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let buf = '';
+      let done = false;
+      const timer = setTimeout(() => fail(new Error(`${node.name} did not start listening in time`)), this.opts.startTimeoutMs ?? 60_000);
+      const fail = (err: Error) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        reject(new Error(`${err.message}; last log: ${node.tail.slice(-5).join(' | ')}`));
+      };
+      const onLine = (line: string) => {
+        node.tail.push(line.length > 400 ? line.slice(0, 400) + '...' : line);
+        if (node.tail.length > 50) node.tail.shift();
+        if (done || !line.includes('"listening"')) return;
+        try {
+          const l = JSON.parse(line) as { registryPort: number; metricsPort: number };
+          node.url = `http://${node.ip}:${l.registryPort}`;
+          node.metricsUrl = `http://${node.ip}:${l.metricsPort}`;
+          done = true;
+          clearTimeout(timer);
+          resolve();
+        } catch {
+          // not the line we want
+        }
+      };
+      node.child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+        buf += d;
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          onLine(buf.slice(0, nl));
+          buf = buf.slice(nl + 1);
+        }
+      });
+      node.child.stderr!.setEncoding('utf8').on('data', (d: string) => onLine(d.trim()));
+      node.child.once('exit', (code, sig) => fail(new Error(`${node.name} exited (${code ?? sig}) while starting`)));
+    });
+  }
+
+  /** Every node answers /readyz (content source up and p2p connected to the cluster). */
+  private async waitReady(): Promise<void> {
+    const deadline = Date.now() + (this.opts.startTimeoutMs ?? 60_000);
+    for (const node of this.nodes) {
+      for (;;) {
+        if (!node.alive) throw new Error(`${node.name} died: ${node.tail.slice(-5).join(' | ')}`);
+        const ok = await request(`${node.metricsUrl}/readyz`, { headersTimeout: 2000, bodyTimeout: 2000 }).then(
+          async (r) => {
+            await r.body.dump();
+            return r.statusCode === 200;
+          },
+          () => false,
+        );
+        if (ok) break;
+        if (Date.now() > deadline) throw new Error(`${node.name} not ready in time: ${node.tail.slice(-3).join(' | ')}`);
+        await sleep(200);
+      }
+    }
+  }
+
+  /** SIGKILL one node (churn): it vanishes as a crashed host would. */
+  async kill(node: LocalNode): Promise<void> {
+    if (!node.alive) return;
+    const exited = new Promise<void>((r) => node.child.once('exit', () => r()));
+    node.child.kill('SIGKILL');
+    await exited;
+  }
+
+  /** Empties every live node's store (between scenarios, like image garbage collection). */
+  async wipeStores(): Promise<void> {
+    await Promise.all(this.nodes.filter((n) => n.alive).map((n) => n.store.wipe()));
+  }
+
+  /** SIGTERM every node, SIGKILL what is left after a grace period, remove the temp dir. */
+  async stop(graceMs = 5000): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    const waits = this.nodes.map(
+      (n) =>
+        new Promise<void>((resolve) => {
+          if (n.child.exitCode !== null || n.child.signalCode !== null) return resolve();
+          const t = setTimeout(() => n.child.kill('SIGKILL'), graceMs);
+          n.child.once('exit', () => {
+            clearTimeout(t);
+            resolve();
+          });
+          n.child.kill('SIGTERM');
+        }),
+    );
+    await Promise.all(waits);
+    await rm(this.dir, { recursive: true, force: true });
+    live.delete(this);
+    this.opts.onEvent?.({ event: 'cluster-stopped', dir: this.dir });
+  }
+
+  /** Synchronous last resort (process 'exit'): SIGKILL by PID, remove the dir. */
+  stopSync(): void {
+    for (const n of this.nodes) if (n.child.exitCode === null && n.child.signalCode === null) n.child.kill('SIGKILL');
+    try {
+      rmSync(this.dir, { recursive: true, force: true });
+    } catch {
+      // nothing more can be done while exiting
+    }
+    live.delete(this);
+  }
+}
+
+/** Every live cluster, for signal handlers. */
+export function liveClusters(): LocalCluster[] {
+  return [...live];
+}

@@ -1,0 +1,135 @@
+// `peerpull storm --local N`: a cluster of N peerpull nodes on loopback, an upstream registry
+// served here with a bandwidth limit, and the scenarios, each with its baseline (the same pulls
+// straight from the upstream, as nodes without peerpull would do) in the same invocation.
+
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { generateImage, type Platform } from '../image-generator.js';
+import { LocalCluster } from './cluster.js';
+import { LayoutSink } from './pull.js';
+import { runWaves, type Progress, type RunResult, type Target } from './run.js';
+import { UpstreamRegistry } from './upstream.js';
+
+export type ScenarioName = 'storm' | 'rolling' | 'miss' | 'churn';
+export const SCENARIOS: ScenarioName[] = ['rolling', 'storm', 'miss', 'churn'];
+
+export interface LocalOptions {
+  nodes: number;
+  scenarios: ScenarioName[];
+  baseline: boolean;
+  imageBytes: number;
+  layers: number;
+  platforms: Platform[];
+  /** bytes/s, 0 = unlimited */
+  upstreamRate: number;
+  wavePercent: number;
+  waveGapMs: number;
+  /** churn: fraction of the second wave's bytes moved when the holders are killed */
+  churnAt: number;
+  concurrency: number;
+  dir: string;
+  ipBase: string;
+  nodeEnv?: Record<string, string>;
+  signal?: AbortSignal;
+  onEvent?: (e: Record<string, unknown>) => void;
+  onProgress?: (p: Progress) => void;
+  /** Set as soon as the cluster exists, so a signal handler can stop it. */
+  onCluster?: (c: LocalCluster) => void;
+}
+
+export function wavesOf(n: number, percent: number): number[][] {
+  const size = Math.max(1, Math.ceil((n * percent) / 100));
+  const waves: number[][] = [];
+  for (let i = 0; i < n; i += size) waves.push(Array.from({ length: Math.min(size, n - i) }, (_, j) => i + j));
+  return waves;
+}
+
+const REGISTRY = 'storm.local';
+
+export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
+  const cluster = await LocalCluster.start({
+    nodes: opts.nodes,
+    dir: opts.dir,
+    ipBase: opts.ipBase,
+    ...(opts.nodeEnv ? { env: opts.nodeEnv } : {}),
+    ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
+  });
+  opts.onCluster?.(cluster);
+  const upstreamDir = path.join(cluster.dir, 'upstream');
+  await mkdir(upstreamDir, { recursive: true });
+  const upstream = new UpstreamRegistry({ layout: upstreamDir, host: '127.0.0.1', rate: opts.upstreamRate });
+  const runs: RunResult[] = [];
+  try {
+    // An empty layout first, so the server can start before any image exists.
+    await LayoutSink.create(upstreamDir);
+    await upstream.start();
+    opts.onEvent?.({ event: 'upstream', url: upstream.url, rateBytesPerSec: opts.upstreamRate });
+    // churn kills nodes: it runs last.
+    const order = [...opts.scenarios].sort((a, b) => Number(a === 'churn') - Number(b === 'churn'));
+    for (const scenario of order) {
+      if (opts.signal?.aborted) break;
+      const name = `${REGISTRY}/storm/${scenario}-${randomBytes(4).toString('hex')}:v1`;
+      const layerSize = Math.max(1, Math.floor(opts.imageBytes / opts.layers));
+      const img = await generateImage(upstreamDir, { name, layerSizes: Array.from({ length: opts.layers }, () => layerSize), platforms: opts.platforms });
+      await upstream.reload();
+      const m = img.manifests[0]!;
+      const imageBytes = (img.manifests.length > 1 ? img.target.size : 0) + m.manifest.size + m.config.size + m.layers.reduce((a, l) => a + l.size, 0);
+      const platform = { os: m.platform.os, architecture: m.platform.architecture };
+      const n = opts.nodes;
+      const waves =
+        scenario === 'rolling' ? wavesOf(n, opts.wavePercent)
+        : scenario === 'churn' ? (() => {
+            const first = Math.min(n - 1, Math.max(1, Math.ceil((n * opts.wavePercent) / 100)));
+            return [Array.from({ length: first }, (_, i) => i), Array.from({ length: n - first }, (_, i) => first + i)];
+          })()
+        : [Array.from({ length: n }, (_, i) => i)];
+      const common = { scenario, image: name, imageBytes, layers: opts.layers, waves, waveGapMs: opts.waveGapMs, upstream: upstream.url, upstreamServer: upstream, platform, concurrency: opts.concurrency, ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) };
+      if (opts.baseline) {
+        // Nodes without peerpull: straight to the upstream, writing into a scratch store each.
+        const scratch = path.join(cluster.dir, `baseline-${scenario}`);
+        const targets: Target[] = [];
+        for (let i = 0; i < n; i++) targets.push({ name: `node-${i}`, sink: await LayoutSink.create(path.join(scratch, `node-${i}`)) });
+        opts.onEvent?.({ event: 'run', scenario, mode: 'baseline' });
+        runs.push(await runWaves({ ...common, mode: 'baseline', targets }));
+        await rm(scratch, { recursive: true, force: true });
+      }
+      if (opts.signal?.aborted) break;
+      const targets: Target[] = cluster.nodes.map((node) => ({
+        name: node.name,
+        mirror: node.url,
+        metricsUrl: node.metricsUrl,
+        // miss: nobody keeps what it pulled, so every request is one no peer can answer.
+        ...(scenario === 'miss' ? {} : { sink: node.store }),
+      }));
+      opts.onEvent?.({ event: 'run', scenario, mode: 'peerpull' });
+      const holders = waves[0]!;
+      runs.push(
+        await runWaves({
+          ...common,
+          mode: 'peerpull',
+          targets,
+          ...(scenario === 'churn'
+            ? {
+                midWave: {
+                  wave: 1,
+                  fraction: opts.churnAt,
+                  action: async () => {
+                    const victims = holders.map((i) => cluster.nodes[i]!);
+                    await Promise.all(victims.map((v) => cluster.kill(v)));
+                    opts.onEvent?.({ event: 'killed', nodes: victims.map((v) => v.name), pids: victims.map((v) => v.pid) });
+                    return victims.map((v) => v.name);
+                  },
+                },
+              }
+            : {}),
+        }),
+      );
+      if (scenario !== 'churn') await cluster.wipeStores();
+    }
+  } finally {
+    await upstream.close();
+    await cluster.stop();
+  }
+  return runs;
+}

@@ -1,0 +1,198 @@
+// The pull-storm tool: digests are verified (corrupt bytes from a node or the upstream fail the
+// pull), the local cluster always cleans up (normal end, start failure, SIGINT to a storm process),
+// and a small rolling storm on 3 real nodes shows later pulls served by peers with the upstream
+// seeing each blob a bounded number of times.
+
+import assert from 'node:assert/strict';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
+import { LocalCluster } from '../src/main/storm/cluster.js';
+import { pullImage } from '../src/main/storm/pull.js';
+import { UpstreamRegistry } from '../src/main/storm/upstream.js';
+import { startPeerpull, type PeerpullProcess } from './support/peerpull.js';
+import { alive, startStorm } from './support/storm-run.js';
+
+const exists = (p: string) => access(p).then(() => true, () => false);
+
+interface JsonRun {
+  label: string;
+  mode: string;
+  ok: number;
+  failed: number;
+  nodes: number;
+  imageBytes: number;
+  failures: { node: string; kind: string; error: string }[];
+  pulls: { node: string; wave: number; ok: boolean; bytes: { mirror: number; upstream: number } }[];
+  bytes: { upstream: number; viaMirror: number; peer: number };
+  counters: { requests: Record<string, number>; servedBytes: number };
+  upstreamBlobGets: { max: number; perBlob: Record<string, number> };
+}
+
+describe('storm verifies every digest', () => {
+  let root: string;
+  let good: GeneratedImage;
+  let bad: GeneratedImage;
+  let node: PeerpullProcess;
+
+  before(async () => {
+    root = await mkdtemp(path.join(os.tmpdir(), 'peerpull-storm-test-'));
+    const layout = path.join(root, 'layout');
+    good = await generateImage(layout, { name: 'storm.local/t/good:1', layerSizes: [300_000, 1000] });
+    bad = await generateImage(layout, { name: 'storm.local/t/bad:1', layerSizes: [300_000, 1000] });
+    // Same size, one byte flipped: the store still lists it, peerpull serves it without hashing.
+    const layer = bad.manifests[0]!.layers[0]!;
+    const file = path.join(layout, 'blobs', 'sha256', layer.digest.slice(7));
+    const bytes = await readFile(file);
+    bytes[1000] = bytes[1000]! ^ 0xff;
+    await writeFile(file, bytes);
+    node = await startPeerpull({ PEERPULL_STORE: `oci-layout:${layout}` }, ['serve'], '127.0.94.1');
+  });
+
+  after(async () => {
+    await node?.stop('SIGKILL');
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+
+  test('a peerpull node serving corrupt bytes: that pull fails, the sound image passes', async () => {
+    const s = startStorm([
+      '--endpoints', node.url, '--metrics-port', String(node.metricsPort),
+      '--image', `${good.name},${bad.name}`, '--scenario', 'storm', '--json',
+    ]);
+    const { code } = await s.exited;
+    assert.equal(code, 1, s.stderr());
+    const report = JSON.parse(s.stdout()) as { ok: boolean; runs: JsonRun[] };
+    assert.equal(report.ok, false);
+    const g = report.runs.find((r) => r.label.includes(good.name))!;
+    const b = report.runs.find((r) => r.label.includes(bad.name))!;
+    assert.equal(g.ok, 1);
+    assert.equal(g.failed, 0);
+    assert.equal(b.ok, 0);
+    assert.equal(b.failed, 1);
+    assert.equal(b.failures[0]!.kind, 'digest-mismatch');
+    assert.match(b.failures[0]!.error, new RegExp(bad.manifests[0]!.layers[0]!.digest));
+    // Counters were read from the node's /metrics (a lone node without p2p has no mirror counters).
+    assert.ok(g.counters.servedBytes >= 300_000);
+  });
+
+  test('an upstream serving corrupt bytes after a mirror 404: the pull fails', async () => {
+    // An image only the upstream has: every request goes to the mirror first, gets 404, falls back.
+    const layout = path.join(root, 'upstream');
+    const only = await generateImage(layout, { name: 'storm.local/t/only:1', layerSizes: [300_000, 1000] });
+    const corrupt = new Set<string>([only.manifests[0]!.layers[1]!.digest]);
+    const upstream = new UpstreamRegistry({ layout, corrupt: (d) => corrupt.has(d) });
+    await upstream.start();
+    try {
+      const r = await pullImage({ node: 'n', image: only.name, mirror: node.url, upstream: upstream.url });
+      assert.equal(r.ok, false);
+      assert.equal(r.errorKind, 'digest-mismatch', r.error);
+      assert.ok(r.mirrorMissMs.length >= 3, 'the mirror was asked first and said 404');
+      // The same pull against an honest upstream passes and is counted per blob.
+      corrupt.clear();
+      const ok = await pullImage({ node: 'n', image: only.name, mirror: node.url, upstream: upstream.url });
+      assert.equal(ok.ok, true, ok.error);
+      assert.equal(ok.bytes.mirror, 0);
+      assert.ok(ok.bytes.upstream > 300_000);
+      assert.equal(upstream.stats.blobGets[only.manifests[0]!.layers[0]!.digest], 2);
+    } finally {
+      await upstream.close();
+    }
+  });
+});
+
+describe('the local cluster cleans up', () => {
+  test('on stop, and when a node fails to start', async () => {
+    const parent = await mkdtemp(path.join(os.tmpdir(), 'peerpull-storm-clean-'));
+    try {
+      const c = await LocalCluster.start({ nodes: 2, dir: parent, ipBase: '127.0.93' });
+      const pids = c.pids();
+      assert.equal(pids.length, 2);
+      assert.ok(pids.every(alive));
+      assert.ok(await exists(c.dir));
+      await c.stop();
+      assert.ok(!pids.some(alive), 'no node process left');
+      assert.ok(!(await exists(c.dir)), 'temp dir removed');
+
+      let seen: { pids: number[]; dir: string } | undefined;
+      await assert.rejects(
+        LocalCluster.start({
+          nodes: 2, dir: parent, ipBase: '127.0.93',
+          env: { PEERPULL_CHUNK_SIZE: 'nonsense' }, // every node exits at once with a configuration error
+          onEvent: (e) => {
+            if (e.event === 'cluster') seen = e as unknown as { pids: number[]; dir: string };
+          },
+        }),
+        /exited/,
+      );
+      assert.ok(seen);
+      assert.ok(!seen.pids.some(alive));
+      assert.ok(!(await exists(seen.dir)));
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+
+  test('on SIGINT to a running storm: node PIDs gone, temp dir removed', async () => {
+    const parent = await mkdtemp(path.join(os.tmpdir(), 'peerpull-storm-sigint-'));
+    try {
+      // A slow upstream keeps the run going while it is interrupted.
+      const s = startStorm(['--local', '3', '--size', '64MB', '--layers', '1', '--upstream-rate', '4MB', '--scenario', 'storm', '--ip-base', '127.0.92', '--dir', parent, '--events']);
+      const cluster = (await s.waitEvent((e) => e.event === 'cluster')) as { pids: number[]; dir: string };
+      await s.waitEvent((e) => e.event === 'run');
+      assert.ok(cluster.pids.every(alive));
+      s.child.kill('SIGINT');
+      const { code } = await s.exited;
+      assert.equal(code, 130, s.stderr());
+      assert.ok(!cluster.pids.some(alive), 'every node process is gone');
+      assert.ok(!(await exists(cluster.dir)), 'the cluster temp dir is removed');
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a small rolling storm on 3 nodes', () => {
+  test('later waves are served by peers; the upstream sees each blob a bounded number of times', async () => {
+    const parent = await mkdtemp(path.join(os.tmpdir(), 'peerpull-storm-small-'));
+    const html = path.join(parent, 'report.html');
+    try {
+      const s = startStorm([
+        '--local', '3', '--size', '3MB', '--layers', '2', '--scenario', 'rolling', '--wave', '33', '--wave-gap', '2s',
+        '--baseline', '--upstream-rate', '50MB', '--ip-base', '127.0.91', '--dir', parent, '--json', '--html', html,
+      ]);
+      const { code } = await s.exited;
+      assert.equal(code, 0, s.stderr());
+      const report = JSON.parse(s.stdout()) as { ok: boolean; runs: JsonRun[]; comparisons: { scenario: string; speedupP50: number }[] };
+      assert.equal(report.ok, true);
+      const base = report.runs.find((r) => r.mode === 'baseline')!;
+      const pp = report.runs.find((r) => r.mode === 'peerpull')!;
+      assert.equal(base.ok, 3);
+      assert.equal(pp.ok, 3);
+      // Baseline: every node went upstream for every blob.
+      assert.equal(base.upstreamBlobGets.max, 3);
+      assert.equal(base.bytes.viaMirror, 0);
+      // peerpull: the first wave went upstream, later waves came (at least partly) from peers.
+      const first = pp.pulls.find((p) => p.wave === 1)!;
+      assert.equal(first.bytes.mirror, 0);
+      const later = pp.pulls.filter((p) => p.wave > 1);
+      assert.ok(later.reduce((a, p) => a + p.bytes.mirror, 0) > 0, 'later pulls got bytes through peerpull');
+      assert.ok(pp.bytes.peer > 0, 'bytes moved between peers');
+      assert.ok((pp.counters.requests['blob/peer'] ?? 0) >= 1, 'the nodes counted peer hits');
+      assert.ok(pp.upstreamBlobGets.max <= 2, `upstream saw a blob ${pp.upstreamBlobGets.max} times`);
+      assert.ok(pp.bytes.upstream < base.bytes.upstream);
+      assert.ok(typeof report.comparisons[0]!.speedupP50 === 'number');
+      // The HTML report is self-contained: inline SVG, nothing fetched.
+      const page = await readFile(html, 'utf8');
+      assert.ok(page.includes('<svg'));
+      assert.ok(!/\s(src|href)=/i.test(page), 'no external resources');
+      assert.ok(!/https?:\/\/(?!www\.w3\.org\/2000\/svg)/.test(page.replace(/<pre>[\s\S]*?<\/pre>/g, '')), 'no network URLs');
+      // Its cluster is gone.
+      const leftovers = (await import('node:fs/promises')).readdir(parent);
+      assert.deepEqual((await leftovers).filter((f) => f.startsWith('peerpull-storm-')), []);
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+});
