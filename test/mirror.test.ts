@@ -92,8 +92,9 @@ describe('mirror from peers (3 loopback nodes)', () => {
       assert.equal(sha256(r.body), d.digest);
       assert.equal(r.headers['content-length'], String(d.size));
     }
-    assert.ok((await metric(b, /^peerpull_mirror_requests_total\{kind="blob",outcome="peer"\}/)) >= 2);
-    assert.ok((await metric(b, /^peerpull_peer_bytes_total/)) >= img.manifests[0]!.layers[0]!.size);
+    // The pool's report arrives just after the last byte: metrics follow within moments.
+    await eventually(async () => (await metric(b, /^peerpull_mirror_requests_total\{kind="blob",outcome="peer"\}/)) >= 2, 5000, 'peer hits counted');
+    await eventually(async () => (await metric(b, /^peerpull_peer_bytes_total/)) >= img.manifests[0]!.layers[0]!.size, 5000, `peer bytes counted (${await metric(b, /^peerpull_peer_bytes_total/)} of ${img.manifests[0]!.layers[0]!.size})`);
     // A and C (which holds a copy) served them as peer hops, from their own content.
     const local = async (n: PeerpullProcess) => metric(n, /^peerpull_mirror_requests_total\{kind="blob",outcome="local"\}/);
     assert.ok((await local(nodes[0]!)) + (await local(nodes[2]!)) >= 2);
@@ -186,6 +187,6 @@ describe('mirror from peers (3 loopback nodes)', () => {
     }
     assert.equal(got, layer.size);
     assert.equal('sha256:' + hash.digest('hex'), layer.digest);
-    assert.ok((await metric(b, /^peerpull_peer_resumes_total/)) >= 1, 'the transfer resumed on the other provider');
+    await eventually(async () => (await metric(b, /^peerpull_peer_resumes_total/)) >= 1, 5000, 'the transfer resumed on the other provider');
   });
 });

@@ -25,6 +25,13 @@ export class Credit {
     });
   }
 
+  /** Takes one credit if there is one, without waiting. */
+  tryTake(): boolean {
+    if (this.cancelled || this.available <= 0) return false;
+    this.available--;
+    return true;
+  }
+
   async take(): Promise<boolean> {
     while (!this.cancelled && this.available <= 0) {
       await new Promise<void>((resolve) => (this.wake = resolve));
@@ -41,19 +48,22 @@ export class Credit {
 }
 
 /**
- * Collects pieces of any size and posts them as transferred chunks of `chunkSize`.
- * Pieces are copied once into fresh buffers: a source's buffers may share memory (socket reads,
- * Buffer pools) and must never be detached by a transfer.
+ * Copies pieces of any size into fresh `chunkSize` buffers and posts each full one as a transfer.
+ * The piece is copied during push(), so callers may reuse their buffer (a socket's read buffer)
+ * as soon as push() returns, even when it returns a promise.
  */
 export class ChunkSender {
-  private pending: Uint8Array[] = [];
-  private pendingBytes = 0;
+  private current: Uint8Array | null = null;
+  private filled = 0;
+  /** Full chunks waiting for credit. */
+  private readonly ready: Uint8Array[] = [];
   /** Bytes posted to main so far. */
   sent = 0;
+  private copied = 0;
 
   /**
-   * `holdBack`: keep at least one byte unsent until flush(), so a caller that verifies the whole
-   * body (a digest) can still refuse to complete it.
+   * `holdBack`: a full chunk is posted only once more bytes follow it, so the body's last byte stays
+   * here until flush(): a caller that verifies the whole body (a digest) can still refuse it.
    */
   constructor(
     private readonly port: MessagePort,
@@ -62,43 +72,72 @@ export class ChunkSender {
     private readonly holdBack = false,
   ) {}
 
-  /** Queues a piece and posts every full chunk; false when the transfer was cancelled. */
-  async push(piece: Uint8Array): Promise<boolean> {
-    if (piece.length === 0) return !this.credit.isCancelled;
-    this.pending.push(piece);
-    this.pendingBytes += piece.length;
-    return this.drain(false);
-  }
-
-  /** Posts what is left (a short last chunk); false when cancelled. */
-  flush(): Promise<boolean> {
-    return this.drain(true);
-  }
-
   /** Bytes accepted by push() so far, posted or not. */
   get accepted(): number {
-    return this.sent + this.pendingBytes;
+    return this.copied;
   }
 
-  private async drain(all: boolean): Promise<boolean> {
-    const keep = this.holdBack && !all ? 1 : 0;
-    while (this.pendingBytes - keep >= this.chunkSize || (all && this.pendingBytes > 0)) {
-      if (!(await this.credit.take())) return false;
-      const n = Math.min(this.chunkSize, this.pendingBytes);
-      const out = new Uint8Array(new ArrayBuffer(n));
-      let filled = 0;
-      while (filled < n) {
-        const head = this.pending[0]!;
-        const take = Math.min(head.length, n - filled);
-        out.set(head.subarray(0, take), filled);
-        filled += take;
-        if (take === head.length) this.pending.shift();
-        else this.pending[0] = head.subarray(take);
+  get cancelled(): boolean {
+    return this.credit.isCancelled;
+  }
+
+  /**
+   * Copies a piece in. Returns true when the caller may go on at once, false when cancelled, or a
+   * promise (of the same) when chunks wait for credit: the caller should stop reading until it settles.
+   */
+  push(piece: Uint8Array): boolean | Promise<boolean> {
+    if (this.credit.isCancelled) return false;
+    let off = 0;
+    while (off < piece.length) {
+      if (this.current && this.filled === this.chunkSize) {
+        this.ready.push(this.current);
+        this.current = null;
       }
-      this.pendingBytes -= n;
-      this.port.postMessage({ type: 'chunk', data: out.buffer } satisfies StreamFromWorker, [out.buffer]);
-      this.sent += n;
+      if (!this.current) {
+        this.current = new Uint8Array(new ArrayBuffer(this.chunkSize));
+        this.filled = 0;
+      }
+      const n = Math.min(piece.length - off, this.chunkSize - this.filled);
+      this.current.set(n === piece.length && off === 0 ? piece : piece.subarray(off, off + n), this.filled);
+      this.filled += n;
+      off += n;
+    }
+    this.copied += piece.length;
+    if (!this.holdBack && this.current && this.filled === this.chunkSize) {
+      this.ready.push(this.current);
+      this.current = null;
+    }
+    this.postReady();
+    if (this.ready.length === 0) return true;
+    return this.drain();
+  }
+
+  /** Posts everything left, waiting for credit; false when cancelled. */
+  async flush(): Promise<boolean> {
+    if (this.current && this.filled > 0) {
+      this.ready.push(this.filled === this.chunkSize ? this.current : this.current.subarray(0, this.filled));
+      this.current = null;
+    }
+    return this.drain();
+  }
+
+  private postReady(): void {
+    while (this.ready.length > 0 && this.credit.tryTake()) this.post(this.ready.shift()!);
+  }
+
+  private async drain(): Promise<boolean> {
+    while (this.ready.length > 0) {
+      if (!(await this.credit.take())) return false;
+      this.post(this.ready.shift()!);
     }
     return !this.credit.isCancelled;
+  }
+
+  private post(chunk: Uint8Array): void {
+    // A short last chunk is a view: transfer a buffer of exactly its size.
+    const n = chunk.byteLength; // read before the transfer detaches the buffer
+    const ab = n === chunk.buffer.byteLength ? (chunk.buffer as ArrayBuffer) : chunk.slice().buffer;
+    this.port.postMessage({ type: 'chunk', data: ab } satisfies StreamFromWorker, [ab]);
+    this.sent += n;
   }
 }

@@ -5,7 +5,6 @@
 // Every request carries the peer-hop marker: the peer answers from its own content only.
 
 import { createHash } from 'node:crypto';
-import { Agent, request, type Dispatcher } from 'undici';
 import type {
   PeerBlobTask,
   PeerFetchPolicy,
@@ -19,26 +18,13 @@ import type {
 import { PEER_HOP_HEADER } from '../shared/messages.js';
 import { isDigest, isManifestMediaType, type Digest } from '../shared/oci.js';
 import { ChunkSender, Credit } from './channel.js';
+import { peerRequest, type PeerResponse } from './peer-http.js';
 
 /** Largest manifest accepted from a peer (registries cap manifests at 4 MiB). */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
-// One keep-alive agent per worker thread: connections to peers stay warm across requests.
-const agent = new Agent({ keepAliveTimeout: 30_000, keepAliveMaxTimeout: 120_000, connections: 64, pipelining: 1 });
-
 function origin(p: PeerTarget): string {
   return p.host.includes(':') ? `http://[${p.host}]:${p.port}` : `http://${p.host}:${p.port}`;
-}
-
-/** Drops a response body we will not read. undici reports the abort as an 'error' on the body: swallow it. */
-function discard(body: Dispatcher.ResponseData['body']): void {
-  body.on('error', () => {});
-  body.destroy();
-}
-
-function header(h: Dispatcher.ResponseData['headers'], name: string): string | undefined {
-  const v = h[name];
-  return Array.isArray(v) ? v[0] : v;
 }
 
 class PeerAnswerError extends Error {
@@ -117,15 +103,17 @@ async function hedge<T>(
   });
 }
 
-async function get(peer: PeerTarget, path: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number, method: 'GET' | 'HEAD' = 'GET'): Promise<Dispatcher.ResponseData> {
+async function get(peer: PeerTarget, path: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number, method: 'GET' | 'HEAD' = 'GET'): Promise<PeerResponse> {
   try {
-    return await request(origin(peer) + path, {
+    return await peerRequest({
+      host: peer.host,
+      port: peer.port,
       method,
+      path,
       headers: { ...headers, [PEER_HOP_HEADER]: '1' },
       signal,
-      dispatcher: agent,
-      headersTimeout: stallMs,
-      bodyTimeout: stallMs,
+      headersTimeoutMs: stallMs,
+      idleTimeoutMs: stallMs,
     });
   } catch (err) {
     throw new PeerAnswerError(peer, err instanceof Error ? err.message : String(err));
@@ -142,29 +130,29 @@ function parseContentRange(v: string | undefined): { start: number; end: number;
 }
 
 /** Checks a blob response's headers; returns what it promises, or throws after discarding the body. */
-async function acceptBlob(peer: PeerTarget, res: Dispatcher.ResponseData, digest: Digest, want?: { start: number; end: number; size: number }): Promise<PeerOpen> {
+async function acceptBlob(peer: PeerTarget, res: PeerResponse, digest: Digest, want?: { start: number; end: number; size: number }): Promise<PeerOpen> {
   const fail = async (msg: string, final?: 'range'): Promise<never> => {
-    discard(res.body);
+    res.discard();
     throw new PeerAnswerError(peer, msg, final);
   };
-  const served = header(res.headers, 'docker-content-digest');
+  const served = res.headers.get('docker-content-digest');
   if (served && served !== digest) return fail(`served ${served} for ${digest}`);
-  const length = Number(header(res.headers, 'content-length'));
-  if (res.statusCode === 416 && !want) return fail('range not satisfiable', 'range');
-  if (res.statusCode === 200 && !want) {
+  const length = res.contentLength;
+  if (res.status === 416 && !want) return fail('range not satisfiable', 'range');
+  if (res.status === 200 && !want) {
     if (!Number.isSafeInteger(length) || length < 0) return fail('200 without a valid Content-Length');
-    return { status: 200, size: length, start: 0, end: length, contentType: header(res.headers, 'content-type') ?? 'application/octet-stream', peerId: peer.peerId };
+    return { status: 200, size: length, start: 0, end: length, contentType: res.headers.get('content-type') ?? 'application/octet-stream', peerId: peer.peerId };
   }
-  if (res.statusCode === 206) {
-    const cr = parseContentRange(header(res.headers, 'content-range'));
-    if (!cr) return fail(`206 with a bad Content-Range "${header(res.headers, 'content-range')}"`);
+  if (res.status === 206) {
+    const cr = parseContentRange(res.headers.get('content-range'));
+    if (!cr) return fail(`206 with a bad Content-Range "${res.headers.get('content-range')}"`);
     if (length !== cr.end - cr.start) return fail(`Content-Length ${length} does not match Content-Range ${cr.start}-${cr.end - 1}`);
     if (want && (cr.start !== want.start || cr.end !== want.end || cr.size !== want.size)) {
       return fail(`resume answered ${cr.start}-${cr.end - 1}/${cr.size}, wanted ${want.start}-${want.end - 1}/${want.size}`);
     }
-    return { status: 206, size: cr.size, start: cr.start, end: cr.end, contentType: header(res.headers, 'content-type') ?? 'application/octet-stream', peerId: peer.peerId };
+    return { status: 206, size: cr.size, start: cr.start, end: cr.end, contentType: res.headers.get('content-type') ?? 'application/octet-stream', peerId: peer.peerId };
   }
-  return fail(`answered ${res.statusCode}`);
+  return fail(`answered ${res.status}`);
 }
 
 /** Streams a blob from peers; never throws: problems go over the port, the report is the result. */
@@ -189,7 +177,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
         const res = await get(peer, task.path, task.range ? { range: task.range } : {}, signal, task.stallMs);
         return { res, open: await acceptBlob(peer, res, task.digest) };
       },
-      (v) => discard(v.res.body),
+      (v) => v.res.discard(),
     );
     if (!('peer' in first)) {
       post({ type: 'error', missing: true, error: first.error, ...(first.final === 'range' ? { status: 416 as const } : {}) });
@@ -200,29 +188,28 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
     const open = first.value.open;
     post({ type: 'open', peer: open });
     const total = open.end - open.start;
-    let current: { peer: PeerTarget; res: Dispatcher.ResponseData } = { peer: first.peer, res: first.value.res };
+    let current: { peer: PeerTarget; res: PeerResponse } = { peer: first.peer, res: first.value.res };
     const tried = new Set<string>([first.peer.peerId]);
     for (;;) {
       let error = '';
       servedBy.add(current.peer.peerId);
       try {
-        for await (const piece of current.res.body) {
-          const buf = piece as Buffer;
-          if (sender.accepted + buf.length > total) throw new Error(`sent more than the ${total} bytes it announced`);
-          hash?.update(buf);
-          if (!(await sender.push(buf))) {
-            discard(current.res.body);
-            report.bytes = sender.sent;
-            return report;
-          }
-        }
+        await current.res.read((piece) => {
+          if (sender.accepted + piece.length > total) throw new Error(`sent more than the ${total} bytes it announced`);
+          hash?.update(piece);
+          return sender.push(piece);
+        });
         if (sender.accepted === total) break;
         error = `body ended at ${sender.accepted} of ${total} bytes`;
       } catch (err) {
+        if (sender.cancelled) {
+          report.bytes = sender.sent;
+          return report;
+        }
         error = err instanceof Error ? err.message : String(err);
       }
       // The peer broke mid-body: go on from the first missing byte elsewhere.
-      discard(current.res.body);
+      current.res.discard();
       report.failedPeers.push(current.peer.peerId);
       report.resumes++;
       const want = { start: open.start + sender.accepted, end: open.end, size: open.size };
@@ -238,7 +225,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
           await acceptBlob(peer, res, task.digest, want);
           return res;
         },
-        (res) => discard(res.body),
+        (res) => res.discard(),
       );
       if (!('peer' in next)) {
         await sender.flush();
@@ -271,20 +258,6 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
   }
 }
 
-async function readLimited(peer: PeerTarget, res: Dispatcher.ResponseData, limit: number): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const piece of res.body) {
-    n += (piece as Buffer).length;
-    if (n > limit) {
-      discard(res.body);
-      throw new PeerAnswerError(peer, `manifest larger than ${limit} bytes`);
-    }
-    parts.push(piece as Buffer);
-  }
-  return Buffer.concat(parts, n);
-}
-
 /** Fetches a manifest (by digest or tag) and checks that its bytes hash to the digest. */
 export async function fetchManifest(task: PeerManifestTask): Promise<PeerManifestResult> {
   const started = performance.now();
@@ -297,17 +270,22 @@ export async function fetchManifest(task: PeerManifestTask): Promise<PeerManifes
     report,
     async (peer, signal) => {
       const res = await get(peer, task.path, {}, signal, task.stallMs);
-      if (res.statusCode !== 200) {
-        discard(res.body);
-        throw new PeerAnswerError(peer, `answered ${res.statusCode}`);
+      if (res.status !== 200) {
+        res.discard();
+        throw new PeerAnswerError(peer, `answered ${res.status}`);
       }
-      const mediaType = (header(res.headers, 'content-type') ?? '').split(';')[0]!.trim();
+      const mediaType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
       if (!isManifestMediaType(mediaType)) {
-        discard(res.body);
+        res.discard();
         throw new PeerAnswerError(peer, `answered media type "${mediaType}" for a manifest`);
       }
-      const claimed = header(res.headers, 'docker-content-digest');
-      const body = await readLimited(peer, res, MAX_MANIFEST_BYTES);
+      const claimed = res.headers.get('docker-content-digest');
+      let body: Buffer;
+      try {
+        body = await res.readAll(MAX_MANIFEST_BYTES);
+      } catch (err) {
+        throw new PeerAnswerError(peer, err instanceof Error ? err.message : String(err));
+      }
       // Hashing is right here: these bytes did not come from our store, and a tag's answer is trusted
       // by containerd (HEAD gives it the digest to pull), so a lying peer must be caught now.
       const actual = ('sha256:' + createHash('sha256').update(body).digest('hex')) as Digest;
