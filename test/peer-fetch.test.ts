@@ -212,6 +212,27 @@ describe('peer fetch: hedging, resume, faults', () => {
     }
   });
 
+  test('a kept-alive connection the peer closed meanwhile is redialled, not counted as a failure', async () => {
+    const server = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-length': blob.length, 'docker-content-digest': digest }).end(blob);
+    });
+    server.keepAliveTimeout = 100;
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const target = { peerId: 'short-keepalive', host: '127.0.0.1', port: (server.address() as AddressInfo).port };
+    try {
+      const first = await runFetch([target], digest);
+      assert.equal(sha(first.body), digest);
+      await new Promise((r) => setTimeout(r, 400)); // the server closes the idle connection
+      const second = await runFetch([target], digest);
+      assert.equal(second.error, undefined);
+      assert.equal(sha(second.body), digest);
+      assert.deepEqual(second.report.failedPeers, []);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   test('a resume inside a client range keeps the range exact', async () => {
     const bad = await faultyPeer('short', blob, digest);
     try {
