@@ -159,6 +159,51 @@ describe('/status and peerpull status', () => {
     assert.ok(html.trimEnd().endsWith('</html>'));
   });
 
+  test('the Grafana dashboard in the chart uses metric names and labels a real node exports', async () => {
+    const dash = JSON.parse(await readFile(path.join(REPO_ROOT, 'charts/peerpull/dashboards/peerpull.json'), 'utf8')) as {
+      panels: { title: string; targets: { expr: string }[] }[];
+      templating: { list: { name: string; definition?: string }[] };
+    };
+    // B has p2p on, fetched from a peer and missed: most series have samples by now.
+    const text = (await get(`${b!.metricsUrl}/metrics`)).body.toString();
+    const families = new Map<string, string>(); // name -> type
+    const labels = new Map<string, Set<string>>(); // family -> label names seen
+    for (const line of text.split('\n')) {
+      const t = /^# TYPE (\S+) (\S+)/.exec(line);
+      if (t) families.set(t[1]!, t[2]!);
+      const m = /^([a-zA-Z0-9_:]+)\{([^}]*)\}/.exec(line);
+      if (m) {
+        const fam = [...families.keys()].find((f) => m[1] === f || (families.get(f) === 'histogram' && /^(.*)_(bucket|sum|count)$/.exec(m[1]!)?.[1] === f));
+        if (!fam) continue;
+        const set = labels.get(fam) ?? new Set<string>();
+        for (const kv of m[2]!.matchAll(/([a-zA-Z_]+)="/g)) set.add(kv[1]!);
+        labels.set(fam, set);
+      }
+    }
+    // Labels Prometheus adds to every series (the chart's ServiceMonitor relabels node from the pod's node).
+    const targetLabels = new Set(['instance', 'job', 'node', 'namespace', 'pod', 'le']);
+    const exprs = [...dash.panels.flatMap((p) => p.targets.map((t) => t.expr)), ...dash.templating.list.map((v) => v.definition ?? '')];
+    assert.ok(exprs.length >= 10);
+    for (const expr of exprs) {
+      const names = [...expr.matchAll(/\b(peerpull_[a-z0-9_]+)/g)].map((x) => x[1]!);
+      const fams = names.map((n) => {
+        const fam = families.has(n) ? n : (/^(.*)_(bucket|sum|count)$/.exec(n)?.[1] ?? n);
+        assert.ok(families.has(fam) && (fam === n || families.get(fam) === 'histogram'), `${n} (in ${expr}) is not exported`);
+        return fam;
+      });
+      const used = [
+        ...[...expr.matchAll(/\b(?:by|on)\s*\(([^)]*)\)/g)].flatMap((x) => x[1]!.split(',').map((l) => l.trim()).filter(Boolean)),
+        ...[...expr.matchAll(/\{([^}]*)\}/g)].flatMap((x) => [...x[1]!.matchAll(/([a-zA-Z_]+)\s*=~?/g)].map((y) => y[1]!)),
+        ...[...expr.matchAll(/label_values\([^,]+,\s*([a-z_]+)\)/g)].map((x) => x[1]!),
+      ];
+      for (const l of used) {
+        // A counter that never moved (p2p thread restarts) has no samples to read labels from.
+        if (targetLabels.has(l) || fams.every((f) => !labels.has(f))) continue;
+        assert.ok(fams.some((f) => labels.get(f)?.has(l)), `label ${l} (in ${expr}) is on none of ${fams.join(', ')}`);
+      }
+    }
+  });
+
   test('peerpull status prints a readable summary, and --format json the snapshot', async () => {
     const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
     const text = await execFileP(process.execPath, [CLI, 'status', '--url', b!.metricsUrl], { env });
