@@ -19,6 +19,7 @@ import { promisify } from 'node:util';
 import { request } from 'undici';
 import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
 import { cleanupAll, start, stop, tempDir } from './children.js';
+import { cpuSeconds } from './proc.js';
 import { PEERPULL_CLI } from './servers.js';
 
 const execFileP = promisify(execFile);
@@ -114,7 +115,7 @@ async function main(): Promise<void> {
   for (const [k, v] of Object.entries(process.env)) if (k.startsWith('PEERPULL_') && v !== undefined) passEnv[k] = v;
 
   say(`starting ${o.nodes} nodes on 127.0.88.1-${o.nodes} ...`);
-  const children = [];
+  const children: import("node:child_process").ChildProcess[] = [];
   for (let i = 0; i < o.nodes; i++) {
     const store = i === 0 ? holder : path.join(root, `store-${i}`);
     if (i > 0) await generateImage(store, { name: `docker.io/library/own-${i}:1`, layerSizes: [1024] });
@@ -148,11 +149,20 @@ async function main(): Promise<void> {
   // 1. Throughput: local (node 1) vs peer path (node 2 proxying node 1), alternating.
   const local: number[] = [];
   const peer: number[] = [];
+  // Server CPU per GiB moved: throughput on a shared 2-core machine is noisy, CPU time is not.
+  const cpu = () => cpuSeconds(children[0]!.pid!) + cpuSeconds(children[1]!.pid!);
+  let localCpu = 0;
+  let peerCpu = 0;
   await curlMiBps(url(0, blobPath)); // warm page cache
   for (let r = 0; r < o.rounds; r++) {
+    let c0 = cpu();
     local.push(await curlMiBps(url(0, blobPath)));
+    localCpu += cpu() - c0;
+    c0 = cpu();
     peer.push(await curlMiBps(url(1, blobPath)));
+    peerCpu += cpu() - c0;
   }
+  const gib = (o.rounds * layer.size) / 2 ** 30;
 
   // 2. Peer-hit TTFB: each sample asks a node other than the holder for a small blob.
   const hits: number[] = [];
@@ -181,6 +191,7 @@ async function main(): Promise<void> {
     nodes: o.nodes,
     blobMiB: o.blobMiB,
     throughput: { localMiBps: median(local), peerMiBps: median(peer), ratio: median(peer) / median(local), target: 0.7, runs: { local, peer } },
+    serverCpuSecondsPerGiB: { local: localCpu / gib, peer: peerCpu / gib },
     peerHitTtfbMs: { p50: median(hits), p99: pct(hits, 0.99), max: Math.max(...hits), samples: hits.length, errors: hitErrors, target: 30 },
     missTo404Ms: { p50: median(misses), p99: pct(misses, 0.99), max: Math.max(...misses), samples: misses.length, wrongStatus: missWrong, target: 30 },
   };
@@ -198,6 +209,7 @@ async function main(): Promise<void> {
       '| measure | value | baseline | ratio | target |',
       '|---|---|---|---|---|',
       `| blob throughput via peer (MiB/s) | ${f(results.throughput.peerMiBps)} | ${f(results.throughput.localMiBps)} (local) | ${results.throughput.ratio.toFixed(2)}x | >= 0.7x: ${met(results.throughput.ratio >= 0.7)} |`,
+      `| server CPU-s per GiB (holder + proxy) | ${results.serverCpuSecondsPerGiB.peer.toFixed(2)} | ${results.serverCpuSecondsPerGiB.local.toFixed(2)} (local) | ${(results.serverCpuSecondsPerGiB.peer / results.serverCpuSecondsPerGiB.local).toFixed(2)}x | |`,
       `| peer hit TTFB p50 / p99 (ms) | ${f(results.peerHitTtfbMs.p50)} / ${f(results.peerHitTtfbMs.p99)} | | | p99 < 30: ${met(results.peerHitTtfbMs.p99 < 30)} |`,
       `| miss-to-404 p50 / p99 (ms) | ${f(results.missTo404Ms.p50)} / ${f(results.missTo404Ms.p99)} | | | p99 < 30: ${met(results.missTo404Ms.p99 < 30)} |`,
       '',
