@@ -3,11 +3,19 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { constants } from 'node:fs';
+import { constants, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Resolver } from 'node:dns/promises';
+
+const live = new Map<ChildProcess, string>();
+process.on('exit', () => {
+  for (const [c, dir] of live) {
+    if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
 
 const CANDIDATES = ['/usr/sbin/dnsmasq', '/usr/bin/dnsmasq', '/sbin/dnsmasq'];
 
@@ -90,6 +98,8 @@ export class Dnsmasq {
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
+    live.set(child, dir);
+    child.once('exit', () => live.delete(child));
     const output = { text: '' };
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (output.text += d));
     child.stderr!.setEncoding('utf8').on('data', (d: string) => (output.text += d));

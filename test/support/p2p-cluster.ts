@@ -2,6 +2,7 @@
 // each with its own data dir; started, driven and stopped by PID.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,9 +14,13 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 const NODE_SCRIPT = path.join(REPO_ROOT, 'dist/test/support/p2p-node.js');
 
 const running = new Set<ChildProcess>();
+const ownedDirs = new Set<string>();
+// A test that fails or is cancelled midway must not leave nodes or temp dirs behind.
 process.on('exit', () => {
   for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const d of ownedDirs) rmSync(d, { recursive: true, force: true });
 });
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => process.exit(128 + (sig === 'SIGTERM' ? 15 : 2)));
 
 export interface NodeOptions {
   ip: string;
@@ -88,6 +93,7 @@ export class P2PNodeProcess {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     running.add(child);
+    if (o.dataDir === undefined) ownedDirs.add(dataDir);
     child.once('exit', () => running.delete(child));
     return new P2PNodeProcess(o.ip, child, dataDir, o.dataDir === undefined);
   }
@@ -160,7 +166,10 @@ export class P2PNodeProcess {
       await this.exited;
       clearTimeout(t);
     }
-    if (this.ownsDataDir) await rm(this.dataDir, { recursive: true, force: true });
+    if (this.ownsDataDir) {
+      await rm(this.dataDir, { recursive: true, force: true });
+      ownedDirs.delete(this.dataDir);
+    }
   }
 }
 

@@ -1,0 +1,143 @@
+// p2p pieces that need no network: bootstrap selection, key mapping, the registry-port address
+// convention, message validation, the persistent identity.
+
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, stat, writeFile, chmod } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { multiaddr } from '@multiformats/multiaddr';
+import { ALWAYS_FIRST, bootstrapCount, selectBootstrap, sortAddresses } from '../src/p2p/bootstrap.js';
+import { KEY_FILE, loadOrCreateIdentity } from '../src/p2p/identity.js';
+import { keyToCid } from '../src/p2p/keys.js';
+import { registryAnnounceFilter, registryEndpoint } from '../src/p2p/peer-addr.js';
+import { BadMessageError, parseRequest } from '../src/p2p/protocol.js';
+import { loadConfig, ConfigError } from '../src/main/config.js';
+import { p2pWorkerConfig } from '../src/main/p2p.js';
+
+test('addresses sort numerically, IPv4 first, the same on every node', () => {
+  const ips = ['10.0.0.10', '10.0.0.9', 'fd00::2', '10.0.0.100', 'fd00::10', '9.255.0.1', '10.0.0.9'];
+  assert.deepEqual(sortAddresses(ips), ['9.255.0.1', '10.0.0.9', '10.0.0.10', '10.0.0.100', 'fd00::2', 'fd00::10']);
+  assert.deepEqual(sortAddresses([...ips].reverse()), sortAddresses(ips));
+});
+
+test('bootstrap count grows slowly with the cluster and stays within the connection budget', () => {
+  assert.equal(bootstrapCount(0, 64), 0);
+  assert.equal(bootstrapCount(1, 64), 1);
+  const counts = [2, 10, 30, 100, 1000, 5000].map((n) => bootstrapCount(n, 64));
+  for (let i = 1; i < counts.length; i++) assert.ok(counts[i] >= counts[i - 1], `non-decreasing: ${counts}`);
+  assert.ok(bootstrapCount(1000, 64) <= 16 && bootstrapCount(1000, 64) >= 8, `${bootstrapCount(1000, 64)}`);
+  assert.ok(bootstrapCount(1000, 8) <= 2, 'a quarter of the connection bound at most');
+});
+
+test('every node dials the first few; the rest spreads so the lowest IPs are not hot', () => {
+  const ips = sortAddresses(Array.from({ length: 1000 }, (_, i) => `10.1.${Math.floor(i / 250)}.${(i % 250) + 1}`));
+  const count = bootstrapCount(ips.length - 1, 64);
+  const hits = new Map<string, number>();
+  for (const self of ips) {
+    const chosen = selectBootstrap(ips, new Set([self]), `peer-${self}`, count);
+    assert.equal(chosen.length, count);
+    assert.ok(!chosen.includes(self), 'never itself');
+    const firstOthers = ips.filter((ip) => ip !== self).slice(0, ALWAYS_FIRST);
+    for (const f of firstOthers) assert.ok(chosen.includes(f), 'the first few are always included');
+    for (const c of chosen.slice(ALWAYS_FIRST)) hits.set(c, (hits.get(c) ?? 0) + 1);
+    // Deterministic per node.
+    assert.deepEqual(selectBootstrap(ips, new Set([self]), `peer-${self}`, count), chosen);
+  }
+  // Spread part: about (count - ALWAYS_FIRST) dials per node on average; no address far above it.
+  const max = Math.max(...hits.values());
+  assert.ok(max < 4 * (count - ALWAYS_FIRST) + 10, `most-dialled spread address got ${max}`);
+  assert.ok(hits.size > 900, `spread covers most of the cluster (${hits.size})`);
+});
+
+test('keys map to CIDv1 raw sha2-256 of the key string', () => {
+  const a = keyToCid('sha256:' + 'a'.repeat(64));
+  assert.equal(a.version, 1);
+  assert.equal(a.code, 0x55);
+  assert.equal(a.multihash.code, 0x12);
+  assert.equal(a.toString(), keyToCid('sha256:' + 'a'.repeat(64)).toString());
+  assert.notEqual(keyToCid('docker.io/library/nginx:1').toString(), keyToCid('docker.io/library/nginx:2').toString());
+});
+
+test('the registry port rides beside the p2p address and is read back', () => {
+  const id = '12D3KooWEFmbfXXbHfwoEjFmcChZEqU9zD1qtzG6ynWt1bjSWYX5';
+  const out = registryAnnounceFilter(5000, false)([multiaddr(`/ip4/10.0.0.5/tcp/5001/p2p/${id}`), multiaddr(`/ip4/127.0.0.1/tcp/5001/p2p/${id}`)]);
+  assert.deepEqual(out.map(String), [`/ip4/10.0.0.5/tcp/5001/p2p/${id}`, `/ip4/10.0.0.5/tcp/5000/http/p2p/${id}`]);
+  assert.deepEqual(registryEndpoint(out, 1234), { host: '10.0.0.5', port: 5000 });
+  // Loopback kept when the node listens on loopback on purpose.
+  assert.equal(registryAnnounceFilter(5000, true)([multiaddr(`/ip4/127.0.0.3/tcp/5001/p2p/${id}`)]).length, 2);
+  // A peer without the convention: its p2p IP with the fallback port.
+  assert.deepEqual(registryEndpoint([multiaddr('/ip6/fd00::1/tcp/5001')], 5000), { host: 'fd00::1', port: 5000 });
+  assert.equal(registryEndpoint([multiaddr('/dns4/x.example/tcp/5001')], 5000), undefined);
+});
+
+test('malformed or truncated messages to the p2p thread are rejected with a reason', () => {
+  const bad: unknown[] = [
+    null,
+    42,
+    'advertise',
+    {},
+    { id: 'x', type: 'status' },
+    { id: 1, type: 'nope' },
+    { id: 2, type: 'advertise' },
+    { id: 3, type: 'advertise', keys: [1] },
+    { id: 4, type: 'advertise', keys: ['x'.repeat(2000)] },
+    { id: 5, type: 'findProviders', key: 'k' },
+    { id: 6, type: 'findProviders', key: 'k', count: 0, deadlineMs: 10 },
+    { id: 7, type: 'findProviders', key: 'k', count: 1, deadlineMs: -1 },
+    { id: 8, type: 'reportFailure' },
+  ];
+  for (const m of bad) assert.throws(() => parseRequest(m), BadMessageError, JSON.stringify(m));
+  assert.deepEqual(parseRequest({ id: 9, type: 'findProviders', key: 'k', count: 2, deadlineMs: 50 }), { id: 9, type: 'findProviders', key: 'k', count: 2, deadlineMs: 50 });
+});
+
+test('the peer identity is created 0600 and reused across restarts', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'peerpull-id-'));
+  try {
+    const a = await loadOrCreateIdentity(path.join(dir, 'data'));
+    assert.equal(a.created, true);
+    const st = await stat(path.join(dir, 'data', KEY_FILE));
+    assert.equal(st.mode & 0o777, 0o600);
+    const b = await loadOrCreateIdentity(path.join(dir, 'data'));
+    assert.equal(b.created, false);
+    assert.ok(a.key.equals(b.key));
+    await chmod(path.join(dir, 'data', KEY_FILE), 0o644);
+    await assert.rejects(loadOrCreateIdentity(path.join(dir, 'data')), /readable by others/);
+    await writeFile(path.join(dir, 'data', KEY_FILE), 'garbage', { mode: 0o600 });
+    await chmod(path.join(dir, 'data', KEY_FILE), 0o600);
+    await assert.rejects(loadOrCreateIdentity(path.join(dir, 'data')), /not a libp2p private key/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('p2p settings are validated with the variable named', async () => {
+  const bad: Record<string, string> = {
+    PEERPULL_P2P_ADDR: 'nope',
+    PEERPULL_BOOTSTRAP_DNS: 'bad_name!',
+    PEERPULL_DNS_SERVERS: 'x.y',
+    PEERPULL_BOOTSTRAP_PEERS: '/ip4/1.2.3.4/udp/1',
+    PEERPULL_MAX_CONNECTIONS: '1',
+    PEERPULL_CLUSTER: 'Has Space',
+    PEERPULL_CLUSTER_KEY: 'short',
+    PEERPULL_DATA_DIR: 'relative',
+    PEERPULL_DEAD_PEER_TIMEOUT: '1h',
+  };
+  for (const [k, v] of Object.entries(bad)) {
+    assert.throws(() => loadConfig({ [k]: v }), (e: unknown) => e instanceof ConfigError && e.variable === k, k);
+  }
+  await assert.rejects(p2pWorkerConfig(loadConfig({ PEERPULL_PROVIDER_TTL: '1m', PEERPULL_REPROVIDE_INTERVAL: '5m' })), /PEERPULL_PROVIDER_TTL/);
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'peerpull-key-'));
+  try {
+    const hex = 'ab'.repeat(32);
+    await writeFile(path.join(dir, 'swarm.key'), `/key/swarm/psk/1.0.0/\n/base16/\n${hex}\n`);
+    const cfg = await p2pWorkerConfig(loadConfig({ PEERPULL_CLUSTER_KEY_FILE: path.join(dir, 'swarm.key') }));
+    assert.equal(cfg.clusterKey, hex);
+    await writeFile(path.join(dir, 'bad.key'), 'nothex');
+    await assert.rejects(p2pWorkerConfig(loadConfig({ PEERPULL_CLUSTER_KEY_FILE: path.join(dir, 'bad.key') })), /PEERPULL_CLUSTER_KEY_FILE/);
+    const ok = loadConfig({ PEERPULL_DNS_SERVERS: '127.0.0.1:5353, [::1]:53,10.0.0.1', PEERPULL_BOOTSTRAP_PEERS: '/ip4/10.0.0.5/tcp/5001,/dns4/a.b/tcp/5001' });
+    assert.deepEqual(ok.dnsServers, ['127.0.0.1:5353', '[::1]:53', '10.0.0.1']);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
