@@ -6,6 +6,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { start, stop } from './children.js';
+import { cpuSeconds } from './proc.js';
 
 export const WRK = '/usr/bin/wrk';
 
@@ -49,15 +50,28 @@ end
 `;
 }
 
+/** CPU seconds of the last load-generator run (sampled every 50 ms while it ran). */
+export let lastClientCpuSeconds = 0;
+
 async function runTool(cmd: string, args: string[], limitSeconds: number): Promise<{ code: number | null; out: string; err: string }> {
   const child = start(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  let cpu = 0;
+  const sampler = setInterval(() => {
+    try {
+      cpu = cpuSeconds(child.pid!);
+    } catch {
+      // Exited between samples.
+    }
+  }, 50);
   const killer = setTimeout(() => void stop(child, 'SIGTERM', 2000), limitSeconds * 1000);
   const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
   clearTimeout(killer);
+  clearInterval(sampler);
+  lastClientCpuSeconds = cpu;
   return { code, out, err };
 }
 

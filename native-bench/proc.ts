@@ -75,3 +75,11 @@ export function sumOver(pids: number[], f: (pid: number) => number): number {
   for (const p of pids) total += f(p);
   return total;
 }
+
+/** CPU seconds the whole machine spent busy (all cores, every process), from /proc/stat. */
+export function machineBusySeconds(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  // user nice system idle iowait irq softirq steal: busy is everything but idle and iowait.
+  const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!;
+  return busy / clockTicks();
+}
