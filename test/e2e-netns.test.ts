@@ -385,13 +385,10 @@ describe('e2e: three nodes in network namespaces, CRI pulls through peerpull', {
     });
   });
 
-  // Known peerpull bug (reported to the lead, src/ is not ours to edit): a blob whose local index
-  // entry outlived garbage collection answers 404 "not readable on this node" instead of falling
-  // through to peers, so the first re-pull after kubelet's image GC goes upstream. Marked todo so
-  // the suite stays green and the result still shows; drop the todo once src/ is fixed.
+  // A blob whose index entry outlived garbage collection (no event tells peerpull) must fall
+  // through to peers, or the first re-pull after kubelet's image GC would go upstream.
   test(
     'B re-pulls the image after its own copy was garbage-collected, from the nodes that still have it',
-    { todo: 'peerpull 404s blobs whose index entry outlived GC instead of asking peers' },
     async () => {
       await withLogs(async () => {
         const { b } = nodes;

@@ -157,11 +157,13 @@ export async function serve(config: Config): Promise<RunningServer> {
       if (closing) return;
       closing = true;
       log.info('shutting down', { inflight: registry.inflightCount, graceMs: config.shutdownGrace });
+      // Leave the DHT first: peers see the connections close and stop offering this node at once,
+      // instead of sending it requests its closing registry would refuse. Transfers in flight go on.
+      await p2p?.stop();
       await registry.shutdown(config.shutdownGrace);
       us_listen_socket_close(metricsSock);
       metrics.close();
       await sourceReady.catch(() => undefined);
-      await p2p?.stop();
       await source.stop();
       await pool.destroy();
       log.info('stopped');

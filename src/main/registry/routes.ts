@@ -11,7 +11,7 @@ import type { ContentEntry, ContentSource } from '../content/index.js';
 import type { Logger } from '../log.js';
 import { bytesServed, httpDuration, httpRequests, inflightRequests } from '../metrics.js';
 import type { BlobPool } from '../pool.js';
-import { PEER_HOP_HEADER, type PeerOpen } from '../../shared/messages.js';
+import { PEER_HOP_HEADER, type PeerFetchReport, type PeerManifestResult, type PeerOpen } from '../../shared/messages.js';
 import { MediaType, tagKey, type Digest } from '../../shared/oci.js';
 import type { Mirror } from '../mirror.js';
 import { HttpError, STATUS, errorBody, parseRange, parseRegistryPath, type OciErrorCode, type RegistryRequest } from './http.js';
@@ -176,26 +176,30 @@ export class Registry {
   private async serveManifest(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'manifest' }>): Promise<void> {
     const what: string = request.tag ? tagKey(request.registry, request.repository, request.tag) : request.digest!;
     const entry = this.lookup(request);
-    let m: { digest: Digest } & CachedManifest;
+    let m: ({ digest: Digest } & CachedManifest) | undefined;
     if (entry && entry.manifest) {
       let cached = this.manifests.get(entry.digest);
       if (!cached) {
         const r = await this.deps.pool.readSmall({ location: this.deps.source.locate(entry), size: entry.size });
-        if (!r.ok) {
-          if (r.missing) this.deps.source.index.forget(entry.digest);
-          else this.deps.log.warn('manifest read failed', { digest: entry.digest, error: r.error });
+        if (r.ok) {
+          cached = { body: new Uint8Array(r.bytes), mediaType: entry.mediaType };
+          this.manifests.set(entry.digest, cached);
+        } else if (r.missing) {
+          // Garbage collected without an event: not here any more, so peers may have it.
+          this.deps.source.index.forget(entry.digest);
+        } else {
+          this.deps.log.warn('manifest read failed', { digest: entry.digest, error: r.error });
           throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${entry.digest} is not readable on this node`);
         }
-        cached = { body: new Uint8Array(r.bytes), mediaType: entry.mediaType };
-        this.manifests.set(entry.digest, cached);
       }
-      m = { digest: entry.digest, ...cached };
-      this.deps.mirror?.outcome('manifest', what, 'local');
+      if (cached) {
+        m = { digest: entry.digest, ...cached };
+        this.deps.mirror?.outcome('manifest', what, 'local');
+      }
     } else if (entry) {
       throw new HttpError(404, 'MANIFEST_UNKNOWN', `${what} is a blob, not a manifest`);
-    } else {
-      m = await this.manifestFromPeers(inc, request, what);
     }
+    m ??= await this.manifestFromPeers(inc, request, what);
     if (inc.aborted) return this.done(inc, 0);
     res.cork(() => {
       res.writeStatus(STATUS[200]!);
@@ -227,15 +231,25 @@ export class Registry {
     }
     if (!mirror || !mirror.mirrors(request.registry)) return miss(mirror ? 'registry not mirrored' : '');
     if (request.tag && !mirror.resolvesTags(request.registry)) return miss('tags are not resolved through peers');
-    const providers = await mirror.providers(what);
-    if (providers.length === 0) return miss('no peer has it');
-    if (inc.aborted) return miss('client gone');
     const ns = `?ns=${encodeURIComponent(request.registry)}`;
     const path = `/v2/${request.repository}/manifests/${request.tag ?? request.digest}${ns}`;
-    const r = await this.deps.pool.fetchManifest({ providers, path, ...(request.digest ? { digest: request.digest } : {}), ...mirror.policy() });
-    mirror.record('manifest', what, r, r.ok, r.ok ? undefined : r.error);
-    if (!r.ok) {
-      mirror.outcome('manifest', what, 'error', r.error);
+    let r: PeerManifestResult | undefined;
+    // A second round only when every provider of the first failed: the answer may have come from
+    // a cache that still listed a node that just went away (its failures are reported in between).
+    for (let round = 0; round < 2; round++) {
+      const providers = (await mirror.providers(what)).filter((p) => !r?.failedPeers.includes(p.peerId));
+      if (providers.length === 0) {
+        if (r) break;
+        return miss('no peer has it');
+      }
+      if (inc.aborted) return miss('client gone');
+      r = await this.deps.pool.fetchManifest({ providers, path, ...(request.digest ? { digest: request.digest } : {}), ...mirror.policy() });
+      mirror.record('manifest', what, r, r.ok, r.ok ? undefined : r.error);
+      if (r.ok) break;
+    }
+    if (!r || !r.ok) {
+      const error = r && !r.ok ? r.error : 'no provider';
+      mirror.outcome('manifest', what, 'error', error);
       throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${what}: no peer could serve it`);
     }
     const cached = { body: new Uint8Array(r.body), mediaType: r.mediaType };
@@ -252,7 +266,6 @@ export class Registry {
       this.blobFromPeers(res, inc, request);
       return;
     }
-    this.deps.mirror?.outcome('blob', digest, 'local');
     const range = parseRange(inc.range, entry.size);
     const start = range?.start ?? 0;
     const end = range?.end ?? entry.size;
@@ -266,7 +279,7 @@ export class Registry {
     };
     const location = this.deps.source.locate(entry);
     if (inc.method === 'HEAD') {
-      void this.headBlob(res, inc, entry, writeHead, end - start).catch((err) => this.fail(res, inc, err));
+      void this.headBlob(res, inc, request, entry, writeHead, end - start).catch((err) => this.fail(res, inc, err));
       return;
     }
     const { chunkSize, streamCredits: credits } = this.deps.config;
@@ -274,11 +287,25 @@ export class Registry {
       run: (port) => this.deps.pool.readBlob({ location, size: entry.size, start, end, chunkSize, credits, port }),
       total: end - start,
       writeHead,
-    }, () => this.deps.source.index.forget(digest));
+    }, (o) => {
+      if (!o.missing) return false;
+      // Garbage collected without an event: forget it and let peers serve it.
+      this.deps.source.index.forget(digest);
+      this.blobFromPeersOr404(res, inc, request);
+      return true;
+    });
+  }
+
+  private blobFromPeersOr404(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>, round = 0, failed: string[] = []): void {
+    try {
+      this.blobFromPeers(res, inc, request, round, failed);
+    } catch (err) {
+      this.fail(res, inc, err);
+    }
   }
 
   /** A blob this node does not hold: stream it from peers (hedged, resumable), or 404 fast. */
-  private blobFromPeers(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>): void {
+  private blobFromPeers(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>, round = 0, failed: string[] = []): void {
     const { digest } = request;
     const mirror = this.deps.mirror;
     const miss = (why: string) => {
@@ -288,15 +315,15 @@ export class Registry {
     if (inc.hop || !mirror) throw miss('');
     if (!mirror.mirrors(request.registry)) throw miss('registry not mirrored');
     void (async () => {
-      const providers = await mirror.providers(digest);
-      if (providers.length === 0) throw miss('no peer has it');
+      const providers = (await mirror.providers(digest)).filter((p) => !failed.includes(p.peerId));
+      if (providers.length === 0) throw miss(round === 0 ? 'no peer has it' : 'no other peer has it');
       if (inc.aborted) return this.done(inc, 0);
       const { chunkSize, streamCredits: credits } = this.deps.config;
       const path = `/v2/${request.repository}/blobs/${digest}?ns=${encodeURIComponent(request.registry)}`;
       const head = inc.method === 'HEAD';
       // A HEAD asks for one byte: the peer's Content-Range carries the size without moving the blob.
       const range = head ? 'bytes=0-0' : inc.range;
-      let report: Promise<import('../../shared/messages.js').PeerFetchReport> | undefined;
+      let report: Promise<PeerFetchReport> | undefined;
       const writeHead = (r: HttpResponse, peer?: PeerOpen) => {
         const p = peer!;
         const partial = p.status === 206 && !head;
@@ -311,7 +338,17 @@ export class Registry {
         run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...mirror.policy() })),
         writeHead,
         headOnly: head,
-      }, undefined, async (ok, detail) => {
+      }, (o) => {
+        // Every provider failed before sending anything. Once, look again without them: a cached
+        // answer may have listed a node that just went away.
+        if (round > 0 || o.status === 416) return false;
+        void (report ?? Promise.resolve(undefined)).catch(() => undefined).then((r) => {
+          if (r) mirror.record('blob', digest, r, false, o.error);
+          if (inc.aborted) return this.done(inc, 0);
+          this.blobFromPeersOr404(res, inc, request, 1, [...failed, ...(r?.failedPeers ?? []), ...providers.map((p) => p.peerId)]);
+        });
+        return true;
+      }, async (ok, detail) => {
         const r = await report?.catch(() => undefined);
         if (r) mirror.record('blob', digest, r, ok, detail);
         mirror.outcome('blob', digest, ok ? 'peer' : 'error', detail);
@@ -326,9 +363,11 @@ export class Registry {
     digest: Digest,
     okStatus: number,
     opts: Parameters<typeof streamBlob>[1],
-    onMissing?: () => void,
+    /** Nothing was sent and the source failed: return true to take the response over (another source). */
+    fallback?: (o: { missing: boolean; error: string; status?: 416 }) => boolean,
     onFinish?: (ok: boolean, detail?: string) => void,
   ): void {
+    const local = !onFinish;
     const stream = streamBlob(res, opts, (fn) => (inc.onAbort = fn));
     this.streams.add(stream);
     void stream.done.then((o) => {
@@ -336,15 +375,16 @@ export class Registry {
       switch (o.kind) {
         case 'done':
           bytesServed.inc({ route: 'blobs' }, o.bytes);
+          if (local) this.deps.mirror?.outcome('blob', digest, 'local');
           onFinish?.(true);
           this.done(inc, okStatus);
           break;
         case 'failed-before-headers':
+          if (!inc.aborted && fallback?.(o)) break;
           onFinish?.(false, o.error);
-          if (o.missing) onMissing?.();
-          else this.deps.log.warn('blob read failed', { digest, error: o.error });
+          if (!o.missing) this.deps.log.warn('blob read failed', { digest, error: o.error });
           if (o.status === 416) this.fail(res, inc, new HttpError(416, 'RANGE_INVALID', `range not satisfiable for ${digest}`));
-          else this.fail(res, inc, new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest} is not readable${onMissing ? ' on this node' : ' from any peer'}`));
+          else this.fail(res, inc, new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest} is not readable${local ? ' on this node' : ' from any peer'}`));
           break;
         case 'broken':
           bytesServed.inc({ route: 'blobs' }, o.bytes);
@@ -361,16 +401,17 @@ export class Registry {
     });
   }
 
-  private async headBlob(res: HttpResponse, inc: Incoming, entry: ContentEntry, writeHead: (r: HttpResponse) => void, length: number): Promise<void> {
+  private async headBlob(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>, entry: ContentEntry, writeHead: (r: HttpResponse) => void, length: number): Promise<void> {
     // HEAD must not claim content that GC removed. A stat is metadata, not bytes: it stays here.
     const location = this.deps.source.locate(entry);
     if (location.kind === 'file') {
       const size = await stat(location.path).then((s) => s.size, () => -1);
       if (size !== entry.size) {
         this.deps.source.index.forget(entry.digest);
-        throw new HttpError(404, 'BLOB_UNKNOWN', `blob ${entry.digest} is not on this node`);
+        return this.blobFromPeers(res, inc, request);
       }
     }
+    this.deps.mirror?.outcome('blob', entry.digest, 'local');
     if (inc.aborted) return this.done(inc, 0);
     res.cork(() => {
       writeHead(res);
