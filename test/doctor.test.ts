@@ -12,6 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { checkContainerdConfig, parseContainerdConfig, lookup } from '../src/main/containerd-config.js';
+import { MANAGED_HEADER } from '../src/main/hosts-config.js';
 import { generateImage } from '../src/main/image-generator.js';
 import type { StatusSnapshot } from '../src/main/status.js';
 import { startContainerd, type Containerd } from './support/containerd.js';
@@ -188,7 +189,7 @@ describe('peerpull doctor', () => {
 
   before(async () => {
     root = await mkdtemp(path.join(os.tmpdir(), 'peerpull-doctor-'));
-    dns = await Dnsmasq.start({ 'peerpull-p2p.test': ['127.0.79.1', '127.0.79.2'] });
+    dns = await Dnsmasq.start({ 'peerpull-p2p.test': ['127.0.79.1', '127.0.79.2'], 'alone.test': ['127.0.80.1'] });
     const closed = await freePort();
     closedUrl = `http://127.0.0.1:${closed}`;
     await mkdir(path.join(root, 'empty-certs'));
@@ -264,6 +265,17 @@ describe('peerpull doctor', () => {
     await expectProblem({ PEERPULL_MIRRORED_REGISTRIES: '', PEERPULL_CONTAINERD_CONFIG_PATH: path.join(root, 'no-such-dir') }, /no mirror config: .*no-such-dir does not exist/);
   });
 
+  test("hosts.toml not peerpull's, or peerpull listed after another mirror", async () => {
+    const certs = path.join(root, 'other-certs');
+    await mkdir(path.join(certs, 'docker.io'), { recursive: true });
+    const file = path.join(certs, 'docker.io', 'hosts.toml');
+    await writeFile(file, 'server = "https://registry-1.docker.io"\n\n[host."http://10.9.9.9:5000"]\n  capabilities = ["pull"]\n');
+    await expectProblem({ PEERPULL_CONTAINERD_CONFIG_PATH: certs }, /docker\.io\/hosts\.toml was not written by peerpull \(its hosts: http:\/\/10\.9\.9\.9:5000\)/);
+    const port = base.PEERPULL_REGISTRY_ADDR!.split(':')[1];
+    await writeFile(file, `${MANAGED_HEADER}server = "https://registry-1.docker.io"\n\n[host."http://10.9.9.9:5000"]\n  capabilities = ["pull"]\n\n[host."http://127.0.0.1:${port}"]\n  capabilities = ["pull"]\n`);
+    await expectProblem({ PEERPULL_CONTAINERD_CONFIG_PATH: certs }, /lists peerpull at http:\/\/127\.0\.0\.1:\d+ only after http:\/\/10\.9\.9\.9:5000: containerd tries that host first/, 'WARN');
+  });
+
   test('bootstrap DNS name does not resolve', async () => {
     await expectProblem(
       { PEERPULL_BOOTSTRAP_DNS: 'peerpull-p2p.kube-system.invalid', PEERPULL_DNS_SERVERS: dns!.server },
@@ -289,6 +301,27 @@ describe('peerpull doctor', () => {
     await eventually(async () => (await get(`${lone.metricsUrl}/status?format=json`)).body.toString().includes('"running": true'), 15_000, 'p2p running');
     const r = await expectProblem({}, /the running node has no peers: neither PEERPULL_BOOTSTRAP_DNS nor PEERPULL_BOOTSTRAP_PEERS is set/, 'FAIL', ['--url', lone.metricsUrl]);
     assert.match(r.stdout, /ok {4}its content source \(oci-layout\) is healthy/);
+    // A one-node cluster (DNS lists only this node) needs no peers: not a problem.
+    const single = await startPeerpull(
+      {
+        PEERPULL_STORE: `oci-layout:${layout}`,
+        PEERPULL_P2P: 'true',
+        PEERPULL_P2P_ADDR: '127.0.80.1:5001',
+        PEERPULL_BOOTSTRAP_DNS: 'alone.test',
+        PEERPULL_DNS_SERVERS: dns!.server,
+        PEERPULL_BOOTSTRAP_INTERVAL: '1s',
+        PEERPULL_DATA_DIR: path.join(root, 'single-data'),
+      },
+      ['serve'],
+      '127.0.80.1',
+    );
+    procs.push(single);
+    await eventually(async () => (await get(`${single.url}/readyz`)).status === 200, 15_000, 'a one-node cluster is ready');
+    const s = await peerpull(['doctor', '--url', single.metricsUrl], { ...base });
+    const snap = JSON.parse((await get(`${single.metricsUrl}/status?format=json`)).body.toString()) as StatusSnapshot;
+    assert.match(s.stdout, /ok {4}it is alone in its cluster: the bootstrap DNS name alone\.test lists only one member/, JSON.stringify(snap.p2p));
+    assert.ok(!snap.problems.some((p) => p.includes('no peers')), snap.problems.join('; '));
+    await Promise.all([lone.stop(), single.stop()]);
   });
 
   test('a healthy node passes every check (real containerd, hosts.toml by configure, peers through DNS)', async () => {

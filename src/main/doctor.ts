@@ -7,7 +7,7 @@ import { Resolver } from 'node:dns/promises';
 import type { Config } from './config.js';
 import { checkContainerdConfig } from './containerd-config.js';
 import { DEFAULT_DIR, nodeEndpoint } from './hosts-config.js';
-import { localEndpoints, probeContainerd, scanMirrorConfig, type StatusSnapshot } from './status.js';
+import { localEndpoints, probeContainerd, sameEndpoint, scanMirrorConfig, type StatusSnapshot } from './status.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
 
@@ -166,7 +166,18 @@ async function checkHostsToml(config: Config): Promise<Check[]> {
         fix: `${configureFix}; check that PEERPULL_NODE_IP and PEERPULL_REGISTRY_ADDR are the same for configure and serve`,
       });
     } else {
-      out.push({ id: `hosts-toml:${reg}`, status: 'ok', message: `${e.file} sends ${what} to peerpull at ${e.hosts.find((h) => endpoints.includes(h)) ?? here} first` });
+      const at = e.hosts.findIndex((h) => sameEndpoint(h, endpoints));
+      const ours = at >= 0 ? e.hosts[at]! : here;
+      out.push(
+        at > 0
+          ? {
+              id: `hosts-toml:${reg}`,
+              status: 'warn',
+              message: `${e.file} lists peerpull at ${ours} only after ${e.hosts.slice(0, at).join(', ')}: containerd tries ${at === 1 ? 'that host' : 'those hosts'} first`,
+              fix: 'run `peerpull configure` again: it puts this node\'s endpoint first',
+            }
+          : { id: `hosts-toml:${reg}`, status: 'ok', message: `${e.file} sends ${what} to peerpull at ${ours} first` },
+      );
     }
   }
   if (scan.wanted.includes(DEFAULT_DIR)) {
@@ -235,6 +246,8 @@ async function checkRunningNode(config: Config, statusUrl: string, timeoutMs: nu
     out.push({ id: 'node:peers', status: 'skip', message: 'p2p is off on the running node (PEERPULL_P2P=false): it serves only its own content' });
   } else if (!s.p2p.running) {
     out.push({ id: 'node:peers', status: 'fail', message: 'its p2p thread is not running, so it cannot find content on other nodes', fix: 'read the node\'s log for "p2p thread" errors (port taken, bad cluster key)' });
+  } else if (s.p2p.peers === 0 && s.p2p.ready && s.p2p.bootstrapDns && s.p2p.dnsMembers === 1) {
+    out.push({ id: 'node:peers', status: 'ok', message: `it is alone in its cluster: the bootstrap DNS name ${s.p2p.bootstrapDns} lists only one member (a one-node cluster needs no peers)` });
   } else if (s.p2p.peers === 0) {
     const why = s.p2p.bootstrapDns
       ? s.p2p.dnsMembers === 0

@@ -138,7 +138,7 @@ export function localEndpoints(nodeIp: string, registryPort: number): string[] {
   return [...out];
 }
 
-function sameEndpoint(url: string, endpoints: string[]): boolean {
+export function sameEndpoint(url: string, endpoints: string[]): boolean {
   const norm = (u: string) => u.replace(/\/+$/, '').toLowerCase();
   const n = norm(url);
   if (endpoints.some((e) => norm(e) === n)) return true;
@@ -326,7 +326,8 @@ export function problemsOf(s: StatusSnapshot): string[] {
   if (s.containerd.used && !s.containerd.connected) out.push(`containerd does not answer on ${s.containerd.socket}${s.containerd.error ? ` (${s.containerd.error})` : ''}`);
   if (s.p2p.enabled) {
     if (!s.p2p.running) out.push('the p2p thread is not running: content of other nodes cannot be found');
-    else if (s.p2p.peers === 0) {
+    // A node alone in its cluster by DNS (a one-node cluster) has no peers by design.
+    else if (s.p2p.peers === 0 && !(s.p2p.ready && s.p2p.bootstrapDns && s.p2p.dnsMembers === 1)) {
       out.push(
         s.p2p.bootstrapDns
           ? `no peers: the bootstrap DNS name ${s.p2p.bootstrapDns} listed ${s.p2p.dnsMembers} member(s) and none could be reached`
