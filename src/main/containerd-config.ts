@@ -386,7 +386,7 @@ export async function checkContainerdConfig(file: string, peerpullConfigPath: st
         'warn',
         'config-file-missing',
         `containerd config file ${file} does not exist, so config_path and discard_unpacked_layers cannot be checked (without a file, containerd 1.x runs with config_path unset and ignores hosts.toml)`,
-        `if containerd's config lives elsewhere (k3s, a custom --config), set PEERPULL_CONTAINERD_CONFIG_FILE to it; otherwise create ${file} with config_path set (see below)`,
+        `in a pod, mount the host's containerd config read-only and point PEERPULL_CONTAINERD_CONFIG_FILE at it; if containerd's config lives elsewhere (k3s, a custom --config), set PEERPULL_CONTAINERD_CONFIG_FILE to that file; otherwise create ${file} with the CRI registry config_path set and restart containerd`,
       );
     } else {
       add('warn', 'config-file-unreadable', `containerd config file ${file} cannot be read (${code ?? (err as Error).message}), so config_path and discard_unpacked_layers cannot be checked`, 'run as a user who can read it, or mount it into the pod read-only');

@@ -476,6 +476,8 @@ export function formatStatusText(s: StatusSnapshot): string {
   const h = s.mirror.lastPeerHit;
   L.push(`  last peer pull ${h ? `${h.time} ${h.kind} ${h.key}${h.peer ? ` from ${h.peer}` : ''}` : 'none since start'}`);
   if (s.mirror.recentMisses.length === 0) L.push('  recent misses  none');
-  for (const m of s.mirror.recentMisses.slice(0, 10)) L.push(`  miss           ${m.time} ${m.kind} ${m.key}${m.detail ? ` (${m.detail})` : ''}`);
+  for (const [i, m] of s.mirror.recentMisses.slice(0, 10).entries()) {
+    L.push(`  ${i === 0 ? 'recent misses ' : ' '.repeat(14)} ${m.time} ${m.kind} ${m.key}${m.detail ? ` (${m.detail})` : ''}`);
+  }
   return L.join('\n') + '\n';
 }
