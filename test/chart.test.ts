@@ -249,6 +249,7 @@ describe('chart: default values', () => {
       assert.deepEqual(env.get('PEERPULL_NODE_IP')!.valueFrom, { fieldRef: { fieldPath: 'status.hostIP' } });
       assert.deepEqual(env.get('PEERPULL_ADVERTISE_IP')!.valueFrom, { fieldRef: { fieldPath: 'status.podIP' } });
       for (const name of env.keys()) assert.ok(known.has(name), `${name} is a peerpull setting`);
+      assert.equal(env.get('PEERPULL_CONTAINERD_CONFIG_FILE')!.value, '/host/etc/containerd/config.toml');
       const values = Object.fromEntries([...env].filter(([, e]) => 'value' in e).map(([k, e]) => [k, e.value]));
       assert.equal(values.PEERPULL_BOOTSTRAP_DNS, 'rel-peerpull-p2p.kube-system.svc.cluster.local');
       assert.equal(values.PEERPULL_CLUSTER, 'rel');
@@ -287,6 +288,8 @@ describe('chart: default values', () => {
     assert.deepEqual((vols.get('containerd-sock') as Obj).hostPath, { path: '/run/containerd/containerd.sock', type: 'Socket' });
     assert.deepEqual((vols.get('containerd-content') as Obj).hostPath, { path: '/var/lib/containerd/io.containerd.content.v1.content', type: 'Directory' });
     assert.deepEqual((vols.get('containerd-config') as Obj).hostPath, { path: '/etc/containerd/certs.d', type: 'DirectoryOrCreate' });
+    // containerd's config file is read through its directory, read-only, for preflight and doctor.
+    assert.deepEqual((vols.get('containerd-etc') as Obj).hostPath, { path: '/etc/containerd', type: 'DirectoryOrCreate' });
     assert.ok((vols.get('data') as Obj).emptyDir);
     assert.equal((vols.get('cluster-key') as Obj).secret.secretName, 'rel-peerpull-cluster-key');
     const mounts = (c: Obj) => new Map(c.volumeMounts.map((m: Obj) => [m.name, m]));

@@ -85,6 +85,7 @@ and written in sorted order, each name once.
   "PEERPULL_CONTAINERD_NAMESPACE" .Values.containerd.namespace
   "PEERPULL_CONTENT_PATH" .Values.containerd.contentPath
   "PEERPULL_CONTAINERD_CONFIG_PATH" .Values.containerd.configPath
+  "PEERPULL_CONTAINERD_CONFIG_FILE" (printf "/host%s" .Values.containerd.configFile)
   "PEERPULL_MIRRORED_REGISTRIES" (join "," .Values.mirror.registries)
   "PEERPULL_MIRROR_TARGETS" (include "peerpull.mirrorTargets" .)
   "PEERPULL_RESOLVE_TAGS" (toString .Values.mirror.resolveTags)
