@@ -58,6 +58,9 @@ interface Stats {
   cpuUserUs: number;
   cpuSystemUs: number;
   status?: { peers: number; routingTable: number };
+  mainHeap: number;
+  external: number;
+  workerHeap?: { usedHeapSize: number; totalHeapSize: number };
 }
 
 function pct(sorted: number[], p: number): number {
@@ -138,6 +141,8 @@ async function runOne(n: number, a: Args) {
     }
     const conns = busy.stats.map((s) => s.status?.peers ?? 0);
     const rss = busy.stats.map((s) => s.rss / 1048576);
+    const mib = (f: (s: Stats) => number) => busy.stats.reduce((t, s) => t + f(s), 0) / n / 1048576;
+    const memory = { mainHeapMiB: mib((s) => s.mainHeap), workerHeapMiB: mib((s) => s.workerHeap?.totalHeapSize ?? 0), workerUsedMiB: mib((s) => s.workerHeap?.usedHeapSize ?? 0), externalMiB: mib((s) => s.external) };
     return {
       nodes: n,
       keys: a.keys,
@@ -157,6 +162,7 @@ async function runOne(n: number, a: Args) {
       lookupCpuMs: ((busy.total - idle.total) * 1000) / Math.max(1, results.length),
       idleCpuPerNodePct: (idle.total / n / a.seconds) * 100,
       connectionsPerNode: { min: Math.min(...conns), avg: conns.reduce((s, x) => s + x, 0) / n, max: Math.max(...conns) },
+      memory,
       rssMiBPerNode: { min: Math.min(...rss), avg: rss.reduce((s, x) => s + x, 0) / n, max: Math.max(...rss) },
     };
   } finally {
@@ -177,6 +183,7 @@ for (const n of args.nodes) {
         `  ${r.lookups} lookups at ${r.rate}/s: p50 ${r.p50Ms.toFixed(2)} ms, p90 ${r.p90Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms, max ${r.maxMs.toFixed(2)} ms; timeouts ${r.timeouts}, not found ${r.notFound}, errors ${r.errors}`,
         `  sources ${JSON.stringify(r.bySource)}; lookup CPU ${r.lookupCpuMs.toFixed(2)} ms each (cluster, above idle); idle CPU ${r.idleCpuPerNodePct.toFixed(1)} % of a core per node`,
         `  connections per node min/avg/max ${r.connectionsPerNode.min}/${r.connectionsPerNode.avg.toFixed(1)}/${r.connectionsPerNode.max}; RSS MiB per node min/avg/max ${r.rssMiBPerNode.min.toFixed(0)}/${r.rssMiBPerNode.avg.toFixed(0)}/${r.rssMiBPerNode.max.toFixed(0)}`,
+        `  heaps MiB per node (avg): main ${r.memory.mainHeapMiB.toFixed(0)}, p2p thread ${r.memory.workerHeapMiB.toFixed(0)} (used ${r.memory.workerUsedMiB.toFixed(0)}), external ${r.memory.externalMiB.toFixed(0)}`,
       ].join('\n'),
     );
   }

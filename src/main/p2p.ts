@@ -119,6 +119,7 @@ const BATCH = 5000;
 /** Extra time main grants a lookup beyond its deadline (thread hop, scheduling). */
 const LOOKUP_SLACK_MS = 250;
 const REQUEST_TIMEOUT_MS = 30_000;
+const P2P_YOUNG_GENERATION_MB = 12;
 
 export class P2PError extends Error {
   constructor(message: string) {
@@ -253,6 +254,14 @@ export class P2P {
     return (await this.request({ type: 'status' }, 5000)) as P2PStatus;
   }
 
+  /** V8 heap of the p2p thread (diagnostics, benchmarks). */
+  async heapStatistics(): Promise<{ usedHeapSize: number; totalHeapSize: number; externalMemory: number } | undefined> {
+    const w = this.worker as (Worker & { getHeapStatistics?: () => Promise<Record<string, number>> }) | undefined;
+    if (!w?.getHeapStatistics) return undefined;
+    const h = await w.getHeapStatistics();
+    return { usedHeapSize: h.used_heap_size, totalHeapSize: h.total_heap_size, externalMemory: h.external_memory };
+  }
+
   /** Sends a raw value to the p2p thread (tests: malformed messages must be survived). */
   postRaw(value: unknown): void {
     this.worker?.postMessage(value);
@@ -276,7 +285,13 @@ export class P2P {
 
   private spawn(): void {
     if (this.stopping) return;
-    const w = new Worker(this.workerUrl, { workerData: this.config, name: 'peerpull-p2p' });
+    const w = new Worker(this.workerUrl, {
+      workerData: this.config,
+      name: 'peerpull-p2p',
+      // Small young generation: the DHT makes many short-lived objects, and V8's default lets
+      // the nursery grow to 48 MiB before collecting it, most of a node's memory budget.
+      resourceLimits: { maxYoungGenerationSizeMb: P2P_YOUNG_GENERATION_MB },
+    });
     this.worker = w;
     this.startedAt = Date.now();
     this.counterBase = { ok: 0, failed: 0 };

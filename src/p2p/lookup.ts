@@ -115,44 +115,60 @@ export class Lookups {
     };
     add(await this.d.local(key));
     let source: LookupSource = found.size > 0 ? 'local' : 'none';
-    if (found.size >= count || this.d.routingTableSize() === 0) {
+    // Every provider of a key sends its record to the same k closest peers, so a node holding
+    // records for a key is one of them and its store is as complete as any answer the network
+    // could give: a local hit ends the lookup without a network round trip.
+    if (found.size > 0 || this.d.routingTableSize() === 0) {
       return this.finish(key, found, count, source, found.size > 0 ? 'found' : 'notfound', true);
     }
     const ac = new AbortController();
     let timedOut = false;
+    // The deadline is enforced here, not by trusting the DHT query to notice its signal: a
+    // query waiting on a slow peer may take a while to unwind, and the caller must not wait.
+    let stop!: () => void;
+    const stopped = new Promise<'stop'>((resolve) => (stop = () => resolve('stop')));
     const deadline = setTimeout(() => {
       timedOut = true;
-      ac.abort();
+      stop();
     }, Math.max(1, deadlineMs));
     let settle: NodeJS.Timeout | undefined;
     const armSettle = () => {
-      settle ??= setTimeout(() => ac.abort(), this.d.settleMs);
+      settle ??= setTimeout(stop, this.d.settleMs);
     };
     if (found.size > 0) armSettle();
     let outcome: LookupOutcome = 'notfound';
     let complete = false;
+    const it = this.d.network(key, ac.signal)[Symbol.asyncIterator]();
     try {
-      for await (const batch of this.d.network(key, ac.signal)) {
+      for (;;) {
+        const next = await Promise.race([it.next(), stopped]);
+        if (next === 'stop') break;
+        if (next.done) {
+          complete = true;
+          break;
+        }
         const before = found.size;
-        add(batch);
+        add(next.value);
         if (found.size > before) {
           if (source === 'none') source = 'network';
+          // The first record holder that answers knows every provider (see above); a short
+          // settle lets a near-simultaneous answer add to it.
+          if (this.d.settleMs <= 0) break;
           armSettle();
         }
         if (found.size >= count) break;
       }
-      complete = !ac.signal.aborted;
     } catch (err) {
-      if (!ac.signal.aborted) {
+      if (!ac.signal.aborted && !timedOut) {
         outcome = 'error';
-        if (found.size === 0) {
-          return { providers: [], source, outcome };
-        }
+        if (found.size === 0) return { providers: [], source, outcome };
       }
     } finally {
       clearTimeout(deadline);
       if (settle) clearTimeout(settle);
       ac.abort();
+      // Unwind the query in the background; its AbortError is expected.
+      it.return?.().catch(() => {});
     }
     if (found.size > 0) outcome = 'found';
     else if (timedOut) outcome = 'timeout';

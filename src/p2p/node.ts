@@ -35,8 +35,11 @@ export type LogFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fi
 /** Provides running at once: enough to hide round trips, few enough to leave CPU for lookups. */
 const PROVIDE_CONCURRENCY = 8;
 const PROVIDE_TIMEOUT_MS = 30_000;
-/** After one provider is known, how long a lookup waits for a second one (Spegel: 20 ms idle). */
-const LOOKUP_SETTLE_MS = 15;
+/**
+ * After the first answer with providers, how long a lookup waits for more. 0: answer at once,
+ * since a record holder's answer is complete (see lookup.ts).
+ */
+const LOOKUP_SETTLE_MS = 0;
 /** Registry fetches want a spare provider to hedge with. */
 export const DEFAULT_PROVIDER_COUNT = 2;
 

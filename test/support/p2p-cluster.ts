@@ -81,7 +81,7 @@ export class P2PNodeProcess {
 
   static async start(o: NodeOptions): Promise<P2PNodeProcess> {
     const dataDir = o.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'peerpull-p2p-')));
-    const child = spawn(process.execPath, [NODE_SCRIPT], {
+    const child = spawn(process.execPath, [...(process.env.P2P_NODE_ARGS ?? '').split(' ').filter(Boolean), NODE_SCRIPT], {
       env: {
         PATH: process.env.PATH ?? '/usr/bin:/bin',
         PEERPULL_P2P_ADDR: `${o.ip}:${o.p2pPort}`,

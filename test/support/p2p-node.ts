@@ -38,8 +38,12 @@ async function run(m: Record<string, unknown>): Promise<unknown> {
     case 'withdraw':
       await p2p.withdraw(m.keys as string[]);
       return {};
-    case 'find':
-      return p2p.lookup(m.key as string, { count: m.count as number | undefined, timeoutMs: m.timeoutMs as number | undefined });
+    case 'find': {
+      // Timed here, in the node's main thread: what the registry would see, without the pipe.
+      const t0 = process.hrtime.bigint();
+      const r = await p2p.lookup(m.key as string, { count: m.count as number | undefined, timeoutMs: m.timeoutMs as number | undefined });
+      return { ...r, elapsedMs: Number(process.hrtime.bigint() - t0) / 1e6 };
+    }
     case 'status':
       return p2p.status();
     case 'ready':
@@ -48,7 +52,8 @@ async function run(m: Record<string, unknown>): Promise<unknown> {
       // CPU of the whole process (both threads) since the last 'stats' with reset.
       const cpu = process.cpuUsage(cpuBase);
       if (m.reset) cpuBase = process.cpuUsage();
-      return { rss: process.memoryUsage().rss, cpuUserUs: cpu.user, cpuSystemUs: cpu.system, status: p2p.lastStatus() };
+      const mem = process.memoryUsage();
+      return { rss: mem.rss, mainHeap: mem.heapTotal, external: mem.external, workerHeap: await p2p.heapStatistics(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system, status: p2p.lastStatus() };
     }
     case 'metrics':
       return registry.metrics();
