@@ -14,7 +14,7 @@
 
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -38,6 +38,7 @@ type TestName = (typeof TESTS)[number];
 interface Options {
   quick: boolean;
   json: boolean;
+  jsonFile: string | undefined;
   servers: ServerName[];
   peerpullNodeArgs: string[];
   peerpullCli: string | undefined;
@@ -61,6 +62,7 @@ const USAGE = `usage: node dist/native-bench/registry.js [options]
 
   --quick               short runs (under a minute): 2 s per load run, a 256 MiB blob for the slow clients
   --json                print the results as JSON on stdout (progress stays on stderr)
+  --json-file path      also write the JSON results to a file (the table still goes to stdout)
   --servers a,b,c       which servers to run (default peerpull,nginx,node:http)
   --peerpull-node-args  extra node flags for peerpull, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
   --tests a,b,c         which measurements (default memory,blob,manifest)
@@ -71,7 +73,7 @@ const USAGE = `usage: node dist/native-bench/registry.js [options]
 PEERPULL_* variables in the environment are passed to peerpull (e.g. PEERPULL_CHUNK_SIZE=1Mi).`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { quick: false, json: false, servers: [...SERVER_NAMES], peerpullNodeArgs: [], peerpullCli: undefined, wrkThreads: 1, strict: false, tests: new Set(TESTS) };
+  const o: Options = { quick: false, json: false, jsonFile: undefined, servers: [...SERVER_NAMES], peerpullNodeArgs: [], peerpullCli: undefined, wrkThreads: 1, strict: false, tests: new Set(TESTS) };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = () => {
@@ -85,6 +87,9 @@ function parseOptions(argv: string[]): Options {
         break;
       case '--json':
         o.json = true;
+        break;
+      case '--json-file':
+        o.jsonFile = path.resolve(value());
         break;
       case '--strict':
         o.strict = true;
@@ -573,6 +578,7 @@ async function main(): Promise<number> {
     })),
     seconds: (performance.now() - started) / 1000,
   };
+  if (opts.jsonFile) await writeFile(opts.jsonFile, JSON.stringify(report, null, 2) + '\n');
   if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
   else {
     const m = report.machine;
