@@ -8,7 +8,7 @@ import os from 'node:os';
 
 import { liveClusters } from './cluster.js';
 import { runLocal, SCENARIOS, type ScenarioName } from './local.js';
-import { compare, summaryTable, toHtml, toJson, type StormReport } from './report.js';
+import { compare, markdownTable, summaryTable, toHtml, toJson, type StormReport } from './report.js';
 import { runWaves, type Progress, type RunResult, type Target } from './run.js';
 import { fmtBytes, fmtMs, parseBytes, parseIntIn, parseMs, UsageError } from './util.js';
 import { wavesOf } from './local.js';
@@ -46,13 +46,14 @@ running cluster:
 
 output:
   --json                  the whole report as JSON on stdout (instead of the table)
+  --markdown              the scenario-vs-baseline table in Markdown on stdout (after the table)
   --html FILE             an HTML report with inline SVG charts (opens offline)
   --events                JSON lines on stderr as things happen (cluster PIDs, runs, kills)
   --concurrency N         parallel blob downloads per pull (containerd default 3)
 
 Exit status: 0 all pulls verified, 1 a pull failed, 2 usage error, 130/143 interrupted.`;
 
-const BOOLEAN = new Set(['--baseline', '--json', '--events', '--containerd', '--help']);
+const BOOLEAN = new Set(['--baseline', '--json', '--markdown', '--events', '--containerd', '--help']);
 
 export function parseStormArgs(argv: string[]): Record<string, string> {
   const flags: Record<string, string> = {};
@@ -164,6 +165,7 @@ export async function runStorm(argv: string[]): Promise<number> {
   process.on('SIGTERM', onSignal);
 
   const started = new Date().toISOString();
+  const loadavgStart = os.loadavg();
   let runs: RunResult[];
   let settings: Record<string, unknown>;
   try {
@@ -240,14 +242,14 @@ export async function runStorm(argv: string[]): Promise<number> {
     startedAt: started,
     command: `peerpull storm ${argv.join(' ')}`,
     settings,
-    host: { cpus: os.availableParallelism(), node: process.version },
+    host: { cpus: os.availableParallelism(), node: process.version, loadavgStart, loadavgEnd: os.loadavg() },
     runs,
     comparisons: compare(runs),
     ok: runs.every((r) => r.failed === 0),
   };
   if (flags['--html']) await writeFile(flags['--html'], toHtml(report));
   if (flags['--json'] === 'true') process.stdout.write(toJson(report) + '\n');
-  else process.stdout.write(summaryTable(report) + '\n');
+  else process.stdout.write(summaryTable(report) + `\nload average ${loadavgStart[0]!.toFixed(1)} at start, ${report.host.loadavgEnd[0]!.toFixed(1)} at end (${report.host.cpus} CPUs)\n` + (flags['--markdown'] === 'true' ? `\n${markdownTable(report)}\n` : ''));
   emit({ event: 'done', ok: report.ok });
   return report.ok ? 0 : 1;
 }

@@ -99,6 +99,7 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
         name: node.name,
         mirror: node.url,
         metricsUrl: node.metricsUrl,
+        pid: node.pid,
         // miss: nobody keeps what it pulled, so every request is one no peer can answer.
         ...(scenario === 'miss' ? {} : { sink: node.store }),
       }));

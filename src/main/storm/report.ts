@@ -23,7 +23,7 @@ export interface StormReport {
   startedAt: string;
   command: string;
   settings: Record<string, unknown>;
-  host: { cpus: number; node: string };
+  host: { cpus: number; node: string; loadavgStart: number[]; loadavgEnd: number[] };
   runs: RunResult[];
   comparisons: Comparison[];
   ok: boolean;
@@ -61,8 +61,9 @@ export function summaryTable(report: StormReport): string {
     fmtBytes(r.bytes.local),
     r.missMs.count ? fmtMs(r.missMs.p99) : '-',
     fmtMs(r.wallMs),
+    r.cpu ? `${r.cpu.ours.toFixed(2)}+${r.cpu.others.toFixed(2)}/${r.cpu.cores}` : '-',
   ]);
-  const runs = table(['run', 'ok', 'min', 'avg', 'p50', 'p90', 'p99', 'max', 'upstream', 'peers', 'local', 'miss p99', 'wall'], rows);
+  const runs = table(['run', 'ok', 'min', 'avg', 'p50', 'p90', 'p99', 'max', 'upstream', 'peers', 'local', 'miss p99', 'wall', 'cpu ours+others'], rows);
   const cmp = report.comparisons
     .filter((c) => c.peerpull)
     .map((c) => [
@@ -80,6 +81,24 @@ export function summaryTable(report: StormReport): string {
   const failures = report.runs.flatMap((r) => r.failures.map((f) => `  ${r.label} ${f.node}: [${f.kind}] ${f.error}`));
   if (failures.length) parts.push('', `FAILED PULLS (${failures.length}):`, ...failures.slice(0, 30), ...(failures.length > 30 ? [`  ... ${failures.length - 30} more`] : []));
   return parts.join('\n');
+}
+
+/** The scenario-vs-baseline table in Markdown (for a README), one row per scenario. */
+export function markdownTable(report: StormReport): string {
+  const mb = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
+  const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+  const rows = report.comparisons
+    .filter((c) => c.peerpull)
+    .map((c) => {
+      const p = c.peerpull!;
+      const b = c.baseline;
+      return `| ${c.scenario} | ${p.nodes} | ${fmtBytes(p.imageBytes)} / ${p.layers} | ${b ? `${s(b.pullMs.p50)} / ${s(b.pullMs.p99)}` : '-'} | ${s(p.pullMs.p50)} / ${s(p.pullMs.p99)} | ${c.speedupP50 !== undefined ? fmtRatio(c.speedupP50) : '-'} | ${b ? mb(b.bytes.upstream) : '-'} | ${mb(p.bytes.upstream)} (${(c.upstreamImages ?? 0).toFixed(1)} images) | ${mb(p.bytes.peer)} | ${p.missMs.count ? `${fmtMs(p.missMs.p50)} / ${fmtMs(p.missMs.p99)}` : '-'} | ${p.failed}${b ? ` (baseline ${b.failed})` : ''} |`;
+    });
+  return [
+    '| scenario | nodes | image / layers | baseline p50 / p99 | peerpull p50 / p99 | speedup p50 | upstream bytes, baseline | upstream bytes, peerpull | from peers | mirror 404 p50 / p99 | failed pulls |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+    ...rows,
+  ].join('\n');
 }
 
 /** JSON without the per-pull series noise trimmed: everything, numbers rounded. */
@@ -203,7 +222,7 @@ export function toHtml(report: StormReport): string {
 <style>body{font-family:sans-serif;margin:2em;max-width:820px}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}h2{margin-top:1.6em}</style>
 </head><body>
 <h1>peerpull storm</h1>
-<p>${esc(report.startedAt)} &middot; <code>${esc(report.command)}</code> &middot; ${report.host.cpus} CPUs, Node ${esc(report.host.node)} &middot; <b>${report.ok ? 'all pulls succeeded' : 'SOME PULLS FAILED'}</b></p>
+<p>${esc(report.startedAt)} &middot; <code>${esc(report.command)}</code> &middot; ${report.host.cpus} CPUs, Node ${esc(report.host.node)}, load average ${report.host.loadavgStart[0]?.toFixed(1)} at start, ${report.host.loadavgEnd[0]?.toFixed(1)} at end &middot; <b>${report.ok ? 'all pulls succeeded' : 'SOME PULLS FAILED'}</b></p>
 <h2>Summary</h2>
 <pre>${esc(summaryTable(report))}</pre>
 <h2>Pull time per phase</h2>

@@ -5,7 +5,8 @@
 import { delta, emptyCounters, scrape, type NodeCounters } from './metrics.js';
 import { PHASES, pullImage, type HostKind, type LayoutSink, type Phase, type PullResult } from './pull.js';
 import type { UpstreamRegistry, UpstreamStats } from './upstream.js';
-import { sleep, summarize, type Summary } from './util.js';
+import os from 'node:os';
+import { cpuSnapshot, sleep, summarize, type Summary } from './util.js';
 
 export type Mode = 'peerpull' | 'baseline';
 
@@ -15,6 +16,8 @@ export interface Target {
   mirror?: string;
   metricsUrl?: string;
   sink?: LayoutSink;
+  /** The node's process, when storm started it (CPU accounting). */
+  pid?: number;
 }
 
 export interface Progress {
@@ -88,6 +91,8 @@ export interface RunResult {
   /** [ms since start, bytes via mirror, bytes via upstream] cumulative, every 250 ms. */
   series: [number, number, number][];
   killed?: { atMs: number | null; nodes: string[] };
+  /** CPU seconds per second during the run: the whole machine, and storm with its nodes (Linux). */
+  cpu?: { machine: number; ours: number; others: number; cores: number };
 }
 
 function diffUpstream(a: UpstreamStats | undefined, b: UpstreamStats | undefined): { bytes: number; perBlob: Record<string, number> } {
@@ -107,6 +112,8 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
   const before = spec.mode === 'peerpull' ? await scrapeAll() : [];
   let lastSeen = before;
   const up0 = spec.upstreamServer?.snapshot();
+  const pids = [process.pid, ...spec.targets.flatMap((t) => (t.pid ? [t.pid] : []))];
+  const cpu0 = cpuSnapshot(pids);
   const t0 = performance.now();
   const bytes: Record<HostKind, number> = { mirror: 0, upstream: 0 };
   const series: [number, number, number][] = [[0, 0, 0]];
@@ -183,6 +190,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
     clearInterval(tick);
   }
   const wallMs = performance.now() - t0;
+  const cpu1 = cpuSnapshot(pids);
   series.push([Math.round(wallMs), bytes.mirror, bytes.upstream]);
   prog.elapsedMs = wallMs;
   spec.onProgress?.(prog);
@@ -194,9 +202,9 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
   const viaMirror = pulls.reduce((a, p) => a + p.bytes.mirror, 0);
   const viaUpstream = pulls.reduce((a, p) => a + p.bytes.upstream, 0);
   const gets = Object.values(up.perBlob);
-  // Bytes from peers: what the nodes served beyond what their pullers received went to other nodes.
-  // (peerpull_peer_bytes_total alone undercounts: see the report's notes.) Against a live cluster the
-  // nodes also serve other clients, so this is an upper bound there.
+  // Bytes from peers: peerpull_peer_bytes_total, cross-checked with what the nodes served beyond what
+  // their pullers received (that went to other nodes). Before 50e702c the counter missed every full
+  // chunk; against a live cluster the nodes also serve other clients, so the second is an upper bound.
   const peer = spec.mode === 'peerpull' ? Math.max(counters.peerBytes, Math.min(viaMirror, counters.servedBytes - viaMirror)) : 0;
   return {
     scenario: spec.scenario,
@@ -228,5 +236,13 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
     counters,
     series,
     ...(killed ? { killed } : {}),
+    ...(cpu0 && cpu1
+      ? (() => {
+          const sec = wallMs / 1000;
+          const machine = (cpu1.machine - cpu0.machine) / sec;
+          const ours = (cpu1.ours - cpu0.ours) / sec;
+          return { cpu: { machine, ours, others: Math.max(0, machine - ours), cores: os.availableParallelism() } };
+        })()
+      : {}),
   };
 }

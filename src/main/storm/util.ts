@@ -88,3 +88,27 @@ export function table(header: string[], rows: string[][]): string {
   const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
+
+/** CPU seconds used so far by the whole machine (busy time) and by the given processes (Linux /proc; null elsewhere). */
+export function cpuSnapshot(pids: number[]): { machine: number; ours: number } | null {
+  try {
+    const { readFileSync } = process.getBuiltinModule('node:fs');
+    const hz = 100;
+    const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal
+    const busy = cpu[0]! + cpu[1]! + cpu[2]! + cpu[5]! + cpu[6]! + cpu[7]!;
+    let ours = 0;
+    for (const pid of pids) {
+      try {
+        const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+        ours += Number(rest[11]) + Number(rest[12]); // utime stime
+      } catch {
+        // exited
+      }
+    }
+    return { machine: busy / hz, ours: ours / hz };
+  } catch {
+    return null;
+  }
+}
