@@ -32,7 +32,7 @@ function providerIds(r: LookupResult): string[] {
   return r.providers.map((p) => p.peerId);
 }
 
-describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 240_000 }, () => {
+describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 420_000 }, () => {
   let dns: Dnsmasq;
   const nodes: P2PNodeProcess[] = [];
   const ids: string[] = [];
@@ -76,12 +76,19 @@ describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 240_000 
         for (const i of [0, 13, 29]) {
           if (i === j) continue;
           for (const key of [keyOf(i), tagOf(i)]) {
-            const r = await n.find(key, { timeoutMs: 3000 });
-            const p = r.providers.find((x) => x.peerId === ids[i]);
-            if (!p) misses.push(`${j} -> ${key} (${r.outcome}/${r.source})`);
+            // Retried: on a busy two-core machine a lookup may hit its deadline; what must hold
+            // is that it finds the provider, not how fast (no timing assertions).
+            let last: LookupResult | undefined;
+            let hit: LookupResult['providers'][number] | undefined;
+            for (let attempt = 0; attempt < 10 && !hit; attempt++) {
+              last = await n.find(key, { timeoutMs: 5000 });
+              hit = last.providers.find((x) => x.peerId === ids[i]);
+              if (!hit) await new Promise((r) => setTimeout(r, 500));
+            }
+            if (!hit) misses.push(`${j} -> ${key} (${last?.outcome}/${last?.source})`);
             else {
-              assert.equal(p.host, ips[i]);
-              assert.equal(p.registryPort, 16000 + i);
+              assert.equal(hit.host, ips[i]);
+              assert.equal(hit.registryPort, 16000 + i);
             }
           }
         }

@@ -113,50 +113,51 @@ export class Lookups {
     const add = (ps: ProviderPeer[]) => {
       for (const p of ps) if (!found.has(p.peerId) && this.d.isLive(p)) found.set(p.peerId, p);
     };
-    add(await this.d.local(key));
-    let source: LookupSource = found.size > 0 ? 'local' : 'none';
-    // Every provider of a key sends its record to the same k closest peers, so a node holding
-    // records for a key is one of them and its store is as complete as any answer the network
-    // could give: a local hit ends the lookup without a network round trip.
-    if (found.size > 0 || this.d.routingTableSize() === 0) {
-      return this.finish(key, found, count, source, found.size > 0 ? 'found' : 'notfound', true);
-    }
-    const ac = new AbortController();
+    // The deadline covers everything, and is enforced here rather than by trusting the DHT
+    // query to notice its signal: a query waiting on a slow peer may take a while to unwind,
+    // and the caller must not wait for it.
     let timedOut = false;
-    // The deadline is enforced here, not by trusting the DHT query to notice its signal: a
-    // query waiting on a slow peer may take a while to unwind, and the caller must not wait.
     let stop!: () => void;
     const stopped = new Promise<'stop'>((resolve) => (stop = () => resolve('stop')));
     const deadline = setTimeout(() => {
       timedOut = true;
       stop();
     }, Math.max(1, deadlineMs));
+    const ac = new AbortController();
+    let it: AsyncIterator<ProviderPeer[]> | undefined;
     let settle: NodeJS.Timeout | undefined;
-    const armSettle = () => {
-      settle ??= setTimeout(stop, this.d.settleMs);
-    };
-    if (found.size > 0) armSettle();
+    let source: LookupSource = 'none';
     let outcome: LookupOutcome = 'notfound';
     let complete = false;
-    const it = this.d.network(key, ac.signal)[Symbol.asyncIterator]();
     try {
-      for (;;) {
-        const next = await Promise.race([it.next(), stopped]);
-        if (next === 'stop') break;
-        if (next.done) {
-          complete = true;
-          break;
+      const local = await Promise.race([this.d.local(key), stopped]);
+      if (local !== 'stop') add(local);
+      if (found.size > 0) source = 'local';
+      // Every provider of a key sends its record to the same k closest peers, so a node holding
+      // records for a key is one of them and its store is as complete as any answer the network
+      // could give: a local hit ends the lookup without a network round trip.
+      if (local === 'stop' || found.size > 0 || this.d.routingTableSize() === 0) {
+        complete = local !== 'stop';
+      } else {
+        it = this.d.network(key, ac.signal)[Symbol.asyncIterator]();
+        for (;;) {
+          const next = await Promise.race([it.next(), stopped]);
+          if (next === 'stop') break;
+          if (next.done) {
+            complete = true;
+            break;
+          }
+          const before = found.size;
+          add(next.value);
+          if (found.size > before) {
+            source = 'network';
+            // The first record holder that answers knows every provider (see above); a short
+            // settle lets a near-simultaneous answer add to it.
+            if (this.d.settleMs <= 0) break;
+            settle ??= setTimeout(stop, this.d.settleMs);
+          }
+          if (found.size >= count) break;
         }
-        const before = found.size;
-        add(next.value);
-        if (found.size > before) {
-          if (source === 'none') source = 'network';
-          // The first record holder that answers knows every provider (see above); a short
-          // settle lets a near-simultaneous answer add to it.
-          if (this.d.settleMs <= 0) break;
-          armSettle();
-        }
-        if (found.size >= count) break;
       }
     } catch (err) {
       if (!ac.signal.aborted && !timedOut) {
@@ -168,7 +169,7 @@ export class Lookups {
       if (settle) clearTimeout(settle);
       ac.abort();
       // Unwind the query in the background; its AbortError is expected.
-      it.return?.().catch(() => {});
+      it?.return?.().catch(() => {});
     }
     if (found.size > 0) outcome = 'found';
     else if (timedOut) outcome = 'timeout';

@@ -91,6 +91,8 @@ export class P2PNode {
   /** Keys provided while no peer was known: pushed again when the first peers appear. */
   private readonly unpublished = new Set<string>();
   private readonly probing = new Map<string, number>();
+  /** Probes of a peer that timed out in a row. */
+  private readonly strikes = new Map<string, number>();
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0 };
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
   private dnsMemberCount = 0;
@@ -464,17 +466,26 @@ export class P2PNode {
   private isLive(p: ProviderPeer): boolean {
     const connected = this.node.getConnections(peerIdOf(p.peerId)).length > 0;
     const live = this.liveness.isLive(p.peerId, hostsOf(p.addrs.map((a) => multiaddr(a))), connected);
-    // Unknown and unconnected: find out in the background (a refused dial marks it dead).
-    if (live && !connected) setImmediate(() => this.probe(p.peerId));
+    // Unconnected: find out in the background, with the addresses the record came with (the
+    // peer store may know none). Dead ones are probed again too, more slowly, so a verdict
+    // that was wrong (a busy peer) heals itself.
+    if (!connected) {
+      const addrs = p.addrs.flatMap((a) => {
+        const ma = multiaddr(a);
+        const t = parseTcpAddr(ma);
+        return t && !t.http ? [ma.encapsulate(`/p2p/${p.peerId}`)] : [];
+      });
+      setImmediate(() => this.probe(p.peerId, addrs, live ? 1 : 3));
+    }
     return live;
   }
 
   /** Dials a peer we are not connected to; a failure marks it dead. Rate-limited per peer. */
-  private probe(peerId: string): void {
+  private probe(peerId: string, addrs: Multiaddr[] = [], spacing = 1): void {
     if (this.stopped) return;
     const now = Date.now();
     const last = this.probing.get(peerId);
-    if (last !== undefined && now - last < this.cfg.deadPeerTimeoutMs / 3) return;
+    if (last !== undefined && now - last < (spacing * this.cfg.deadPeerTimeoutMs) / 3) return;
     const id = peerIdOf(peerId);
     if (this.node.getConnections(id).length > 0) return;
     // Near the connection bound a probe would only evict another peer: leave it to lookups.
@@ -482,11 +493,23 @@ export class P2PNode {
     this.probing.set(peerId, now);
     if (this.probing.size > 4096) for (const [k, t] of this.probing) if (now - t > this.cfg.deadPeerTimeoutMs) this.probing.delete(k);
     const timeout = Math.floor(Math.max(1000, Math.min(5000, this.cfg.deadPeerTimeoutMs / 3)));
-    this.node.dial(id, { signal: AbortSignal.timeout(timeout) }).then(
-      () => this.liveness.markAlive(peerId),
+    this.node.dial(addrs.length > 0 ? addrs : id, { signal: AbortSignal.timeout(timeout) }).then(
+      () => {
+        this.strikes.delete(peerId);
+        this.liveness.markAlive(peerId);
+      },
       (err: Error) => {
-        this.liveness.markDead(peerId, 'dial-failed');
-        this.log('debug', 'probe dial failed', { peer: peerId, error: err.message });
+        if (this.node.getConnections(id).length > 0) return;
+        // A refused or unreachable address is a verdict; a timeout may only be a busy peer (or a
+        // busy us): two of those in a row, a third of the bound apart, are.
+        const definitive = /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH/.test(err.message);
+        const strikes = (this.strikes.get(peerId) ?? 0) + 1;
+        this.strikes.set(peerId, strikes);
+        if (definitive || strikes >= 2) {
+          this.strikes.delete(peerId);
+          this.liveness.markDead(peerId, 'dial-failed');
+        }
+        this.log('debug', 'probe dial failed', { peer: peerId, error: err.message, strikes });
       },
     );
   }
