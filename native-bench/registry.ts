@@ -45,6 +45,10 @@ interface Options {
   wrkThreads: number;
   strict: boolean;
   tests: Set<TestName>;
+  /** Longest wait for a quiet machine before each load run, seconds. */
+  quietWait: number;
+  /** Load runs disturbed by other work are repeated up to this many attempts in all. */
+  attempts: number;
 }
 
 interface Plan {
@@ -66,6 +70,8 @@ const USAGE = `usage: node dist/native-bench/registry.js [options]
   --servers a,b,c       which servers to run (default peerpull,nginx,node:http)
   --peerpull-node-args  extra node flags for peerpull, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
   --tests a,b,c         which measurements (default memory,blob,manifest)
+  --quiet-wait s        before each load run, wait up to s seconds for other work to stop (default 30)
+  --attempts n          repeat a load run disturbed by other work, n attempts in all (default 3)
   --peerpull-cli path   run this peerpull cli.js instead of the build's (A/B of a patched copy)
   --wrk-threads n       wrk threads (default 1: client and servers share this machine's cores)
   --strict              exit 1 when a target is not met (default: exit 0 whenever the run completed)
@@ -73,7 +79,7 @@ const USAGE = `usage: node dist/native-bench/registry.js [options]
 PEERPULL_* variables in the environment are passed to peerpull (e.g. PEERPULL_CHUNK_SIZE=1Mi).`;
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { quick: false, json: false, jsonFile: undefined, servers: [...SERVER_NAMES], peerpullNodeArgs: [], peerpullCli: undefined, wrkThreads: 1, strict: false, tests: new Set(TESTS) };
+  const o: Options = { quick: false, json: false, jsonFile: undefined, servers: [...SERVER_NAMES], peerpullNodeArgs: [], peerpullCli: undefined, wrkThreads: 1, strict: false, tests: new Set(TESTS), quietWait: 30, attempts: 3 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = () => {
@@ -109,6 +115,12 @@ function parseOptions(argv: string[]): Options {
         o.tests = new Set(names);
         break;
       }
+      case '--quiet-wait':
+        o.quietWait = Math.max(0, Number(value()) || 0);
+        break;
+      case '--attempts':
+        o.attempts = Math.max(1, Math.floor(Number(value()) || 1));
+        break;
       case '--peerpull-cli':
         o.peerpullCli = path.resolve(value());
         break;
@@ -269,13 +281,14 @@ async function measuredOnce(s: RunningServer, scratch: string, opts: Options, ru
  */
 async function measured(s: RunningServer, scratch: string, opts: Options, run: { path: string; method: 'GET' | 'HEAD'; connections: number; seconds: number; timeoutSeconds: number }): Promise<LoadFigures> {
   let best: LoadFigures | null = null;
-  for (let attempt = 1; attempt <= 3; attempt++) {
-    await waitQuiet(s, 30_000);
+  for (let attempt = 1; attempt <= opts.attempts; attempt++) {
+    if (opts.quietWait > 0) await waitQuiet(s, opts.quietWait * 1000);
     const r = await measuredOnce(s, scratch, opts, run);
     r.attempts = attempt;
     if (!best || r.foreignCores < best.foreignCores) best = { ...r };
     if (r.foreignCores < FOREIGN_LIMIT_CORES) break;
-    progress(`${s.name}:   other work used ${r.foreignCores.toFixed(2)} cores during the run${attempt < 3 ? ': again' : ': keeping the cleanest attempt'}`);
+    progress(`${s.name}:   other work used ${r.foreignCores.toFixed(2)} cores during the run${attempt < opts.attempts ? ': again' : ': keeping the cleanest attempt'}`);
+    if (attempt === opts.attempts) break;
     await sleep(1000);
   }
   best!.attempts = Math.max(best!.attempts, 1);
