@@ -70,9 +70,9 @@ describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 420_000 
   test('every key advertised by one node is found by all others, with its registry address', async () => {
     await Promise.all(nodes.map((n, i) => n.call('advertise', { keys: [keyOf(i), tagOf(i)], wait: true }, 120_000)));
     const misses: string[] = [];
-    // Three advertisers' keys, looked up from every other node (29 x 6 lookups).
-    await Promise.all(
-      nodes.map(async (n, j) => {
+    // Three advertisers' keys, looked up from every other node (29 x 6 lookups), five nodes at
+    // a time: the test is about finding, and 60 processes share two cores.
+    const lookupFrom = async (n: P2PNodeProcess, j: number) => {
         for (const i of [0, 13, 29]) {
           if (i === j) continue;
           for (const key of [keyOf(i), tagOf(i)]) {
@@ -80,8 +80,8 @@ describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 420_000 
             // is that it finds the provider, not how fast (no timing assertions).
             let last: LookupResult | undefined;
             let hit: LookupResult['providers'][number] | undefined;
-            for (let attempt = 0; attempt < 10 && !hit; attempt++) {
-              last = await n.find(key, { timeoutMs: 5000 });
+            for (let attempt = 0; attempt < 5 && !hit; attempt++) {
+              last = await n.find(key, { timeoutMs: 15_000 });
               hit = last.providers.find((x) => x.peerId === ids[i]);
               if (!hit) await new Promise((r) => setTimeout(r, 500));
             }
@@ -92,8 +92,8 @@ describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 420_000 
             }
           }
         }
-      }),
-    );
+    };
+    for (let b = 0; b < N; b += 5) await Promise.all(nodes.slice(b, b + 5).map((n, k) => lookupFrom(n, b + k)));
     assert.deepEqual(misses, [], `lookups that missed: ${misses.length}`);
   });
 

@@ -208,6 +208,9 @@ export class P2PNode {
           // k closest peers in a round or two.
           alpha: 3,
           disjointPaths: 1,
+          // The adaptive default gives up on a peer after a few hundred ms, which a busy node (or
+          // a busy us) exceeds; a lookup's own deadline bounds the total anyway.
+          networkDialTimeout: { minTimeout: 1500, maxTimeout: 10_000 },
           reprovide: {
             // The sweep that republishes our records and deletes expired ones of others.
             interval: Math.max(1000, Math.min(60_000, Math.floor(cfg.reprovideIntervalMs / 2), Math.floor(cfg.providerTtlMs / 4))),
@@ -406,8 +409,13 @@ export class P2PNode {
 
   // ---- lookups ----
 
-  findProviders(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
-    return this.lookups.find(keyToCid(key).toString(), count, deadlineMs);
+  async findProviders(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
+    const t0 = performance.now();
+    const r = await this.lookups.find(keyToCid(key).toString(), count, deadlineMs);
+    if (r.outcome !== 'found') {
+      this.log('debug', 'lookup without providers', { key, outcome: r.outcome, source: r.source, ms: Math.round(performance.now() - t0), routingTable: this.dht.routingTable.size, peers: this.node.getConnections().length });
+    }
+    return r;
   }
 
   reportFailure(peerId: string): void {
@@ -451,7 +459,11 @@ export class P2PNode {
   }
 
   private async *networkProviders(c: string, signal: AbortSignal): AsyncIterable<ProviderPeer[]> {
+    const trace: string[] = [];
+    const t0 = performance.now();
+    try {
     for await (const ev of this.node.services.dht.findProviders(CID.parse(c), { signal })) {
+      if (trace.length < 40) trace.push(`${Math.round(performance.now() - t0)}ms ${ev.name}${'from' in ev ? ' ' + String(ev.from).slice(-6) : ''}${ev.name === 'QUERY_ERROR' ? ' ' + ev.error.message : ''}${ev.name === 'PEER_RESPONSE' ? ` p${ev.providers.length} c${ev.closer.length}` : ''}`);
       if (ev.name !== 'PROVIDER') continue;
       const batch: ProviderPeer[] = [];
       for (const info of ev.providers) {
@@ -460,6 +472,9 @@ export class P2PNode {
         if (p) batch.push(p);
       }
       if (batch.length > 0) yield batch;
+    }
+    } finally {
+      if (signal.aborted || trace.length === 0) this.log('debug', 'network lookup trace', { cid: c, trace });
     }
   }
 
