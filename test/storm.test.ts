@@ -159,7 +159,7 @@ describe('a small rolling storm on 3 nodes', () => {
     const html = path.join(parent, 'report.html');
     try {
       const s = startStorm([
-        '--local', '3', '--size', '3MB', '--layers', '2', '--scenario', 'rolling', '--wave', '33', '--wave-gap', '2s',
+        '--local', '3', '--size', '3MB', '--layers', '2', '--scenario', 'rolling', '--wave', '33', '--wave-gap', '3s',
         '--baseline', '--upstream-rate', '50MB', '--ip-base', '127.0.91', '--dir', parent, '--json', '--html', html,
       ]);
       const { code } = await s.exited;
