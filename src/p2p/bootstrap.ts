@@ -74,10 +74,11 @@ export class DnsMembers {
     if (v4.status === 'fulfilled') ips.push(...v4.value);
     if (v6.status === 'fulfilled') ips.push(...v6.value);
     if (ips.length === 0) {
-      // ENODATA/ENOTFOUND for both: the name lists nobody (yet), which is an answer, not an outage.
+      // ENODATA for both: the name exists and lists nobody (yet), which is an answer. A name
+      // that does not exist (ENOTFOUND) or a server that fails is not: the node stays unready.
       const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code : undefined));
-      if (codes.every((c) => c === 'ENODATA' || c === 'ENOTFOUND')) return [];
-      const reason = v4.status === 'rejected' ? (v4.reason as Error) : (v6 as PromiseRejectedResult).reason as Error;
+      if (codes.every((c) => c === 'ENODATA')) return [];
+      const reason = v4.status === 'rejected' ? (v4.reason as Error) : ((v6 as PromiseRejectedResult).reason as Error);
       throw new DnsResolveError(this.hostname, codes.find(Boolean), `resolving ${this.hostname}: ${reason.message}`);
     }
     return sortAddresses(ips.filter((ip) => isIPv4(ip) || isIPv6(ip)));
@@ -111,7 +112,7 @@ export class Bootstrapper {
   private aloneRounds = 0;
   /** Other members in the last DNS answer (plus static peers): 0 means we are alone by design. */
   members = 0;
-  /** Whether at least one round finished (so `members` means something). */
+  /** Whether DNS answered at least once (so `members` means something). */
   resolvedOnce = false;
   private target = 0;
 
@@ -172,13 +173,16 @@ export class Bootstrapper {
         members = others.length;
         this.target = bootstrapCount(members, this.d.maxConnections);
         selected = selectBootstrap(ips, self, this.d.seed, this.target);
+        this.resolvedOnce = true;
       } catch (err) {
         this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false);
+        // Keep the last answer's member count: an outage is not an empty cluster.
+        members = Math.max(0, this.members - this.d.staticPeers.length);
         this.d.log('warn', 'bootstrap DNS resolve failed', { name: this.d.dns.hostname, error: (err as Error).message });
       }
     }
     this.members = members + this.d.staticPeers.length;
-    this.resolvedOnce = true;
+    if (!this.d.dns) this.resolvedOnce = true;
     const connected = this.d.connectedIps();
     const haveEnough = this.d.connectionCount() >= Math.max(1, this.target);
     const addrs: string[] = [];

@@ -517,7 +517,8 @@ export class P2PNode {
         if (this.node.getConnections(id).length > 0) return;
         // A refused or unreachable address is a verdict; a timeout may only be a busy peer (or a
         // busy us): two of those in a row, a third of the bound apart, are.
-        const definitive = /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH/.test(err.message);
+        const messages = [err.message, ...((err as Partial<AggregateError>).errors ?? []).map((e: Error) => e?.message ?? '')];
+        const definitive = messages.some((m) => /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH/.test(m));
         const strikes = (this.strikes.get(peerId) ?? 0) + 1;
         this.strikes.set(peerId, strikes);
         if (definitive || strikes >= 2) {
