@@ -114,6 +114,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
   const up0 = spec.upstreamServer?.snapshot();
   const pids = [process.pid, ...spec.targets.flatMap((t) => (t.pid ? [t.pid] : []))];
   const cpu0 = cpuSnapshot(pids);
+  const lastCpu = new Map<number, number>();
   const t0 = performance.now();
   const bytes: Record<HostKind, number> = { mirror: 0, upstream: 0 };
   const series: [number, number, number][] = [[0, 0, 0]];
@@ -143,6 +144,9 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
         midDone = scrapeAll()
           .then((s) => {
             lastSeen = s.map((x, i) => x ?? lastSeen[i] ?? null);
+            // CPU of the nodes about to die, which /proc forgets once they are gone.
+            const before = cpuSnapshot(pids);
+            if (before) for (const [pid, t] of before.perPid) lastCpu.set(pid, t);
             return mid.action();
           })
           .then((nodes) => {
@@ -240,7 +244,9 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
       ? (() => {
           const sec = wallMs / 1000;
           const machine = (cpu1.machine - cpu0.machine) / sec;
-          const ours = (cpu1.ours - cpu0.ours) / sec;
+          let used = 0;
+          for (const [pid, t0_] of cpu0.perPid) used += (cpu1.perPid.get(pid) ?? lastCpu.get(pid) ?? t0_) - t0_;
+          const ours = used / sec;
           return { cpu: { machine, ours, others: Math.max(0, machine - ours), cores: os.availableParallelism() } };
         })()
       : {}),

@@ -90,7 +90,7 @@ export function table(header: string[], rows: string[][]): string {
 }
 
 /** CPU seconds used so far by the whole machine (busy time) and by the given processes (Linux /proc; null elsewhere). */
-export function cpuSnapshot(pids: number[]): { machine: number; ours: number } | null {
+export function cpuSnapshot(pids: number[]): { machine: number; ours: number; perPid: Map<number, number> } | null {
   try {
     const { readFileSync } = process.getBuiltinModule('node:fs');
     const hz = 100;
@@ -98,16 +98,19 @@ export function cpuSnapshot(pids: number[]): { machine: number; ours: number } |
     // user nice system idle iowait irq softirq steal
     const busy = cpu[0]! + cpu[1]! + cpu[2]! + cpu[5]! + cpu[6]! + cpu[7]!;
     let ours = 0;
+    const perPid = new Map<number, number>();
     for (const pid of pids) {
       try {
         const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
         const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-        ours += Number(rest[11]) + Number(rest[12]); // utime stime
+        const t = (Number(rest[11]) + Number(rest[12])) / hz; // utime stime
+        perPid.set(pid, t);
+        ours += t;
       } catch {
         // exited
       }
     }
-    return { machine: busy / hz, ours: ours / hz };
+    return { machine: busy / hz, ours, perPid };
   } catch {
     return null;
   }
