@@ -124,3 +124,30 @@ describe('graceful shutdown', () => {
     }
   });
 });
+
+describe('OCI layout follows index.json', () => {
+  test('an image added after start is served without waiting for the resync timer', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'peerpull-watch-'));
+    let pp: PeerpullProcess | undefined;
+    try {
+      await generateImage(dir, { name: 'docker.io/library/first:1', layerSizes: [10] });
+      pp = await startPeerpull({ PEERPULL_STORE: `oci-layout:${dir}`, PEERPULL_RESYNC_INTERVAL: '1h' });
+      await pp.waitForLog((l) => l.msg === 'content source ready');
+      const url = `${pp.url}/v2/library/later/manifests/2?ns=docker.io`;
+      assert.equal((await get(url, {}, 'HEAD')).status, 404);
+      const later = await generateImage(dir, { name: 'docker.io/library/later:2', layerSizes: [20] });
+      const deadline = Date.now() + 10_000;
+      let r = await get(url, {}, 'HEAD');
+      while (r.status !== 200 && Date.now() < deadline) {
+        await new Promise((res) => setTimeout(res, 50));
+        r = await get(url, {}, 'HEAD');
+      }
+      // With a one-hour timer, only the watch can have made it visible.
+      assert.equal(r.status, 200);
+      assert.equal(r.headers['docker-content-digest'], later.target.digest);
+    } finally {
+      await pp?.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -2,6 +2,7 @@
 // `blobs/sha256/...`). It lets peerpull run with no containerd at all (quick start, the storm
 // tool's local nodes) while exercising the same index, registry and pool as production.
 
+import { watch, type FSWatcher } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlobLocation } from '../../shared/messages.js';
@@ -16,6 +17,10 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 export class OciLayoutSource implements ContentSource {
   readonly kind = 'oci-layout';
   private timer: NodeJS.Timeout | null = null;
+  private watcher: FSWatcher | null = null;
+  private debounce: NodeJS.Timeout | null = null;
+  private syncing: Promise<void> | null = null;
+  private again = false;
   private ok = false;
 
   constructor(
@@ -34,11 +39,26 @@ export class OciLayoutSource implements ContentSource {
     await this.resync();
     this.timer = setInterval(() => void this.resync(), this.resyncMs);
     this.timer.unref();
+    // A writer (the storm tool's nodes, a user copying images in) replaces index.json: resync at
+    // once instead of waiting for the timer, so new content is advertised within moments.
+    try {
+      this.watcher = watch(this.dir, (_event, file) => {
+        if (file !== 'index.json') return;
+        if (this.debounce) clearTimeout(this.debounce);
+        this.debounce = setTimeout(() => void this.resync(), 50);
+      });
+      this.watcher.on('error', (err) => this.log.warn('oci-layout: watching index.json failed; the timer still resyncs', { error: err }));
+    } catch (err) {
+      this.log.warn('oci-layout: cannot watch index.json; the timer still resyncs', { error: err });
+    }
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    if (this.debounce) clearTimeout(this.debounce);
+    this.watcher?.close();
+    this.watcher = null;
   }
 
   healthy(): boolean {
@@ -53,8 +73,23 @@ export class OciLayoutSource implements ContentSource {
     return path.join(this.dir, 'blobs', 'sha256', digestHex(d));
   }
 
-  /** Rebuilds the index from index.json; a broken image is logged and skipped, never fatal. */
+  /** Rebuilds the index from index.json; one at a time, and once more if asked again meanwhile. */
   async resync(): Promise<void> {
+    if (this.syncing) {
+      this.again = true;
+      return this.syncing;
+    }
+    this.syncing = (async () => {
+      do {
+        this.again = false;
+        await this.resyncOnce();
+      } while (this.again);
+    })().finally(() => (this.syncing = null));
+    return this.syncing;
+  }
+
+  /** Rebuilds the index from index.json; a broken image is logged and skipped, never fatal. */
+  private async resyncOnce(): Promise<void> {
     const started = performance.now();
     try {
       const raw = await readFile(path.join(this.dir, 'index.json'), 'utf8');
