@@ -35,6 +35,8 @@ export type LogFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fi
 /** Provides running at once: enough to hide round trips, few enough to leave CPU for lookups. */
 const PROVIDE_CONCURRENCY = 8;
 const PROVIDE_TIMEOUT_MS = 30_000;
+/** Liveness probes (dials) in flight at once. */
+const MAX_PROBES = 4;
 /**
  * After the first answer with providers, how long a lookup waits for more. 0: answer at once,
  * since a record holder's answer is complete (see lookup.ts).
@@ -91,6 +93,7 @@ export class P2PNode {
   /** Keys provided while no peer was known: pushed again when the first peers appear. */
   private readonly unpublished = new Set<string>();
   private readonly probing = new Map<string, number>();
+  private probesRunning = 0;
   /** Probes of a peer that timed out in a row. */
   private readonly strikes = new Map<string, number>();
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0 };
@@ -189,7 +192,9 @@ export class P2PNode {
       // a lagging event loop must not look like a dead peer.
       connectionMonitor: {
         pingInterval: probeMs,
-        pingTimeout: { minTimeout: Math.min(5000, probeMs), maxTimeout: Math.max(5000, probeMs) },
+        // interval + timeout stays within the bound, and the timeout is never short: a ping
+        // that a busy event loop answers late must not cost a connection (and a re-handshake).
+        pingTimeout: { minTimeout: Math.floor(Math.min(cfg.deadPeerTimeoutMs / 2, 10_000)), maxTimeout: Math.floor(Math.min(cfg.deadPeerTimeoutMs / 2, 10_000)) },
       },
       services: {
         identify: identify(),
@@ -505,10 +510,13 @@ export class P2PNode {
     if (this.node.getConnections(id).length > 0) return;
     // Near the connection bound a probe would only evict another peer: leave it to lookups.
     if (this.node.getConnections().length >= this.cfg.maxConnections - 1) return;
+    // Probes are background work: a handful at a time, never a dial storm.
+    if (this.probesRunning >= MAX_PROBES) return;
     this.probing.set(peerId, now);
     if (this.probing.size > 4096) for (const [k, t] of this.probing) if (now - t > this.cfg.deadPeerTimeoutMs) this.probing.delete(k);
     const timeout = Math.floor(Math.max(1000, Math.min(5000, this.cfg.deadPeerTimeoutMs / 3)));
-    this.node.dial(addrs.length > 0 ? addrs : id, { signal: AbortSignal.timeout(timeout) }).then(
+    this.probesRunning++;
+    this.node.dial(addrs.length > 0 ? addrs : id, { signal: AbortSignal.timeout(timeout) }).finally(() => this.probesRunning--).then(
       () => {
         this.strikes.delete(peerId);
         this.liveness.markAlive(peerId);
