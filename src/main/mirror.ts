@@ -109,12 +109,20 @@ export class Mirror {
   async providers(key: string): Promise<PeerTarget[]> {
     const started = performance.now();
     let found: ProviderPeer[];
+    let timer: NodeJS.Timeout | undefined;
     try {
-      found = await this.finder.findProviders(key, { count: this.config.peerMaxAttempts + 1, timeoutMs: this.config.mirrorLookupTimeout });
+      // The deadline is enforced here too: a busy p2p thread must not hold a miss past it.
+      const deadline = new Promise<ProviderPeer[]>((resolve) => (timer = setTimeout(() => resolve([]), this.config.mirrorLookupTimeout + 5)));
+      found = await Promise.race([
+        this.finder.findProviders(key, { count: this.config.peerMaxAttempts + 1, timeoutMs: this.config.mirrorLookupTimeout }),
+        deadline,
+      ]);
     } catch (err) {
       peerLookup.observe({ result: 'error' }, (performance.now() - started) / 1000);
       this.log.debug('provider lookup failed', { key, error: err });
       return [];
+    } finally {
+      clearTimeout(timer);
     }
     peerLookup.observe({ result: found.length > 0 ? 'found' : 'none' }, (performance.now() - started) / 1000);
     // Connected peers first (no dial), and a random order among equals so that one popular
