@@ -25,7 +25,9 @@ try {
 } catch (err) {
   send({ event: 'start-failed', error: (err as Error).message });
 }
-const status = await p2p.status().catch(() => undefined);
+// Busy machines answer slowly: ask until the thread answers (it queues requests until started).
+let status: Awaited<ReturnType<P2P['status']>> | undefined;
+for (let i = 0; i < 10 && !status; i++) status = await p2p.status().catch(() => undefined);
 send({ event: 'started', status });
 
 let cpuBase = process.cpuUsage();
