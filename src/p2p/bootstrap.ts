@@ -172,7 +172,9 @@ export class Bootstrapper {
         const others = ips.filter((ip) => !self.has(ip));
         members = others.length;
         this.target = bootstrapCount(members, this.d.maxConnections);
-        selected = selectBootstrap(ips, self, this.d.seed, this.target);
+        // The whole list in this node's order: the first `target` are the choice, the rest are
+        // fallbacks for when those cannot be reached (another cluster on the name, dead pods).
+        selected = selectBootstrap(ips, self, this.d.seed, others.length);
         this.resolvedOnce = true;
       } catch (err) {
         this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false);
@@ -195,16 +197,21 @@ export class Bootstrapper {
       }
     }
     if (addrs.length === 0) return;
-    this.d.log('debug', 'bootstrap dialling', { addrs, members: this.members });
-    await Promise.all(
-      addrs.map(async (a) => {
-        try {
-          await this.d.dial(a);
-          this.d.onAttempt(true, a);
-        } catch (err) {
-          this.d.onAttempt(false, a, err as Error);
-        }
-      }),
-    );
+    this.d.log('debug', 'bootstrap dialling', { candidates: addrs.length, members: this.members });
+    // In chunks of the target size, in order, until enough connections stand.
+    const chunk = Math.max(1, this.target);
+    for (let i = 0; i < addrs.length; i += chunk) {
+      if (i > 0 && this.d.connectionCount() >= Math.max(1, this.target)) break;
+      await Promise.all(
+        addrs.slice(i, i + chunk).map(async (a) => {
+          try {
+            await this.d.dial(a);
+            this.d.onAttempt(true, a);
+          } catch (err) {
+            this.d.onAttempt(false, a, err as Error);
+          }
+        }),
+      );
+    }
   }
 }
