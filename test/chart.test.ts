@@ -308,7 +308,7 @@ describe('chart: default values', () => {
       assert.deepEqual(c.securityContext.capabilities, { drop: ['ALL'] });
       assert.ok(mounts(c).has('tmp'), 'a writable /tmp');
     }
-    assert.equal(pod.containers[0].resources.limits.memory, '128Mi');
+    assert.equal(pod.containers[0].resources.limits.memory, '320Mi');
     assert.equal(pod.securityContext.seccompProfile.type, 'RuntimeDefault');
   });
 
