@@ -285,8 +285,8 @@ export const settings = {
   ),
   mirrorLookupTimeout: setting(
     'MIRROR_LOOKUP_TIMEOUT',
-    '50ms',
-    'Deadline of the provider lookup for a request this node cannot serve; when it passes, the answer is 404 and containerd goes on to the next host.',
+    '100ms',
+    'Deadline of the provider lookup for a request this node cannot serve; when it passes, the answer is 404 and containerd goes on to the next host. A miss costs this much; too short, and a busy or freshly started node misses content peers have (which fails the pull when the upstream is down).',
     durationIn(1, 10_000),
   ),
   peerHedgeDelay: setting(
