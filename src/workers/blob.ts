@@ -50,8 +50,8 @@ async function streamFile(task: ReadBlobTask, path: string, port: MessagePort, c
     while (pos < task.end) {
       if (!(await credit.take())) return sent;
       const n = Math.min(task.chunkSize, task.end - pos);
-      // A fresh buffer per chunk: it is transferred (detached here), never copied.
-      const buf = new Uint8Array(new ArrayBuffer(n));
+      // Transferred (detached here), never copied; main gives it back with the next credit.
+      const buf = credit.buffer(n);
       let filled = 0;
       while (filled < n) {
         const { bytesRead } = await fh.read(buf, filled, n - filled, pos + filled);

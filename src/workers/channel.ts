@@ -11,11 +11,16 @@ export class Credit {
   private available: number;
   private cancelled = false;
   private wake: (() => void) | null = null;
+  /** Chunk buffers the main thread gave back with credit. */
+  private readonly free: ArrayBuffer[] = [];
 
   constructor(initial: number, port: MessagePort) {
     this.available = initial;
     port.on('message', (m: StreamToWorker) => {
-      if (m.type === 'credit') this.available += m.n;
+      if (m.type === 'credit') {
+        this.available += m.n;
+        if (m.buf) this.free.push(m.buf);
+      }
       else if (m.type === 'cancel') this.cancelled = true;
       this.wake?.();
     });
@@ -40,6 +45,13 @@ export class Credit {
     if (this.cancelled) return false;
     this.available--;
     return true;
+  }
+
+  /** A buffer of exactly `size` bytes to fill: a returned one when it fits, else a new one that is not zero-filled. */
+  buffer(size: number): Uint8Array<ArrayBuffer> {
+    const back = this.free.pop();
+    // allocUnsafeSlow: an unpooled buffer of exactly `size` bytes (transferable), not zero-filled.
+    return back && back.byteLength === size ? new Uint8Array(back) : new Uint8Array(Buffer.allocUnsafeSlow(size).buffer as ArrayBuffer);
   }
 
   get isCancelled(): boolean {
@@ -94,7 +106,7 @@ export class ChunkSender {
         this.current = null;
       }
       if (!this.current) {
-        this.current = new Uint8Array(new ArrayBuffer(this.chunkSize));
+        this.current = this.credit.buffer(this.chunkSize);
         this.filled = 0;
       }
       const n = Math.min(piece.length - off, this.chunkSize - this.filled);

@@ -57,3 +57,52 @@ export function rawRequest(port: number, raw: string | Buffer, host = '127.0.0.1
     sock.write(raw);
   });
 }
+
+/**
+ * Sends requests one after another on ONE connection, each once the previous answer is complete,
+ * as containerd does (HEAD a tag, then GET by digest). Resolves with each answer's status, or 0
+ * where the server closed the connection instead of answering.
+ */
+export function sameConnection(port: number, requests: { method: 'GET' | 'HEAD'; path: string }[], host = '127.0.0.1'): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, host);
+    const statuses: number[] = [];
+    let buf = Buffer.alloc(0);
+    let i = 0;
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error('same-connection requests timed out'));
+    }, 5000);
+    const sendNext = () => {
+      if (i >= requests.length) {
+        clearTimeout(timer);
+        sock.end();
+        return resolve(statuses);
+      }
+      const r = requests[i]!;
+      sock.write(`${r.method} ${r.path} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    };
+    sock.on('connect', sendNext);
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString('latin1');
+        const len = requests[i]!.method === 'HEAD' ? 0 : Number(/content-length:\s*(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buf.length < end + 4 + len) return;
+        statuses.push(Number(head.split(' ')[1]));
+        buf = buf.subarray(end + 4 + len);
+        i++;
+        sendNext();
+        if (i >= requests.length) return;
+      }
+    });
+    sock.on('close', () => {
+      clearTimeout(timer);
+      while (statuses.length < requests.length) statuses.push(0);
+      resolve(statuses);
+    });
+    sock.on('error', () => {});
+  });
+}

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import type { GeneratedImage } from '../../src/main/image-generator.js';
 import type { Descriptor } from '../../src/shared/oci.js';
-import { get, rawRequest, sha256, type Response } from './http.js';
+import { get, rawRequest, sameConnection, sha256, type Response } from './http.js';
 
 export interface ContractContext {
   url: string;
@@ -79,6 +79,19 @@ export function registryContract(ctx: () => ContractContext): void {
         if (!isManifest) assert.equal(r.headers['accept-ranges'], 'bytes');
       }
     }
+  });
+
+  test('a HEAD keeps the connection usable: HEAD tag, GET manifest, HEAD blob, GET blob on one socket', async () => {
+    const { repo, tag, ns } = repoOf(ctx().single);
+    const layer = ctx().single.manifests[0]!.layers[2]!;
+    const statuses = await sameConnection(ctx().port, [
+      { method: 'HEAD', path: `/v2/${repo}/manifests/${tag}?ns=${ns}` },
+      { method: 'GET', path: `/v2/${repo}/manifests/${ctx().single.target.digest}?ns=${ns}` },
+      { method: 'HEAD', path: `/v2/${repo}/blobs/${layer.digest}?ns=${ns}` },
+      { method: 'HEAD', path: `/v2/${repo}/blobs/sha256:${'0'.repeat(64)}?ns=${ns}` },
+      { method: 'GET', path: `/v2/${repo}/blobs/${layer.digest}?ns=${ns}` },
+    ]);
+    assert.deepEqual(statuses, [200, 200, 200, 404, 200]);
   });
 
   test('HEAD of a blob has the same status and headers as GET, and no body', async () => {

@@ -206,7 +206,7 @@ export class Registry {
       res.writeHeader('Content-Type', m.mediaType);
       res.writeHeader('Docker-Content-Digest', m.digest);
       res.writeHeader('Docker-Distribution-API-Version', 'registry/2.0');
-      if (inc.method === 'HEAD') res.endWithoutBody(m.body.byteLength);
+      if (inc.method === 'HEAD') res.writeHeader('Content-Length', String(m.body.byteLength)).endWithoutBody();
       else res.end(m.body);
     });
     if (inc.method === 'GET') bytesServed.inc({ route: 'manifests' }, m.body.byteLength);
@@ -332,7 +332,7 @@ export class Registry {
         r.writeHeader('Docker-Content-Digest', digest);
         r.writeHeader('Accept-Ranges', 'bytes');
         if (partial) r.writeHeader('Content-Range', `bytes ${p.start}-${p.end - 1}/${p.size}`);
-        if (head) r.endWithoutBody(p.size);
+        if (head) r.writeHeader('Content-Length', String(p.size)).endWithoutBody();
       };
       this.pipe(res, inc, digest, 200, {
         run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...mirror.policy() })),
@@ -415,7 +415,7 @@ export class Registry {
     if (inc.aborted) return this.done(inc, 0);
     res.cork(() => {
       writeHead(res);
-      res.endWithoutBody(length);
+      res.writeHeader('Content-Length', String(length)).endWithoutBody();
     });
     this.done(inc, 200);
   }
@@ -440,7 +440,7 @@ export class Registry {
     res.cork(() => {
       res.writeStatus(STATUS[status] ?? `${status} Error`);
       res.writeHeader('Content-Type', 'application/json');
-      if (method === 'HEAD') res.endWithoutBody(Buffer.byteLength(body));
+      if (method === 'HEAD') res.writeHeader('Content-Length', String(Buffer.byteLength(body))).endWithoutBody();
       else res.end(body);
     });
     this.done(inc, status, method);

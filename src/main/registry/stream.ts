@@ -57,6 +57,15 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
       // Port already closed: the worker has finished.
     }
   };
+  // A written chunk's buffer goes back to the worker with its credit, to be read into again: a
+  // transfer allocates `credits` buffers once, not one zero-filled buffer per chunk for the GC.
+  const giveBack = (ab: ArrayBuffer) => {
+    try {
+      port.postMessage({ type: 'credit', n: 1, buf: ab } satisfies StreamToWorker, [ab]);
+    } catch {
+      // Port already closed: the worker has finished.
+    }
+  };
   const finish = (o: StreamOutcome) => {
     if (finished) return;
     finished = true;
@@ -87,14 +96,14 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
       }
       queue.shift();
       written += ab.byteLength;
-      send({ type: 'credit', n: 1 });
+      giveBack(ab);
     }
   };
 
   const onWritable = (offset: number): boolean => {
     if (!stalled || finished) return true;
     const { ab, at } = stalled;
-    const [ok, responded] = res.tryEnd(ab.slice(offset - at), total);
+    const [ok, responded] = res.tryEnd(new Uint8Array(ab, offset - at), total);
     if (responded) {
       written = total;
       finish({ kind: 'done', bytes: total });
@@ -104,7 +113,7 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
       stalled = null;
       queue.shift();
       written += ab.byteLength;
-      send({ type: 'credit', n: 1 });
+      giveBack(ab);
       pump();
     }
     return ok;
