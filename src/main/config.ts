@@ -303,8 +303,8 @@ export const settings = {
   ),
   peerVerify: setting(
     'PEER_VERIFY',
-    'true',
-    'Hash whole blobs fetched from peers (in the pool, while streaming) and cut the transfer before its last byte if the digest does not match.',
+    'false',
+    'Hash whole blobs fetched from peers (in the pool, while streaming) and cut the transfer before its last byte if the digest does not match, reporting the peer. Off by default: containerd verifies every blob itself, and hashing cost a third of peer throughput here (0.53x to 0.36x of local). Manifests from peers are always verified.',
     parseOnOff,
   ),
   peerMaxAttempts: setting('PEER_MAX_ATTEMPTS', '3', 'Most providers one request asks, counting hedges and resumes.', intIn(1, 16)),
