@@ -17,21 +17,11 @@ import { generateImage } from '../src/main/image-generator.js';
 import type { StatusSnapshot } from '../src/main/status.js';
 import { startContainerd, type Containerd } from './support/containerd.js';
 import { Dnsmasq } from './support/dnsmasq.js';
-import { get } from './support/http.js';
+import { get, freePort } from './support/http.js';
 import { CLI, eventually, startPeerpull, type PeerpullProcess } from './support/peerpull.js';
 
 const execFileP = promisify(execFile);
 
-function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 interface Run {
   code: number;

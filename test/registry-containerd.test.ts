@@ -5,27 +5,18 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { GeneratedImage } from '../src/main/image-generator.js';
 import { importImages, makeImage, startContainerd, type Containerd } from './support/containerd.js';
 import { generateImage } from '../src/main/image-generator.js';
-import { get } from './support/http.js';
+import { freePort, get } from './support/http.js';
 import { eventually, startPeerpull, type PeerpullProcess } from './support/peerpull.js';
 import { registryContract, type ContractContext } from './support/registry-contract.js';
 
 const HOST_ARCH = process.arch === 'arm64' ? 'arm64' : 'amd64';
 
-/** A loopback port nothing listens on: the upstream every test hosts.toml is pinned to. */
-async function closedPort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 describe('registry on a real containerd', () => {
   let ctd: Containerd;
@@ -91,7 +82,7 @@ describe('registry on a real containerd', () => {
       await pp.waitForLog((l) => l.msg === 'content source ready', 20_000);
       client = await startContainerd({ name: 'pp-cli' });
       hostsDir = path.join(client.dir, 'certs.d');
-      const upstream = await closedPort();
+      const upstream = await freePort(); // nothing listens there: the upstream is closed
       for (const registry of ['docker.io', 'ghcr.io']) {
         await mkdir(path.join(hostsDir, registry), { recursive: true });
         await writeFile(

@@ -5,14 +5,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
 import type { StatusSnapshot } from '../src/main/status.js';
-import { get } from './support/http.js';
+import { get, freePort } from './support/http.js';
 import { CLI, eventually, REPO_ROOT, startPeerpull, type PeerpullProcess } from './support/peerpull.js';
 
 const execFileP = promisify(execFile);
@@ -20,16 +19,6 @@ const execFileP = promisify(execFile);
 const IPS = ['127.0.78.1', '127.0.78.2'];
 const P2P_PORT = 5001;
 
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function statusJson(pp: PeerpullProcess): Promise<StatusSnapshot> {
   const r = await get(`${pp.metricsUrl}/status?format=json`);

@@ -106,3 +106,18 @@ export function sameConnection(port: number, requests: { method: 'GET' | 'HEAD';
     sock.on('error', () => {});
   });
 }
+
+/**
+ * A loopback port that is free right now (bound, then released). Also what every test hosts.toml
+ * pins its upstream `server` to: nothing listens there, so no pull can leave the machine.
+ */
+export function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, host, () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
