@@ -8,6 +8,7 @@ need=()
 command -v containerd >/dev/null || need+=(containerd)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"
