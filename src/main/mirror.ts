@@ -7,7 +7,7 @@ import type { Logger } from './log.js';
 import { Counter, Histogram } from 'prom-client';
 import { registry as metricsRegistry } from './metrics.js';
 import type { PeerFetchPolicy, PeerFetchReport, PeerTarget, ProviderPeer } from '../shared/messages.js';
-import { tagKey, type Digest, type Registry, type Repository, type Tag } from '../shared/oci.js';
+import type { Digest, Registry } from '../shared/oci.js';
 
 /** What the mirror needs from the p2p thread (the P2P handle in p2p.ts provides it). */
 export interface ProviderFinder {
@@ -99,10 +99,6 @@ export class Mirror {
   /** Whether a tag of this registry may be resolved through peers (PEERPULL_RESOLVE_TAGS). */
   resolvesTags(registry: Registry): boolean {
     return this.config.resolveTags && this.mirrors(registry);
-  }
-
-  static tagKey(registry: Registry, repository: Repository, tag: Tag): string {
-    return tagKey(registry, repository, tag);
   }
 
   /** Providers of a key, best first; [] when nobody has it or the lookup deadline passed. */

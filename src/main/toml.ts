@@ -30,7 +30,6 @@ const BARE_KEY = /^[A-Za-z0-9_-]+$/;
 class Parser {
   private pos = 0;
   private line = 1;
-  private lineStart = 0;
   readonly root: TomlTable = new Map();
   /** Tables created by a `[header]` (may not be defined twice). */
   private readonly defined = new WeakSet<TomlTable>();
@@ -82,7 +81,6 @@ class Parser {
       return false;
     }
     this.line++;
-    this.lineStart = this.pos;
     return true;
   }
 

@@ -107,17 +107,7 @@ export function sameConnection(port: number, requests: { method: 'GET' | 'HEAD';
   });
 }
 
-/**
- * A loopback port that is free right now (bound, then released). Also what every test hosts.toml
- * pins its upstream `server` to: nothing listens there, so no pull can leave the machine.
- */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
+
+// A free loopback port (bound, then released): also what every test hosts.toml pins its upstream
+// `server` to, since nothing listens there and no pull can leave the machine.
+export { freePort } from '../../src/main/storm/cluster.js';

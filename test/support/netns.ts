@@ -15,6 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { startContainerd, type Containerd, type StartOptions } from './containerd.js';
+import { JsonLines } from './json-lines.js';
 import { CLI } from './peerpull.js';
 
 const execFileP = promisify(execFile);
@@ -362,57 +363,17 @@ export async function startPeerpullIn(ns: string, env: Record<string, string>, l
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   );
-  const logs: Record<string, unknown>[] = [];
   let err = '';
-  let buf = '';
-  const waiters = new Set<() => void>();
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    out.write(d);
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        logs.push({ raw: line });
-      }
-    }
-    for (const w of waiters) w();
-  });
   child.stderr!.setEncoding('utf8').on('data', (d: string) => {
     out.write(d);
     err += d;
     if (err.length > 1_000_000) err = err.slice(-500_000);
   });
   child.once('exit', () => out.end());
+  const lines = new JsonLines(child, child.stdout!, (d) => out.write(d));
+  const logs = lines.lines;
   const waitForLog = (pred: (l: Record<string, unknown>) => boolean, timeoutMs = 20_000) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const cleanup = () => {
-        clearTimeout(timer);
-        waiters.delete(check);
-        child.off('exit', onExit);
-      };
-      const check = () => {
-        const hit = logs.find(pred);
-        if (hit) {
-          cleanup();
-          resolve(hit);
-        }
-      };
-      const onExit = () => {
-        cleanup();
-        reject(new Error(`peerpull in ${ns} exited (${child.exitCode ?? child.signalCode}); stderr: ${err.slice(-2000)}; logs: ${JSON.stringify(logs.slice(-5))}`));
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`peerpull in ${ns}: timed out waiting for a log line; stderr: ${err.slice(-2000)}; last logs: ${JSON.stringify(logs.slice(-5))}`));
-      }, timeoutMs);
-      waiters.add(check);
-      child.on('exit', onExit);
-      check();
-    });
+    lines.waitFor(pred, timeoutMs, `peerpull in ${ns}`, () => `stderr: ${err.slice(-2000)}`);
   return { ns, child, logs, logFile, stderr: () => err, waitForLog, stop: (signal = 'SIGTERM') => stopChild(child, signal, 15_000) };
 }
 

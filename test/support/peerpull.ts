@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { JsonLines } from './json-lines.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const CLI = path.join(REPO_ROOT, 'dist/src/main/cli.js');
@@ -34,51 +35,12 @@ export async function startPeerpull(env: Record<string, string>, args: string[] 
   });
   running.add(child);
   child.on('exit', () => running.delete(child));
-  const logs: Record<string, unknown>[] = [];
   let err = '';
-  const waiters = new Set<() => void>();
-  let buf = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      try {
-        logs.push(JSON.parse(line));
-      } catch {
-        logs.push({ raw: line });
-      }
-      for (const w of waiters) w();
-    }
-  });
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const out = new JsonLines(child, child.stdout!);
+  const logs = out.lines;
   const waitForLog = (pred: (l: Record<string, unknown>) => boolean, timeoutMs = 15_000) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const check = () => {
-        const hit = logs.find(pred);
-        if (hit) {
-          cleanup();
-          resolve(hit);
-        }
-      };
-      const onExit = () => {
-        cleanup();
-        reject(new Error(`peerpull exited (${child.exitCode}) before the expected log line; stderr: ${err}; logs: ${JSON.stringify(logs.slice(-5))}`));
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`timed out waiting for a log line; stderr: ${err}; last logs: ${JSON.stringify(logs.slice(-5))}`));
-      }, timeoutMs);
-      const cleanup = () => {
-        clearTimeout(timer);
-        waiters.delete(check);
-        child.off('exit', onExit);
-      };
-      waiters.add(check);
-      child.on('exit', onExit);
-      check();
-    });
+    out.waitFor(pred, timeoutMs, 'peerpull', () => `stderr: ${err}`);
   const listening = await waitForLog((l) => l.msg === 'listening');
   const registryPort = listening.registryPort as number;
   const metricsPort = listening.metricsPort as number;

@@ -287,12 +287,15 @@ export class Registry {
       run: (port) => this.deps.pool.readBlob({ location, size: entry.size, start, end, chunkSize, credits, port }),
       total: end - start,
       writeHead,
-    }, (o) => {
-      if (!o.missing) return false;
-      // Garbage collected without an event: forget it and let peers serve it.
-      this.deps.source.index.forget(digest);
-      this.blobFromPeersOr404(res, inc, request);
-      return true;
+    }, {
+      from: 'local',
+      fallback: (o) => {
+        if (!o.missing) return false;
+        // Garbage collected without an event: forget it and let peers serve it.
+        this.deps.source.index.forget(digest);
+        this.blobFromPeersOr404(res, inc, request);
+        return true;
+      },
     });
   }
 
@@ -338,20 +341,24 @@ export class Registry {
         run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...mirror.policy() })),
         writeHead,
         headOnly: head,
-      }, (o) => {
-        // Every provider failed before sending anything. Once, look again without them: a cached
-        // answer may have listed a node that just went away.
-        if (round > 0 || o.status === 416) return false;
-        void (report ?? Promise.resolve(undefined)).catch(() => undefined).then((r) => {
-          if (r) mirror.record('blob', digest, r, false, o.error);
-          if (inc.aborted) return this.done(inc, 0);
-          this.blobFromPeersOr404(res, inc, request, 1, [...failed, ...(r?.failedPeers ?? []), ...providers.map((p) => p.peerId)]);
-        });
-        return true;
-      }, async (ok, detail) => {
-        const r = await report?.catch(() => undefined);
-        if (r) mirror.record('blob', digest, r, ok, detail);
-        mirror.outcome('blob', digest, ok ? 'peer' : 'error', detail);
+      }, {
+        from: 'peers',
+        fallback: (o) => {
+          // Every provider failed before sending anything. Once, look again without them: a cached
+          // answer may have listed a node that just went away.
+          if (round > 0 || o.status === 416) return false;
+          void (report ?? Promise.resolve(undefined)).catch(() => undefined).then((r) => {
+            if (r) mirror.record('blob', digest, r, false, o.error);
+            if (inc.aborted) return this.done(inc, 0);
+            this.blobFromPeersOr404(res, inc, request, 1, [...failed, ...(r?.failedPeers ?? []), ...providers.map((p) => p.peerId)]);
+          });
+          return true;
+        },
+        onFinish: async (ok, detail) => {
+          const r = await report?.catch(() => undefined);
+          if (r) mirror.record('blob', digest, r, ok, detail);
+          mirror.outcome('blob', digest, ok ? 'peer' : 'error', detail);
+        },
       });
     })().catch((err) => this.fail(res, inc, err));
   }
@@ -363,11 +370,15 @@ export class Registry {
     digest: Digest,
     okStatus: number,
     opts: Parameters<typeof streamBlob>[1],
-    /** Nothing was sent and the source failed: return true to take the response over (another source). */
-    fallback?: (o: { missing: boolean; error: string; status?: 416 }) => boolean,
-    onFinish?: (ok: boolean, detail?: string) => void,
+    how: {
+      from: 'local' | 'peers';
+      /** Nothing was sent and the source failed: return true to take the response over (another source). */
+      fallback?: (o: { missing: boolean; error: string; status?: 416 }) => boolean;
+      onFinish?: (ok: boolean, detail?: string) => void;
+    },
   ): void {
-    const local = !onFinish;
+    const { fallback, onFinish } = how;
+    const local = how.from === 'local';
     const stream = streamBlob(res, opts, (fn) => (inc.onAbort = fn));
     this.streams.add(stream);
     void stream.done.then((o) => {

@@ -49,8 +49,8 @@ function nodeIp(base: string, i: number): string {
   return `${a}.${b}.${third}.${(i % 250) + 1}`;
 }
 
-/** A port free on the first node's address (all nodes use it for p2p, each on its own IP). */
-async function freePort(host: string): Promise<number> {
+/** A port free right now on `host` (bound, then released): the local cluster's p2p port, and tests' closed upstreams. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once('error', reject);
