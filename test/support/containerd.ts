@@ -2,13 +2,14 @@
 // temp dir, driven with `ctr -a <socket>`. No systemd, nothing outside the temp dir. A missing
 // containerd is a loud error: integration tests must never skip silently.
 
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile, access } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { generateImage, writeLayoutTar, type GeneratedImage, type ImageSpec } from '../../src/main/image-generator.js';
+import { containerdConfigLines, DISABLED_PLUGINS, unmountUnder } from '../../src/main/storm/containerd.js';
 
 const execFileP = promisify(execFile);
 
@@ -37,18 +38,9 @@ export interface Containerd {
   stop(): Promise<void>;
 }
 
-// Plugins a content/image test never needs; dropping them makes startup fast and keeps containerd
-// from touching anything outside its temp dir (`opt` would create /opt/containerd). The CRI plugin
-// is off unless asked for; it needs `io.containerd.runtime.v1.linux` (tasks-service), so that stays.
-const DISABLED_PLUGINS = [
-  'io.containerd.internal.v1.opt',
-  'io.containerd.snapshotter.v1.aufs',
-  'io.containerd.snapshotter.v1.btrfs',
-  'io.containerd.snapshotter.v1.devmapper',
-  'io.containerd.snapshotter.v1.zfs',
-  'io.containerd.tracing.processor.v1.otlp',
-  'io.containerd.internal.v1.tracing',
-];
+// The config and the unmounting are the storm tool's (src/main/storm/containerd.ts), which starts
+// a private containerd per node the same way. The CRI plugin is off unless asked for; it needs
+// `io.containerd.runtime.v1.linux` (tasks-service), which stays on.
 
 const live = new Map<number, ChildProcess>();
 const dirs = new Set<string>();
@@ -67,31 +59,6 @@ process.on('exit', () => {
     rmSync(d, { recursive: true, force: true });
   }
 });
-
-/**
- * Unpacking mounts snapshots only for a moment, but a containerd killed mid-unpack can leave one
- * behind, and a mount under the temp dir would make its removal fail (EBUSY) or reach into it.
- */
-function unmountUnder(dir: string): void {
-  let mounts: string;
-  try {
-    mounts = readFileSync('/proc/self/mounts', 'utf8');
-  } catch {
-    return;
-  }
-  const points = mounts
-    .split('\n')
-    .map((l) => l.split(' ')[1] ?? '')
-    .filter((mp) => mp.startsWith(dir + '/'))
-    .sort((a, b) => b.length - a.length);
-  for (const mp of points) {
-    try {
-      execFileSync('umount', ['-l', mp]);
-    } catch {
-      // best effort: rm reports what is left
-    }
-  }
-}
 
 let binaryChecked: Promise<void> | undefined;
 
@@ -115,27 +82,7 @@ export function requireContainerd(): Promise<void> {
 function configToml(dir: string, socket: string, snapshotter: string, opts: StartOptions): string {
   const q = (s: string) => JSON.stringify(s);
   const disabled = opts.cri ? DISABLED_PLUGINS : ['io.containerd.grpc.v1.cri', ...DISABLED_PLUGINS];
-  const lines = [
-    'version = 2',
-    `root = ${q(path.join(dir, 'root'))}`,
-    `state = ${q(path.join(dir, 'state'))}`,
-    `temp = ${q(path.join(dir, 'tmp'))}`,
-    `disabled_plugins = [${disabled.map(q).join(', ')}]`,
-    '',
-    '[grpc]',
-    `  address = ${q(socket)}`,
-    '',
-    '[ttrpc]',
-    `  address = ${q(socket + '.ttrpc')}`,
-    '',
-    '[debug]',
-    '  address = ""',
-    '  level = "info"',
-    '',
-    '[metrics]',
-    '  address = ""',
-    '',
-  ];
+  const lines = containerdConfigLines(dir, socket, disabled);
   if (opts.cri) {
     // The daemon itself pulls (CRI ImageService) through hosts.toml files under config_path, the
     // way a kubelet-driven node does. No TCP stream server, no CNI config from /etc.

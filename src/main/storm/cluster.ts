@@ -1,6 +1,7 @@
 // A local peerpull cluster for storm: N `peerpull serve` processes on loopback addresses
 // (127.0.90.1, .2, ...; every 127/8 address is local on Linux, as pods on different hosts),
-// each with its own OCI-layout store and peer identity, p2p on, joined by static bootstrap addresses.
+// each with its own OCI-layout store (or, with `containerd`, its own real containerd) and peer
+// identity, p2p on, joined by static bootstrap addresses.
 // Processes are stopped by PID (the ChildProcess handles this module spawned), never by name, and
 // the temp dir is removed on stop, on errors and on the signals storm's entry point catches.
 
@@ -11,6 +12,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
+import { ContainerdNode, K8S_NAMESPACE, killCtrProcesses, unmountUnder } from './containerd.js';
 import { LayoutSink } from './pull.js';
 import { sleep } from './util.js';
 
@@ -22,7 +24,10 @@ export interface LocalNode {
   ip: string;
   url: string;
   metricsUrl: string;
-  store: LayoutSink;
+  /** The embedded store; absent with containerd. */
+  store?: LayoutSink;
+  /** The node's own containerd, peerpull's content source (--containerd). */
+  containerd?: ContainerdNode;
   child: ChildProcess;
   pid: number;
   alive: boolean;
@@ -40,6 +45,8 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   onEvent?: (e: Record<string, unknown>) => void;
   startTimeoutMs?: number;
+  /** A real containerd per node as peerpull's content source, instead of the OCI-layout store. */
+  containerd?: boolean;
 }
 
 function nodeIp(base: string, i: number): string {
@@ -70,6 +77,7 @@ process.on('exit', () => {
 
 export class LocalCluster {
   readonly nodes: LocalNode[] = [];
+  private containerds: ContainerdNode[] = [];
   private stopped = false;
 
   private constructor(
@@ -96,12 +104,25 @@ export class LocalCluster {
     return this.nodes.map((n) => n.pid);
   }
 
+  /** PIDs of the nodes' containerd processes (--containerd). */
+  containerdPids(): number[] {
+    return this.nodes.flatMap((n) => (n.containerd?.pid !== undefined ? [n.containerd.pid] : []));
+  }
+
   private async boot(): Promise<void> {
     const n = this.opts.nodes;
     const ips = Array.from({ length: n }, (_, i) => nodeIp(this.opts.ipBase, i));
     const p2pPort = await freePort(ips[0]!);
     const clusterName = `storm-${process.pid}-${Date.now().toString(36)}`;
     const ready: Promise<void>[] = [];
+    // containerd first: peerpull's content source must answer when it starts. Created before
+    // starting, so that a failure part-way still stops the ones that did start.
+    const ctds = this.opts.containerd ? ips.map((_, i) => new ContainerdNode(path.join(this.dir, `node-${i}`, 'ctd'))) : [];
+    this.containerds = ctds;
+    if (ctds.length) {
+      await Promise.all(ctds.map((c) => c.start(this.opts.startTimeoutMs ?? 60_000)));
+      this.opts.onEvent?.({ event: 'containerd', pids: ctds.map((c) => c.pid), snapshotter: ctds[0]!.snapshotter });
+    }
     for (let i = 0; i < n; i++) {
       const ip = ips[i]!;
       // The first few always, plus a spread of the rest: one component without an n-squared dial storm.
@@ -109,10 +130,21 @@ export class LocalCluster {
       seeds.delete(i);
       const peers = [...seeds].filter((j) => j < n).map((j) => `/ip4/${ips[j]}/tcp/${p2pPort}`).join(',');
       const nodeDir = path.join(this.dir, `node-${i}`);
-      const store = await LayoutSink.create(path.join(nodeDir, 'store'));
+      const ctd = ctds[i];
+      const store = ctd ? undefined : await LayoutSink.create(path.join(nodeDir, 'store'));
+      const source: Record<string, string> = ctd
+        ? {
+            PEERPULL_STORE: 'containerd',
+            PEERPULL_CONTAINERD_SOCK: ctd.socket,
+            PEERPULL_CONTAINERD_NAMESPACE: K8S_NAMESPACE,
+            PEERPULL_CONTENT_PATH: ctd.contentPath,
+            // Its own config, not the host's /etc/containerd (the preflight only reads it).
+            PEERPULL_CONTAINERD_CONFIG_FILE: ctd.configFile,
+          }
+        : { PEERPULL_STORE: `oci-layout:${store!.dir}` };
       const env: Record<string, string> = {
         PATH: process.env.PATH ?? '/usr/bin:/bin',
-        PEERPULL_STORE: `oci-layout:${store.dir}`,
+        ...source,
         PEERPULL_REGISTRY_ADDR: `${ip}:0`,
         PEERPULL_METRICS_ADDR: `${ip}:0`,
         PEERPULL_P2P: 'true',
@@ -127,12 +159,12 @@ export class LocalCluster {
         ...this.opts.env,
       };
       const child = spawn(process.execPath, [CLI, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-      const node: LocalNode = { index: i, name: `node-${i}`, ip, url: '', metricsUrl: '', store, child, pid: child.pid ?? -1, alive: true, tail: [] };
+      const node: LocalNode = { index: i, name: `node-${i}`, ip, url: '', metricsUrl: '', ...(store ? { store } : {}), ...(ctd ? { containerd: ctd } : {}), child, pid: child.pid ?? -1, alive: true, tail: [] };
       this.nodes.push(node);
       child.on('exit', () => (node.alive = false));
       ready.push(this.watch(node));
     }
-    this.opts.onEvent?.({ event: 'cluster', dir: this.dir, pids: this.pids(), nodes: this.nodes.map((x) => x.ip) });
+    this.opts.onEvent?.({ event: 'cluster', dir: this.dir, pids: this.pids(), containerdPids: this.containerdPids(), nodes: this.nodes.map((x) => x.ip) });
     await Promise.all(ready);
     await this.waitReady();
   }
@@ -197,17 +229,24 @@ export class LocalCluster {
     }
   }
 
-  /** SIGKILL one node (churn): it vanishes as a crashed host would. */
+  /** SIGKILL one node (churn): it vanishes as a crashed host would, its containerd with it. */
   async kill(node: LocalNode): Promise<void> {
-    if (!node.alive) return;
-    const exited = new Promise<void>((r) => node.child.once('exit', () => r()));
-    node.child.kill('SIGKILL');
-    await exited;
+    const ctd = node.containerd?.kill('SIGKILL');
+    if (node.alive) {
+      const exited = new Promise<void>((r) => node.child.once('exit', () => r()));
+      node.child.kill('SIGKILL');
+      await exited;
+    }
+    await ctd;
   }
 
   /** Empties every live node's store (between scenarios, like image garbage collection). */
-  async wipeStores(): Promise<void> {
-    await Promise.all(this.nodes.filter((n) => n.alive).map((n) => n.store.wipe()));
+  async wipeStores(image?: string): Promise<void> {
+    await Promise.all(
+      this.nodes
+        .filter((n) => n.alive)
+        .map((n) => (n.containerd ? (image ? n.containerd.removeImage(K8S_NAMESPACE, image) : Promise.resolve()) : n.store!.wipe())),
+    );
   }
 
   /** SIGTERM every node, SIGKILL what is left after a grace period, remove the temp dir. */
@@ -227,6 +266,10 @@ export class LocalCluster {
         }),
     );
     await Promise.all(waits);
+    // containerd after peerpull (its content source), and any ctr still pulling.
+    killCtrProcesses();
+    await Promise.all(this.containerds.map((c) => c.kill('SIGTERM', graceMs)));
+    unmountUnder(this.dir);
     await rm(this.dir, { recursive: true, force: true });
     live.delete(this);
     this.opts.onEvent?.({ event: 'cluster-stopped', dir: this.dir });
@@ -235,6 +278,9 @@ export class LocalCluster {
   /** Synchronous last resort (process 'exit'): SIGKILL by PID, remove the dir. */
   stopSync(): void {
     for (const n of this.nodes) if (n.child.exitCode === null && n.child.signalCode === null) n.child.kill('SIGKILL');
+    killCtrProcesses();
+    for (const c of this.containerds) c.killSync();
+    unmountUnder(this.dir);
     try {
       rmSync(this.dir, { recursive: true, force: true });
     } catch {

@@ -7,6 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 
 import { liveClusters } from './cluster.js';
+import { containerdPrerequisites } from './containerd.js';
 import { runLocal, SCENARIOS, type ScenarioName } from './local.js';
 import { compare, markdownTable, summaryTable, toHtml, toJson, type StormReport } from './report.js';
 import { runWaves, type Progress, type RunResult, type Target } from './run.js';
@@ -35,7 +36,10 @@ local cluster (N peerpull processes on 127.0.90.x, an upstream registry served h
   --churn-at FRACTION     churn: kill the holders when the second wave moved this much (default 0.25)
   --ip-base A.B.C         node addresses A.B.C.1 ... (default 127.0.90)
   --dir DIR               parent of the cluster's temp dir (default the system temp dir)
-  --containerd            real containerd per node (not implemented yet)
+  --containerd            a real containerd per node (root; containerd and ctr installed): peerpull's
+                          content source, and the puller: \`ctr content fetch\` through a hosts.toml
+                          listing the node's peerpull, then the upstream (containerd falls back itself)
+  --unpack                with --containerd: \`ctr images pull\` (fetch and unpack into a snapshot)
 
 running cluster:
   --endpoints LIST        peerpull registry URLs, e.g. http://10.0.0.5:5000,http://10.0.0.6:5000
@@ -58,7 +62,7 @@ output:
 
 Exit status: 0 all pulls verified, 1 a pull failed, 2 usage error, 130/143 interrupted.`;
 
-const BOOLEAN = new Set(['--baseline', '--json', '--markdown', '--events', '--containerd', '--help']);
+const BOOLEAN = new Set(['--baseline', '--json', '--markdown', '--events', '--containerd', '--unpack', '--help']);
 
 export function parseStormArgs(argv: string[]): Record<string, string> {
   const flags: Record<string, string> = {};
@@ -180,7 +184,13 @@ export async function runStorm(argv: string[]): Promise<number> {
     const waveGapMs = flags['--wave-gap'] ? parseMs(flags['--wave-gap'], '--wave-gap') : 5000;
     const concurrency = flags['--concurrency'] ? parseIntIn(flags['--concurrency'], '--concurrency', 1, 64) : 3;
     const baseline = flags['--baseline'] === 'true';
-    if (flags['--containerd']) throw new UsageError('--containerd (real containerd per node) is not implemented yet; the embedded store is used by default');
+    const containerd = flags['--containerd'] === 'true';
+    if (containerd && !flags['--local']) throw new UsageError('--containerd needs --local N (against a running cluster, its nodes have their own containerd)');
+    if (flags['--unpack'] && !containerd) throw new UsageError('--unpack needs --containerd');
+    if (containerd) {
+      const missing = await containerdPrerequisites();
+      if (missing) throw new UsageError(missing);
+    }
     if (flags['--local']) {
       const nodes = parseIntIn(flags['--local'], '--local', 1, 1000);
       const layers = flags['--layers'] ? parseIntIn(flags['--layers'], '--layers', 1, 128) : 4;
@@ -196,11 +206,13 @@ export async function runStorm(argv: string[]): Promise<number> {
         if (!os_ || !arch) throw new UsageError(`--platforms: "${p}" is not os/arch`);
         return { os: os_, architecture: arch, ...(variant ? { variant } : {}) };
       });
-      settings = { mode: 'local', nodes, scenarios, baseline, imageBytes, layers, platforms, upstreamRate, wavePercent, waveGapMs, churnAt, concurrency, ipBase };
+      const unpack = flags['--unpack'] === 'true';
+      settings = { mode: 'local', store: containerd ? (unpack ? 'containerd (ctr images pull)' : 'containerd (ctr content fetch)') : 'oci-layout', nodes, scenarios, baseline, imageBytes, layers, platforms, upstreamRate, wavePercent, waveGapMs, churnAt, concurrency, ipBase };
       emit({ event: 'start', ...settings });
       runs = await runLocal({
         nodes, scenarios: scenarios as ScenarioName[], baseline, imageBytes, layers, platforms, upstreamRate, wavePercent, waveGapMs, churnAt, concurrency,
         dir: flags['--dir'] ?? os.tmpdir(), ipBase, signal: abort.signal, onEvent: emit, onProgress,
+        ...(containerd ? { containerd: { unpack } } : {}),
       });
     } else if (flags['--endpoints'] || flags['--dns']) {
       const endpoints = await resolveEndpoints(flags);

@@ -1,13 +1,16 @@
 // `peerpull storm --local N`: a cluster of N peerpull nodes on loopback, an upstream registry
 // served here with a bandwidth limit, and the scenarios, each with its baseline (the same pulls
 // straight from the upstream, as nodes without peerpull would do) in the same invocation.
+// With `containerd`, every node has a real containerd: peerpull's content source, and the puller
+// (`ctr` through a hosts.toml that lists the node's peerpull, then the upstream).
 
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { generateImage, type Platform } from '../image-generator.js';
-import { LocalCluster } from './cluster.js';
-import { LayoutSink } from './pull.js';
+import { LocalCluster, type LocalNode } from './cluster.js';
+import { BASELINE_NAMESPACE, K8S_NAMESPACE, MISS_NAMESPACE, writeHostsToml } from './containerd.js';
+import { LayoutSink, type Descriptor } from './pull.js';
 import { runWaves, type Progress, type RunResult, type Target } from './run.js';
 import { UpstreamRegistry } from './upstream.js';
 
@@ -30,6 +33,8 @@ export interface LocalOptions {
   concurrency: number;
   dir: string;
   ipBase: string;
+  /** A real containerd per node; `unpack` pulls with `ctr images pull` (fetch and unpack) instead of `ctr content fetch`. */
+  containerd?: { unpack: boolean };
   nodeEnv?: Record<string, string>;
   signal?: AbortSignal;
   onEvent?: (e: Record<string, unknown>) => void;
@@ -52,6 +57,7 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
     nodes: opts.nodes,
     dir: opts.dir,
     ipBase: opts.ipBase,
+    ...(opts.containerd ? { containerd: true } : {}),
     ...(opts.nodeEnv ? { env: opts.nodeEnv } : {}),
     ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
   });
@@ -65,6 +71,39 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
     await LayoutSink.create(upstreamDir);
     await upstream.start();
     opts.onEvent?.({ event: 'upstream', url: upstream.url, rateBytesPerSec: opts.upstreamRate });
+    // containerd mode: each node reaches the upstream on a port of its own (its bytes are counted
+    // there), through two hosts dirs: with its peerpull first, and straight (the baseline).
+    const ctdHosts = new Map<LocalNode, { mirror: string; direct: string }>();
+    if (opts.containerd) {
+      for (const node of cluster.nodes) {
+        const own = await upstream.listenFor(node.name);
+        const base = path.dirname(node.containerd!.dir);
+        const h = { mirror: path.join(base, 'hosts-mirror'), direct: path.join(base, 'hosts-direct') };
+        await writeHostsToml(h.mirror, REGISTRY, own, node.url);
+        await writeHostsToml(h.direct, REGISTRY, own);
+        ctdHosts.set(node, h);
+      }
+    }
+    const ctdTarget = (node: LocalNode, namespace: string, hostsDir: string, blobs: Descriptor[], platform: { os: string; architecture: string }): Target => ({
+      name: node.name,
+      pids: node.containerd!.pid !== undefined ? [node.containerd!.pid] : [],
+      pull: (o) =>
+        node.containerd!.pull({
+          node: node.name,
+          wave: o.wave ?? 0,
+          image: o.image,
+          namespace,
+          hostsDir,
+          platform,
+          blobs,
+          upstreamBytes: () => upstream.stats.bytesBy[node.name] ?? 0,
+          unpack: opts.containerd!.unpack,
+          concurrency: o.concurrency ?? 3,
+          t0: o.t0 ?? performance.now(),
+          ...(o.onBytes ? { onBytes: o.onBytes } : {}),
+          ...(o.signal ? { signal: o.signal } : {}),
+        }),
+    });
     // churn kills nodes: it runs last.
     const order = [...opts.scenarios].sort((a, b) => Number(a === 'churn') - Number(b === 'churn'));
     for (const scenario of order) {
@@ -76,6 +115,7 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
       const m = img.manifests[0]!;
       const imageBytes = (img.manifests.length > 1 ? img.target.size : 0) + m.manifest.size + m.config.size + m.layers.reduce((a, l) => a + l.size, 0);
       const platform = { os: m.platform.os, architecture: m.platform.architecture };
+      const blobs: Descriptor[] = [...(img.manifests.length > 1 ? [img.target] : []), m.manifest, m.config, ...m.layers];
       const n = opts.nodes;
       const waves =
         scenario === 'rolling' ? wavesOf(n, opts.wavePercent)
@@ -87,22 +127,37 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
       const common = { scenario, image: name, imageBytes, layers: opts.layers, waves, waveGapMs: opts.waveGapMs, upstream: upstream.url, upstreamServer: upstream, platform, concurrency: opts.concurrency, ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) };
       if (opts.baseline) {
         // Nodes without peerpull: straight to the upstream, writing into a scratch store each.
+        // containerd: each node's own containerd, into a namespace peerpull does not watch.
         const scratch = path.join(cluster.dir, `baseline-${scenario}`);
         const targets: Target[] = [];
-        for (let i = 0; i < n; i++) targets.push({ name: `node-${i}`, sink: await LayoutSink.create(path.join(scratch, `node-${i}`)) });
+        for (let i = 0; i < n; i++) {
+          const node = cluster.nodes[i]!;
+          targets.push(opts.containerd ? ctdTarget(node, BASELINE_NAMESPACE, ctdHosts.get(node)!.direct, blobs, platform) : { name: `node-${i}`, sink: await LayoutSink.create(path.join(scratch, `node-${i}`)) });
+        }
         opts.onEvent?.({ event: 'run', scenario, mode: 'baseline' });
         runs.push(await runWaves({ ...common, mode: 'baseline', targets }));
         await rm(scratch, { recursive: true, force: true });
+        // Gone before the peerpull run: a node's containerd would otherwise already hold the blobs.
+        if (opts.containerd) await Promise.all(cluster.nodes.filter((x) => x.alive).map((x) => x.containerd!.removeImage(BASELINE_NAMESPACE, name)));
       }
       if (opts.signal?.aborted) break;
-      const targets: Target[] = cluster.nodes.map((node) => ({
+      const targets: Target[] = cluster.nodes.map((node) =>
+        opts.containerd
+          ? {
+              // miss: pulled into a namespace peerpull does not serve, so no peer ever has it.
+              ...ctdTarget(node, scenario === 'miss' ? MISS_NAMESPACE : K8S_NAMESPACE, ctdHosts.get(node)!.mirror, blobs, platform),
+              mirror: node.url,
+              metricsUrl: node.metricsUrl,
+              pid: node.pid,
+            }
+          : {
         name: node.name,
         mirror: node.url,
         metricsUrl: node.metricsUrl,
         pid: node.pid,
         // miss: nobody keeps what it pulled, so every request is one no peer can answer.
-        ...(scenario === 'miss' ? {} : { sink: node.store }),
-      }));
+        ...(scenario === 'miss' || !node.store ? {} : { sink: node.store }),
+      });
       opts.onEvent?.({ event: 'run', scenario, mode: 'peerpull' });
       const holders = waves[0]!;
       runs.push(
@@ -126,7 +181,8 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
             : {}),
         }),
       );
-      if (scenario !== 'churn') await cluster.wipeStores();
+      if (scenario === 'miss' && opts.containerd) await Promise.all(cluster.nodes.filter((x) => x.alive).map((x) => x.containerd!.removeImage(MISS_NAMESPACE, name)));
+      else if (scenario !== 'churn') await cluster.wipeStores(name);
     }
   } finally {
     await upstream.close();

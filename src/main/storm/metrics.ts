@@ -1,17 +1,28 @@
 // Reads the numbers storm reports per source from the nodes' Prometheus endpoints:
-// peerpull_mirror_requests_total{kind,outcome}, peerpull_peer_bytes_total, peerpull_bytes_served_total.
+// peerpull_mirror_requests_total{kind,outcome}, peerpull_peer_bytes_total, peerpull_bytes_served_total,
+// and the histogram of lookups that found nobody (peerpull_mirror_lookup_seconds{result="none"}),
+// which is what a miss costs when containerd, not storm, makes the requests.
 
 import { request, type Dispatcher } from 'undici';
+import type { Summary } from './util.js';
 
 export interface NodeCounters {
   /** `kind/outcome` -> requests, e.g. `blob/peer`. */
   requests: Record<string, number>;
   peerBytes: number;
   servedBytes: number;
+  /** Lookups that found no provider: cumulative bucket counts by upper bound (s, `+Inf` too), their sum (s) and count. */
+  missLookup: Histogram;
+}
+
+export interface Histogram {
+  buckets: Record<string, number>;
+  sum: number;
+  count: number;
 }
 
 export function emptyCounters(): NodeCounters {
-  return { requests: {}, peerBytes: 0, servedBytes: 0 };
+  return { requests: {}, peerBytes: 0, servedBytes: 0, missLookup: { buckets: {}, sum: 0, count: 0 } };
 }
 
 function labels(s: string): Record<string, string> {
@@ -36,6 +47,14 @@ export function parseCounters(text: string): NodeCounters {
       c.requests[k] = (c.requests[k] ?? 0) + value;
     } else if (name === 'peerpull_peer_bytes_total') c.peerBytes += value;
     else if (name === 'peerpull_bytes_served_total') c.servedBytes += value;
+    else if (name.startsWith('peerpull_mirror_lookup_seconds_')) {
+      const l = labels(m[2] ?? '');
+      if (l.result !== 'none') continue;
+      const h = c.missLookup;
+      if (name.endsWith('_bucket') && l.le) h.buckets[l.le] = (h.buckets[l.le] ?? 0) + value;
+      else if (name.endsWith('_sum')) h.sum += value;
+      else if (name.endsWith('_count')) h.count += value;
+    }
   }
   return c;
 }
@@ -51,9 +70,60 @@ export async function scrape(metricsUrl: string, dispatcher?: Dispatcher): Promi
 }
 
 export function addCounters(a: NodeCounters, b: NodeCounters, sign = 1): NodeCounters {
-  const out: NodeCounters = { requests: { ...a.requests }, peerBytes: a.peerBytes + sign * b.peerBytes, servedBytes: a.servedBytes + sign * b.servedBytes };
+  const out: NodeCounters = {
+    requests: { ...a.requests },
+    peerBytes: a.peerBytes + sign * b.peerBytes,
+    servedBytes: a.servedBytes + sign * b.servedBytes,
+    missLookup: { buckets: { ...a.missLookup.buckets }, sum: a.missLookup.sum + sign * b.missLookup.sum, count: a.missLookup.count + sign * b.missLookup.count },
+  };
   for (const [k, v] of Object.entries(b.requests)) out.requests[k] = (out.requests[k] ?? 0) + sign * v;
+  for (const [k, v] of Object.entries(b.missLookup.buckets)) out.missLookup.buckets[k] = (out.missLookup.buckets[k] ?? 0) + sign * v;
   return out;
+}
+
+/**
+ * Percentiles (ms) of a Prometheus histogram, interpolated within buckets: as precise as the
+ * bucket bounds (5, 10, 20, 50, 100, 250 ms around a miss). Above the last finite bound the bound
+ * itself is reported. min/max are the bounds of the first and last non-empty buckets.
+ */
+export function histogramSummary(h: Histogram): Summary {
+  const bounds = Object.entries(h.buckets)
+    .map(([le, cum]) => ({ le: le === '+Inf' ? Infinity : Number(le), cum }))
+    .filter((b) => !Number.isNaN(b.le))
+    .sort((a, b) => a.le - b.le);
+  const count = h.count || (bounds.length ? bounds[bounds.length - 1]!.cum : 0);
+  if (count <= 0 || bounds.length === 0) return { count: 0, min: 0, avg: 0, p50: 0, p90: 0, p99: 0, max: 0 };
+  const lastFinite = [...bounds].reverse().find((b) => Number.isFinite(b.le))?.le ?? 0;
+  const q = (p: number) => {
+    const rank = (p / 100) * count;
+    let prevLe = 0;
+    let prevCum = 0;
+    for (const b of bounds) {
+      if (b.cum >= rank && b.cum > prevCum) {
+        if (!Number.isFinite(b.le)) return lastFinite * 1000;
+        return (prevLe + ((rank - prevCum) / (b.cum - prevCum)) * (b.le - prevLe)) * 1000;
+      }
+      prevLe = Number.isFinite(b.le) ? b.le : prevLe;
+      prevCum = b.cum;
+    }
+    return lastFinite * 1000;
+  };
+  const nonEmpty = bounds.filter((b, i) => b.cum > (i > 0 ? bounds[i - 1]!.cum : 0));
+  const lowOf = (b: { le: number }) => {
+    const i = bounds.indexOf(b as (typeof bounds)[number]);
+    return i > 0 ? bounds[i - 1]!.le : 0;
+  };
+  const first = nonEmpty[0]!;
+  const last = nonEmpty[nonEmpty.length - 1]!;
+  return {
+    count,
+    min: lowOf(first) * 1000,
+    avg: (h.sum / count) * 1000,
+    p50: q(50),
+    p90: q(90),
+    p99: q(99),
+    max: (Number.isFinite(last.le) ? last.le : lastFinite) * 1000,
+  };
 }
 
 /** Sum over nodes of (after - before); a node that vanished counts up to its last scrape. */

@@ -2,8 +2,8 @@
 // counters before and after, the upstream's counters. Used by both the local cluster scenarios and
 // runs against a live cluster's endpoints.
 
-import { delta, emptyCounters, scrape, type NodeCounters } from './metrics.js';
-import { PHASES, pullImage, type HostKind, type LayoutSink, type Phase, type PullResult } from './pull.js';
+import { delta, emptyCounters, histogramSummary, scrape, type NodeCounters } from './metrics.js';
+import { PHASES, pullImage, type HostKind, type LayoutSink, type Phase, type PullOptions, type PullResult } from './pull.js';
 import type { UpstreamRegistry, UpstreamStats } from './upstream.js';
 import os from 'node:os';
 import { cpuSnapshot, sleep, summarize, type Summary } from './util.js';
@@ -18,6 +18,10 @@ export interface Target {
   sink?: LayoutSink;
   /** The node's process, when storm started it (CPU accounting). */
   pid?: number;
+  /** Further processes of the node storm started (its containerd), for CPU accounting. */
+  pids?: number[];
+  /** Pulls another way than storm's own HTTP client (a real containerd: see containerd.ts). */
+  pull?: (o: PullOptions) => Promise<PullResult>;
 }
 
 export interface Progress {
@@ -112,9 +116,8 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
   const before = spec.mode === 'peerpull' ? await scrapeAll() : [];
   let lastSeen = before;
   const up0 = spec.upstreamServer?.snapshot();
-  const pids = [process.pid, ...spec.targets.flatMap((t) => (t.pid ? [t.pid] : []))];
+  const pids = [process.pid, ...spec.targets.flatMap((t) => [...(t.pid ? [t.pid] : []), ...(t.pids ?? [])])];
   const cpu0 = cpuSnapshot(pids);
-  const lastCpu = new Map<number, number>();
   const t0 = performance.now();
   const bytes: Record<HostKind, number> = { mirror: 0, upstream: 0 };
   const series: [number, number, number][] = [[0, 0, 0]];
@@ -144,9 +147,6 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
         midDone = scrapeAll()
           .then((s) => {
             lastSeen = s.map((x, i) => x ?? lastSeen[i] ?? null);
-            // CPU of the nodes about to die, which /proc forgets once they are gone.
-            const before = cpuSnapshot(pids);
-            if (before) for (const [pid, t] of before.perPid) lastCpu.set(pid, t);
             return mid.action();
           })
           .then((nodes) => {
@@ -158,7 +158,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
         wave.map((i) => {
           const t = spec.targets[i]!;
           prog.started++;
-          return pullImage({
+          return (t.pull ?? pullImage)({
             node: t.name,
             wave: w + 1,
             image: spec.image,
@@ -202,7 +202,12 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
   const counters = spec.mode === 'peerpull' ? delta(before, after.map((a, i) => a ?? lastSeen[i] ?? null)) : emptyCounters();
   const up = diffUpstream(up0, spec.upstreamServer?.snapshot());
   const okPulls = pulls.filter((p) => p.ok);
-  const phaseMs = Object.fromEntries(PHASES.map((ph) => [ph, summarize(okPulls.map((p) => p.phases[ph]))])) as Record<Phase, Summary>;
+  // A containerd pull has no phases storm can see: only pulls that measured them count.
+  const phased = okPulls.filter((p) => PHASES.some((ph) => p.phases[ph] > 0));
+  const phaseMs = Object.fromEntries(PHASES.map((ph) => [ph, summarize(phased.map((p) => p.phases[ph]))])) as Record<Phase, Summary>;
+  // Mirror 404s storm saw itself; containerd's are read from the nodes' lookup histogram instead.
+  const ownMisses = pulls.flatMap((p) => p.mirrorMissMs);
+  const missMs = ownMisses.length > 0 || !spec.targets.some((t) => t.pull) ? summarize(ownMisses) : histogramSummary(counters.missLookup);
   const viaMirror = pulls.reduce((a, p) => a + p.bytes.mirror, 0);
   const viaUpstream = pulls.reduce((a, p) => a + p.bytes.upstream, 0);
   const gets = Object.values(up.perBlob);
@@ -226,7 +231,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
     failures: pulls.filter((p) => !p.ok).map((p) => ({ node: p.node, error: p.error ?? '', kind: p.errorKind ?? '' })),
     pullMs: summarize(okPulls.map((p) => p.totalMs)),
     phaseMs,
-    missMs: summarize(pulls.flatMap((p) => p.mirrorMissMs)),
+    missMs,
     mirrorErrors: pulls.reduce((a, p) => a + p.mirrorErrors, 0),
     bytes: {
       upstream: spec.upstreamServer ? up.bytes : viaUpstream,
@@ -245,7 +250,10 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
           const sec = wallMs / 1000;
           const machine = (cpu1.machine - cpu0.machine) / sec;
           let used = 0;
-          for (const [pid, t0_] of cpu0.perPid) used += (cpu1.perPid.get(pid) ?? lastCpu.get(pid) ?? t0_) - t0_;
+          // A process gone by the end (killed, exited) was one of ours and reaped: its whole
+          // lifetime is in the children time, so only what it had used before the run comes off.
+          for (const [pid, t0_] of cpu0.perPid) used += (cpu1.perPid.get(pid) ?? 0) - t0_;
+          used += cpu1.children - cpu0.children;
           const ours = used / sec;
           return { cpu: { machine, ours, others: Math.max(0, machine - ours), cores: os.availableParallelism() } };
         })()

@@ -35,6 +35,8 @@ export interface UpstreamStats {
   /** Completed or started blob GETs per digest (a Range resume counts too). */
   blobGets: Record<string, number>;
   manifestGets: number;
+  /** Body bytes per client listener (see `listenFor`). */
+  bytesBy: Record<string, number>;
 }
 
 export interface UpstreamOptions {
@@ -68,9 +70,10 @@ function drainOrClose(res: http.ServerResponse): Promise<void> {
 export class UpstreamRegistry {
   readonly bucket: TokenBucket;
   private server: http.Server | null = null;
+  private extra: http.Server[] = [];
   private tags = new Map<string, string>(); // `repo:tag` -> digest
   private meta = new Map<string, Meta>();
-  stats: UpstreamStats = { bytes: 0, requests: 0, blobGets: {}, manifestGets: 0 };
+  stats: UpstreamStats = { bytes: 0, requests: 0, blobGets: {}, manifestGets: 0, bytesBy: {} };
   url = '';
 
   constructor(private readonly opts: UpstreamOptions) {
@@ -96,31 +99,55 @@ export class UpstreamRegistry {
   }
 
   snapshot(): UpstreamStats {
-    return { ...this.stats, blobGets: { ...this.stats.blobGets } };
+    return { ...this.stats, blobGets: { ...this.stats.blobGets }, bytesBy: { ...this.stats.bytesBy } };
   }
 
-  async start(): Promise<string> {
-    await this.reload();
-    this.server = http.createServer((req, res) => {
-      this.handle(req, res).catch((err: unknown) => {
+  private async listen(port: number, client?: string): Promise<http.Server> {
+    const server = http.createServer((req, res) => {
+      this.handle(req, res, client).catch((err: unknown) => {
         if (!res.headersSent) res.writeHead(500).end(String(err));
         else res.destroy();
       });
     });
-    this.server.keepAliveTimeout = 30_000;
-    this.server.listen(this.opts.port ?? 0, this.opts.host ?? '127.0.0.1');
-    await once(this.server, 'listening');
-    const a = this.server.address() as AddressInfo;
-    this.url = `http://${a.address}:${a.port}`;
+    server.keepAliveTimeout = 30_000;
+    server.listen(port, this.opts.host ?? '127.0.0.1');
+    await once(server, 'listening');
+    return server;
+  }
+
+  private urlOf(server: http.Server): string {
+    const a = server.address() as AddressInfo;
+    return `http://${a.address}:${a.port}`;
+  }
+
+  async start(): Promise<string> {
+    await this.reload();
+    this.server = await this.listen(this.opts.port ?? 0);
+    this.url = this.urlOf(this.server);
     return this.url;
   }
 
+  /**
+   * One more port, same registry and the same bandwidth limit, whose body bytes are also counted
+   * under `client`: a containerd's bytes from the upstream, where storm cannot see them itself.
+   */
+  async listenFor(client: string): Promise<string> {
+    const server = await this.listen(0, client);
+    this.extra.push(server);
+    this.stats.bytesBy[client] ??= 0;
+    return this.urlOf(server);
+  }
+
   async close(): Promise<void> {
-    if (!this.server) return;
-    const s = this.server;
+    const all = [...(this.server ? [this.server] : []), ...this.extra];
     this.server = null;
-    s.closeAllConnections();
-    await new Promise((r) => s.close(r));
+    this.extra = [];
+    await Promise.all(
+      all.map((s) => {
+        s.closeAllConnections();
+        return new Promise((r) => s.close(r));
+      }),
+    );
   }
 
   private blobFile(digest: string): string {
@@ -147,7 +174,7 @@ export class UpstreamRegistry {
     res.writeHead(404, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) }).end(body);
   }
 
-  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse, client?: string): Promise<void> {
     this.stats.requests++;
     const u = new URL(req.url ?? '/', 'http://x');
     if (req.method !== 'GET' && req.method !== 'HEAD') return void res.writeHead(405).end();
@@ -210,6 +237,7 @@ export class UpstreamRegistry {
       await this.bucket.take(chunk.length);
       if (closed) break;
       this.stats.bytes += chunk.length;
+      if (client !== undefined) this.stats.bytesBy[client] = (this.stats.bytesBy[client] ?? 0) + chunk.length;
       if (!res.write(chunk)) await drainOrClose(res);
     }
     if (!closed) res.end();

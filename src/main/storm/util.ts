@@ -89,8 +89,11 @@ export function table(header: string[], rows: string[][]): string {
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
-/** CPU seconds used so far by the whole machine (busy time) and by the given processes (Linux /proc; null elsewhere). */
-export function cpuSnapshot(pids: number[]): { machine: number; ours: number; perPid: Map<number, number> } | null {
+/**
+ * CPU seconds used so far by the whole machine (busy time), by the given processes, and by this
+ * process's reaped children (short-lived `ctr` pulls, killed nodes) (Linux /proc; null elsewhere).
+ */
+export function cpuSnapshot(pids: number[]): { machine: number; ours: number; perPid: Map<number, number>; children: number } | null {
   try {
     const { readFileSync } = process.getBuiltinModule('node:fs');
     const hz = 100;
@@ -110,7 +113,10 @@ export function cpuSnapshot(pids: number[]): { machine: number; ours: number; pe
         // exited
       }
     }
-    return { machine: busy / hz, ours, perPid };
+    const self = readFileSync('/proc/self/stat', 'utf8');
+    const selfRest = self.slice(self.lastIndexOf(')') + 2).split(' ');
+    const children = (Number(selfRest[13]) + Number(selfRest[14])) / hz; // cutime cstime
+    return { machine: busy / hz, ours, perPid, children };
   } catch {
     return null;
   }
