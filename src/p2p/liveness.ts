@@ -6,27 +6,100 @@
 // connection that cannot be re-dialled, a failed dial, a fetch the registry reported failing,
 // or an IP that left the headless Service's DNS answer means dead. Unknown peers pass (and get
 // probed), so a big cluster where not everyone is connected still finds them.
+//
+// DNS answers can be partial. Measured with dnsmasq 2.90 and Node 22's resolver (c-ares): past
+// 512 bytes (~28 A records) the UDP answer is truncated and c-ares retries over TCP, which
+// carries the whole answer, but one DNS message holds at most 64 KiB: past 4,094 A records the
+// TCP answer is cut silently (no error) and dnsmasq rotates which 4,094 it returns. Other
+// servers may cap or rotate answers sooner. Treating "not in this answer" as dead would then
+// condemn live peers at random, so only an IP that an earlier answer listed and a complete
+// answer no longer lists counts as departed.
+
+import { isIPv4 } from 'node:net';
 
 export type DeathReason = 'disconnected' | 'dial-failed' | 'dns' | 'reported';
 
+/** Encoded size of one answer record with a compressed owner name: name pointer, type, class, TTL, length, data. */
+const A_RECORD_BYTES = 2 + 2 + 2 + 4 + 2 + 4;
+const AAAA_RECORD_BYTES = 2 + 2 + 2 + 4 + 2 + 16;
+/** Header plus the longest question (a 255-byte name, type, class). */
+const DNS_OVERHEAD_BYTES = 12 + 255 + 4;
+const DNS_MESSAGE_MAX = 65_535;
+
+/** Records of one family that fill a DNS message: an answer this large may have been cut. */
+export const DNS_MESSAGE_CAPACITY = {
+  a: Math.floor((DNS_MESSAGE_MAX - DNS_OVERHEAD_BYTES) / A_RECORD_BYTES),
+  aaaa: Math.floor((DNS_MESSAGE_MAX - DNS_OVERHEAD_BYTES) / AAAA_RECORD_BYTES),
+};
+
+/**
+ * An answer dropping more than this share of the members listed before (and at least
+ * MIN_SUSPICIOUS_DROP of them) is believed only when the next answer repeats it exactly:
+ * churn replaces a few pods per interval, a rotating or capped server replaces many every time.
+ */
+const SUSPICIOUS_DROP_SHARE = 0.25;
+const MIN_SUSPICIOUS_DROP = 3;
+
+export function possiblyTruncated(ips: readonly string[]): boolean {
+  let v4 = 0;
+  for (const ip of ips) if (isIPv4(ip)) v4++;
+  return v4 >= DNS_MESSAGE_CAPACITY.a || ips.length - v4 >= DNS_MESSAGE_CAPACITY.aaaa;
+}
+
 export class Liveness {
   private readonly dead = new Map<string, { since: number; reason: DeathReason }>();
-  private dnsMembers: Set<string> | undefined;
+  /** Members of the last answer believed complete, plus every IP listed since. */
+  private members: Set<string> | undefined;
+  /** When each IP was last listed by any answer: "departed" needs an earlier sighting. */
+  private readonly seen = new Map<string, number>();
+  /** A suspicious answer waiting for the next one to confirm it. */
+  private unconfirmed: string | undefined;
+  /** After an empty answer (an outage, or every pod gone from the Service) DNS condemns nobody. */
+  private suspended = false;
   private readonly listeners = new Set<(peerId: string) => void>();
+
+  constructor(private readonly now: () => number = Date.now) {}
 
   /** Latest DNS answer; undefined (or empty: a DNS outage) disables the membership check. */
   setDnsMembers(ips: string[] | undefined): void {
-    this.dnsMembers = ips && ips.length > 0 ? new Set(ips) : undefined;
+    if (!ips || ips.length === 0) {
+      // Keep the members: the next answer is still compared with the last good one.
+      this.suspended = true;
+      return;
+    }
+    this.suspended = false;
+    const t = this.now();
+    for (const ip of ips) this.seen.set(ip, t);
+    const answer = new Set(ips);
+    if (this.members && this.partial(ips, answer, this.members)) {
+      // Add what it lists, condemn nobody.
+      for (const ip of ips) this.members.add(ip);
+      return;
+    }
+    this.members = answer;
+    this.unconfirmed = undefined;
   }
 
+  private partial(ips: string[], answer: Set<string>, before: Set<string>): boolean {
+    if (possiblyTruncated(ips)) return true;
+    let dropped = 0;
+    for (const ip of before) if (!answer.has(ip)) dropped++;
+    if (dropped < MIN_SUSPICIOUS_DROP || dropped <= SUSPICIOUS_DROP_SHARE * before.size) return false;
+    const fingerprint = [...answer].sort().join(',');
+    if (this.unconfirmed === fingerprint) return false;
+    this.unconfirmed = fingerprint;
+    return true;
+  }
+
+  /** false only when every host was listed by DNS before and is no longer. */
   inDns(hosts: string[]): boolean {
-    if (!this.dnsMembers || hosts.length === 0) return true;
-    return hosts.some((h) => this.dnsMembers!.has(h));
+    if (!this.members || this.suspended || hosts.length === 0) return true;
+    return hosts.some((h) => this.members!.has(h) || !this.seen.has(h));
   }
 
   markDead(peerId: string, reason: DeathReason): void {
     if (this.dead.has(peerId)) return;
-    this.dead.set(peerId, { since: Date.now(), reason });
+    this.dead.set(peerId, { since: this.now(), reason });
     for (const fn of this.listeners) fn(peerId);
   }
 
@@ -49,10 +122,11 @@ export class Liveness {
     this.listeners.add(fn);
   }
 
-  /** Forgets peers dead for longer than `ageMs` (their records expire by then too). */
+  /** Forgets peers dead, and IPs unlisted, for longer than `ageMs` (their records expire by then too). */
   prune(ageMs: number): void {
-    const cutoff = Date.now() - ageMs;
+    const cutoff = this.now() - ageMs;
     for (const [id, d] of this.dead) if (d.since < cutoff) this.dead.delete(id);
+    for (const [ip, t] of this.seen) if (t < cutoff && !this.members?.has(ip)) this.seen.delete(ip);
   }
 
   get deadCount(): number {

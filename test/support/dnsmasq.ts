@@ -54,6 +54,16 @@ async function freePort(): Promise<number> {
   throw new Error('no free port for dnsmasq');
 }
 
+export interface DnsmasqOptions {
+  /**
+   * Concurrent TCP queries (dnsmasq forks one process per connection; its default is 20).
+   * Answers past 512 bytes (~28 A records) go over TCP, so a cold start of hundreds of nodes
+   * needs more: with the default, 1,000 simultaneous resolves of a 1,000-record name lost
+   * about 80% to timeouts here.
+   */
+  maxTcpConnections?: number;
+}
+
 export class Dnsmasq {
   private constructor(
     readonly port: number,
@@ -73,7 +83,7 @@ export class Dnsmasq {
   }
 
   /** Starts dnsmasq serving `records` (name -> IPs). Fails loudly when dnsmasq is missing. */
-  static async start(records: Record<string, string[]>): Promise<Dnsmasq> {
+  static async start(records: Record<string, string[]>, opts: DnsmasqOptions = {}): Promise<Dnsmasq> {
     const bin = await findDnsmasq();
     const dir = await mkdtemp(path.join(os.tmpdir(), 'peerpull-dns-'));
     const hostsFile = path.join(dir, 'hosts');
@@ -95,6 +105,7 @@ export class Dnsmasq {
         '--local-ttl=0',
         '--log-facility=-',
         '--user=' + (process.getuid?.() === 0 ? 'root' : os.userInfo().username),
+        ...(opts.maxTcpConnections ? [`--max-tcp-connections=${opts.maxTcpConnections}`] : []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );

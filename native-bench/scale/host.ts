@@ -1,0 +1,204 @@
+// A host process of the scale harness: many real peerpull p2p stacks (the production P2PNode,
+// configured through the production config parser) in one event loop, each on its own
+// loopback IP and the shared p2p port. Several hosts share the cores; each reports its event
+// loop delay so an overloaded host shows in the figures instead of posing as a slow network.
+// Driven by the orchestrator over IPC (protocol.ts).
+
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { Connection } from '@libp2p/interface';
+import type { Libp2p } from 'libp2p';
+import { loadConfig } from '../../src/main/config.js';
+import { p2pWorkerConfig } from '../../src/main/p2p.js';
+import { P2PNode } from '../../src/p2p/node.js';
+import { parseTcpAddr } from '../../src/p2p/peer-addr.js';
+import type { FindResult, HostReply, HostRequest, HostRequestEnvelope, HostSnapshot, NodeSnapshot, NodeSpec } from './protocol.js';
+
+if (!process.send) throw new Error('native-bench/scale/host.ts runs as a child of the scale orchestrator (IPC)');
+
+interface Hosted {
+  spec: NodeSpec;
+  node: P2PNode;
+  libp2p: Libp2p;
+  startedAt: number;
+  readyAfterMs: number | undefined;
+}
+
+const hosted = new Map<string, Hosted>();
+const dialsByTarget = new Map<string, number>();
+const problems: string[] = [];
+const counts = { warnings: 0, errors: 0 };
+const baseRss = process.memoryUsage().rss;
+const loop = monitorEventLoopDelay({ resolution: 10 });
+loop.enable();
+
+function isAbortError(err: unknown): boolean {
+  const e = err as { name?: string; code?: string } | undefined;
+  return e?.name === 'AbortError' || e?.code === 'ABORT_ERR' || e?.name === 'TimeoutError';
+}
+function problem(level: 'warn' | 'error', text: string): void {
+  if (level === 'warn') counts.warnings++;
+  else counts.errors++;
+  problems.push(`${level}: ${text}`.slice(0, 300));
+  if (problems.length > 20) problems.shift();
+}
+// As in the p2p worker: aborted DHT queries reject promises nobody awaits.
+process.on('unhandledRejection', (reason) => {
+  if (!isAbortError(reason)) problem('warn', `unhandled rejection: ${(reason as Error)?.message ?? String(reason)}`);
+});
+process.on('uncaughtException', (err) => {
+  if (!isAbortError(err)) problem('error', `uncaught: ${err.message}`);
+});
+
+/**
+ * The libp2p node inside a P2PNode. The harness needs connection facts (direction, remote
+ * address, opens) that P2PNode does not expose; reading its private field is checked here so a
+ * refactor fails loudly instead of measuring nothing.
+ */
+function libp2pOf(n: P2PNode): Libp2p {
+  const inner = (n as unknown as { node?: Libp2p }).node;
+  if (!inner || typeof inner.getConnections !== 'function') throw new Error('P2PNode no longer keeps its libp2p node in `node`: update native-bench/scale/host.ts');
+  return inner;
+}
+
+function remoteIp(c: Connection): string | undefined {
+  return parseTcpAddr(c.remoteAddr)?.ip;
+}
+
+async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, dnsServer: string, t0: number): Promise<void> {
+  const config = loadConfig({
+    PEERPULL_P2P_ADDR: `${spec.ip}:${p2pPort}`,
+    PEERPULL_REGISTRY_ADDR: `${spec.ip}:${registryPort}`,
+    PEERPULL_ADVERTISE_IP: spec.ip,
+    PEERPULL_BOOTSTRAP_DNS: spec.dnsName,
+    PEERPULL_DNS_SERVERS: dnsServer,
+    PEERPULL_CLUSTER: spec.cluster,
+    ...spec.env,
+  });
+  const cfg = await p2pWorkerConfig(config);
+  const key = await generateKeyPair('Ed25519');
+  const node = await P2PNode.create(
+    cfg,
+    key,
+    (level, msg, fields) => {
+      if (level === 'warn' || level === 'error') problem(level, `${spec.ip} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
+    },
+    () => {},
+  );
+  // Attached before this node's first bootstrap dial (that waits for a timer and DNS).
+  const libp2p = libp2pOf(node);
+  libp2p.addEventListener('connection:open', (e) => {
+    if (e.detail.direction !== 'outbound') return;
+    const ip = remoteIp(e.detail);
+    if (ip) dialsByTarget.set(ip, (dialsByTarget.get(ip) ?? 0) + 1);
+  });
+  hosted.set(spec.ip, { spec, node, libp2p, startedAt: t0, readyAfterMs: undefined });
+}
+
+// Readiness is sampled often so "time to ready" is not rounded up to the status push interval.
+const readyTimer = setInterval(() => {
+  for (const h of hosted.values()) {
+    if (h.readyAfterMs === undefined && h.node.status().ready) h.readyAfterMs = Date.now() - h.startedAt;
+  }
+}, 100);
+readyTimer.unref();
+
+function nodeSnapshot(h: Hosted): NodeSnapshot {
+  const s = h.node.status();
+  const conns = h.libp2p.getConnections();
+  return {
+    ip: h.spec.ip,
+    peerId: s.peerId,
+    cluster: h.spec.cluster,
+    readyAfterMs: h.readyAfterMs,
+    ready: s.ready,
+    connections: conns.length,
+    inbound: conns.filter((c) => c.direction === 'inbound').length,
+    routingTable: s.routingTable,
+    remoteIps: conns.flatMap((c) => remoteIp(c) ?? []),
+    dnsMembers: s.dnsMembers,
+  };
+}
+
+let cpuBase = process.cpuUsage();
+
+async function handle(req: HostRequest): Promise<unknown> {
+  switch (req.type) {
+    case 'start': {
+      const t0 = Date.now();
+      // All at once, as a cluster-wide cold start does: every node resolves DNS in the same second.
+      const results = await Promise.allSettled(req.nodes.map((spec) => startNode(spec, req.p2pPort, req.registryPort, req.dnsServer, t0)));
+      const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`${req.nodes[i].ip}: ${(r.reason as Error).message}`] : []));
+      return { started: results.length - failed.length, failed, ms: Date.now() - t0 };
+    }
+    case 'snapshot': {
+      const mem = process.memoryUsage();
+      const cpu = process.cpuUsage(cpuBase);
+      const snap: HostSnapshot = {
+        pid: process.pid,
+        nodes: [...hosted.values()].map(nodeSnapshot),
+        dialsByTarget: Object.fromEntries(dialsByTarget),
+        rssBytes: mem.rss,
+        baseRssBytes: baseRss,
+        heapUsedBytes: mem.heapUsed,
+        cpuSeconds: (cpu.user + cpu.system) / 1e6,
+        loopDelayP99Ms: loop.percentile(99) / 1e6,
+        loopDelayMaxMs: loop.max / 1e6,
+        warnings: counts.warnings,
+        errors: counts.errors,
+        lastProblems: [...problems],
+      };
+      if (req.resetCounters) {
+        dialsByTarget.clear();
+        loop.reset();
+        cpuBase = process.cpuUsage();
+      }
+      return snap;
+    }
+    case 'advertise': {
+      const t0 = Date.now();
+      await Promise.all(req.items.map((it) => hostedOrThrow(it.ip).node.advertise(it.keys, req.wait)));
+      return { ms: Date.now() - t0 };
+    }
+    case 'find': {
+      const t0 = performance.now();
+      const r = await hostedOrThrow(req.ip).node.findProviders(req.key, req.count, req.deadlineMs);
+      const out: FindResult = {
+        outcome: r.outcome,
+        source: r.source,
+        providers: r.providers.map((p) => p.peerId),
+        ms: performance.now() - t0,
+      };
+      // Hops: present once the node reports how many peers a network query asked.
+      const queried = (r as { queried?: unknown }).queried;
+      if (typeof queried === 'number') out.queried = queried;
+      return out;
+    }
+    case 'stop': {
+      await Promise.all(
+        req.ips.map(async (ip) => {
+          const h = hosted.get(ip);
+          if (!h) return;
+          hosted.delete(ip);
+          await h.node.stop().catch(() => {});
+        }),
+      );
+      return { stopped: req.ips.length };
+    }
+  }
+}
+
+function hostedOrThrow(ip: string): Hosted {
+  const h = hosted.get(ip);
+  if (!h) throw new Error(`no node ${ip} in host ${process.pid}`);
+  return h;
+}
+
+process.on('message', (m: HostRequestEnvelope) => {
+  handle(m.req).then(
+    (result) => process.send!({ id: m.id, ok: true, result } satisfies HostReply),
+    (err: Error) => process.send!({ id: m.id, ok: false, error: err.message } satisfies HostReply),
+  );
+});
+// The orchestrator going away (crash, Ctrl-C) must not leave nodes running.
+process.on('disconnect', () => process.exit(0));

@@ -1,0 +1,63 @@
+// Messages between the scale orchestrator and its host processes (child_process IPC).
+// A host runs many real P2PNode instances (src/p2p/node.ts), one loopback IP each.
+
+/** One simulated cluster node: its own loopback IP, the shared p2p port, a cluster and a DNS name. */
+export interface NodeSpec {
+  ip: string;
+  cluster: string;
+  dnsName: string;
+  /** PEERPULL_* settings beyond address, DNS and cluster (same parser as production). */
+  env: Record<string, string>;
+}
+
+export type HostRequest =
+  | { type: 'start'; nodes: NodeSpec[]; p2pPort: number; registryPort: number; dnsServer: string }
+  | { type: 'snapshot'; resetCounters: boolean }
+  | { type: 'advertise'; items: Array<{ ip: string; keys: string[] }>; wait: boolean }
+  | { type: 'find'; ip: string; key: string; count: number; deadlineMs: number }
+  | { type: 'stop'; ips: string[] };
+
+export interface NodeSnapshot {
+  ip: string;
+  peerId: string;
+  cluster: string;
+  /** ms since the host's start request arrived; undefined until ready. */
+  readyAfterMs: number | undefined;
+  ready: boolean;
+  connections: number;
+  inbound: number;
+  routingTable: number;
+  /** Remote IPs of the open connections (isolation and partition checks). */
+  remoteIps: string[];
+  dnsMembers: number;
+}
+
+export interface HostSnapshot {
+  pid: number;
+  nodes: NodeSnapshot[];
+  /** Outbound connection opens by remote IP since the last reset: the dials each address received. */
+  dialsByTarget: Record<string, number>;
+  rssBytes: number;
+  /** RSS before any node was created: the process baseline (Node itself, loaded modules). */
+  baseRssBytes: number;
+  heapUsedBytes: number;
+  cpuSeconds: number;
+  /** Event loop delay p99 since the last reset: above ~100 ms the host itself is the bottleneck. */
+  loopDelayP99Ms: number;
+  loopDelayMaxMs: number;
+  warnings: number;
+  errors: number;
+  lastProblems: string[];
+}
+
+export interface FindResult {
+  outcome: string;
+  source: string;
+  providers: string[];
+  ms: number;
+  /** Peers the network query asked (0 when answered locally), when the node reports it. */
+  queried?: number;
+}
+
+export type HostReply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: string };
+export type HostRequestEnvelope = { id: number; req: HostRequest };

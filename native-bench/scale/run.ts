@@ -1,0 +1,137 @@
+// The scale harness: N real peerpull p2p stacks (src/p2p/node.ts, production configuration)
+// on their own loopback IPs, several host processes of up to --per-host nodes each, a real
+// dnsmasq answering the headless name with every A record; the scenarios of scenarios.ts for
+// each N. Writes docs/scale/results.json and the SVG plots beside it.
+//
+//   npm run bench:scale -- --nodes 100,300,1000 [--partition] [--per-host 200] [--keys 1]
+//                          [--rate 20] [--lookups 400] [--out docs/scale] [--no-plots]
+//
+// As root with unshare and nft available it re-executes itself in a private network namespace
+// (everything it starts lives and dies there), which the partition scenario needs.
+
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loopbackUp, nftAvailable } from './netfilter.js';
+import { writePlots } from './plots.js';
+import { DEFAULTS, runScale, type ScaleResult } from './scenarios.js';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const IN_NETNS = 'PEERPULL_SCALE_NETNS';
+
+interface Args {
+  nodes: number[];
+  partition: boolean;
+  perHost: number;
+  keys: number;
+  rate: number;
+  lookups: number;
+  out: string;
+  plots: boolean;
+  netns: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { nodes: [100, 300, 1000], partition: false, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
+  for (let i = 0; i < argv.length; i++) {
+    const v = argv[i + 1];
+    const num = () => {
+      i++;
+      const x = Number(v);
+      if (!Number.isFinite(x) || x <= 0) throw new Error(`${argv[i - 1]} needs a positive number`);
+      return x;
+    };
+    switch (argv[i]) {
+      case '--nodes':
+        a.nodes = v.split(',').map(Number);
+        i++;
+        break;
+      case '--partition':
+        a.partition = true;
+        break;
+      case '--per-host':
+        a.perHost = num();
+        break;
+      case '--keys':
+        a.keys = num();
+        break;
+      case '--rate':
+        a.rate = num();
+        break;
+      case '--lookups':
+        a.lookups = num();
+        break;
+      case '--out':
+        a.out = path.resolve(v);
+        i++;
+        break;
+      case '--no-plots':
+        a.plots = false;
+        break;
+      case '--no-netns':
+        a.netns = false;
+        break;
+      default:
+        throw new Error(`unknown argument ${argv[i]} (see the header of native-bench/scale/run.ts)`);
+    }
+  }
+  return a;
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  if (args.netns && process.env[IN_NETNS] !== '1' && process.getuid?.() === 0) {
+    // Re-run inside a network namespace of our own: loopback traffic and nftables rules stay there.
+    const child = spawn('unshare', ['--net', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+      stdio: 'inherit',
+      env: { ...process.env, [IN_NETNS]: '1' },
+    });
+    const forward = (sig: NodeJS.Signals) => child.kill(sig);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    child.once('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+    // The child does the work; this process only waits for it to exit.
+    await new Promise<never>(() => {});
+  }
+  if (process.env[IN_NETNS] === '1') await loopbackUp();
+  if (args.partition && !(process.env[IN_NETNS] === '1' && (await nftAvailable()))) {
+    throw new Error('--partition needs root, unshare and nft (Debian nftables): the partition is a real packet drop in a private network namespace');
+  }
+  const resultsFile = path.join(args.out, 'results.json');
+  let previous: Record<string, ScaleResult> = {};
+  try {
+    previous = JSON.parse(await readFile(resultsFile, 'utf8'));
+  } catch {
+    // first run
+  }
+  for (const n of args.nodes) {
+    const log = (m: string) => process.stderr.write(`[N=${n} ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
+    const t0 = Date.now();
+    try {
+      const r = await runScale({ ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, partition: args.partition, log });
+      log(`done in ${Math.round((Date.now() - t0) / 1000)} s`);
+      process.stdout.write(JSON.stringify(r) + '\n');
+      previous[String(n)] = r;
+      await mkdir(args.out, { recursive: true });
+      await writeFile(resultsFile, JSON.stringify(previous, null, 1) + '\n');
+    } catch (err) {
+      log(`failed: ${(err as Error).message}`);
+      const partial = (err as { partial?: unknown }).partial;
+      if (partial) process.stdout.write(JSON.stringify({ n, failed: (err as Error).message, ...partial }) + '\n');
+    }
+  }
+  if (args.plots && Object.keys(previous).length > 0) {
+    await mkdir(args.out, { recursive: true });
+    await writePlots(previous, args.out);
+  }
+}
+
+main().then(
+  // Host processes hold IPC channels open: leave explicitly once the results are written.
+  () => process.exit(0),
+  (err: Error) => {
+    process.stderr.write(`scale: ${err.message}\n`);
+    process.exit(1);
+  },
+);

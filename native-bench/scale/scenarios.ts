@@ -1,0 +1,604 @@
+// The scale scenarios, run in one sequence on one cluster of N real p2p stacks:
+// cold start (everyone at once) -> steady state (connections, routing tables, lookups, memory)
+// -> a second cluster under the same DNS name (isolation by cluster name) -> churn (10% killed
+// by SIGKILL and replaced by nodes with new addresses) -> a partition healed (optional, needs
+// nftables in our own network namespace). Every figure comes back in one ScaleResult.
+
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import { sortAddresses } from '../../src/p2p/bootstrap.js';
+import { ScaleCluster, scaleIp, type Host } from './cluster.js';
+import { Partition } from './netfilter.js';
+import type { FindResult, HostSnapshot, NodeSnapshot } from './protocol.js';
+
+export interface ScaleOptions {
+  n: number;
+  /** First two octets of the loopback range the run owns, e.g. "127.100". */
+  prefix: string;
+  p2pPort: number;
+  maxConnections: number;
+  deadPeerTimeoutMs: number;
+  bootstrapIntervalMs: number;
+  nodesPerHost: number;
+  keysPerNode: number;
+  /** Lookups per second across the cluster, and how many in steady state. */
+  lookupRate: number;
+  steadyLookups: number;
+  lookupDeadlineMs: number;
+  /** How long to wait for every node to be ready before giving up on the run. */
+  readyTimeoutMs: number;
+  churnShare: number;
+  /** How long after the kill dead providers are watched for (and churn lookups run). */
+  churnWindowMs: number;
+  isolation: boolean;
+  partition: boolean;
+  log(msg: string): void;
+}
+
+export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
+  prefix: '127.100',
+  p2pPort: 7001,
+  maxConnections: 64,
+  deadPeerTimeoutMs: 20_000,
+  bootstrapIntervalMs: 15_000,
+  nodesPerHost: 200,
+  keysPerNode: 1,
+  lookupRate: 20,
+  steadyLookups: 400,
+  lookupDeadlineMs: 500,
+  readyTimeoutMs: 180_000,
+  churnShare: 0.1,
+  churnWindowMs: 60_000,
+  isolation: true,
+  partition: false,
+};
+
+export interface Distribution {
+  count: number;
+  min: number;
+  p50: number;
+  p99: number;
+  max: number;
+  mean: number;
+}
+
+export interface LookupStats {
+  total: number;
+  ok: number;
+  successRate: number;
+  latencyMs: Distribution;
+  bySource: Record<string, number>;
+  byOutcome: Record<string, number>;
+  /** Peers asked per network query, when nodes report it. */
+  queried?: Distribution;
+}
+
+export interface ScaleResult {
+  n: number;
+  startedAt: string;
+  loadAverage: { start: number[]; end: number[] };
+  cores: number;
+  hosts: number;
+  settings: { maxConnections: number; deadPeerTimeoutMs: number; bootstrapIntervalMs: number; keysPerNode: number };
+  coldStart: {
+    readyMs: Distribution;
+    allReady: boolean;
+    readyWithin60s: number;
+    /** Time the hosts took to create their nodes (part of readyMs). */
+    hostStartMs: number[];
+    dials: { average: number; lowest: Array<{ ip: string; dials: number }>; max: { ip: string; dials: number }; maxOverAverage: number; lowestOverAverage: number };
+  };
+  steady: {
+    connections: Distribution;
+    inbound: Distribution;
+    inboundLowest: Array<{ ip: string; inbound: number }>;
+    routingTable: Distribution;
+    overBound: number;
+    advertiseMs: number;
+    lookups: LookupStats;
+    memory: { perNodeMiB: number; heapPerNodeMiB: number; hostBaseMiB: number };
+    hostLoopDelayP99Ms: number[];
+    /** CPU of the hosts per node while nothing but upkeep runs (pings, DNS, table refresh). */
+    idleCpuSecondsPerNodePerMinute: number;
+    /** CPU per node while lookups arrive at the configured rate. */
+    cpuSecondsPerNodePerMinute: number;
+  };
+  isolation?: {
+    otherNodes: number;
+    otherAllReady: boolean;
+    otherReadyMs: Distribution;
+    crossConnections: number;
+    crossLookupsFound: number;
+    crossLookups: number;
+    ownLookups: LookupStats;
+    connectionsMaxDuring: number;
+  };
+  churn?: {
+    killed: number;
+    replaced: number;
+    deadReturnedLastMs: number | undefined;
+    deadLookups: number;
+    deadReturned: number;
+    windowMs: number;
+    lookups: LookupStats;
+    replacementsReadyMs: Distribution;
+    replacementsAllReady: boolean;
+    replacementLookups: LookupStats;
+    connectionsMaxAfter: number;
+    hostLoopDelayP99Ms: number[];
+  };
+  partition?: {
+    sideA: number;
+    sideB: number;
+    cutMs: number;
+    withinSideDuring: LookupStats;
+    /** After heal: time of the last failed cross-side lookup (pre-partition keys / keys added during the cut). */
+    lastCrossFailureMs: { before: number | undefined; during: number | undefined };
+    crossAfter: { before: LookupStats; during: LookupStats };
+    windowMs: number;
+    nodesWithCrossConnection: number;
+  };
+  problems: { warnings: number; errors: number; samples: string[] };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function distribution(values: number[]): Distribution {
+  const s = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  const pct = (p: number) => (s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]);
+  return { count: s.length, min: s[0] ?? NaN, p50: pct(50), p99: pct(99), max: s[s.length - 1] ?? NaN, mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : NaN };
+}
+
+function shuffle<T>(a: T[]): T[] {
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+const pick = <T>(a: T[]): T => a[Math.floor(Math.random() * a.length)];
+const newKey = () => `sha256:${randomBytes(32).toString('hex')}`;
+
+interface LookupSpec {
+  ip: string;
+  key: string;
+  /** Providers that count as a right answer (any one of them). */
+  expect: Set<string>;
+  /** Which question of a mixed stream this is. */
+  tag?: 'dead-probe' | 'before' | 'during';
+}
+
+interface LookupRecord {
+  at: number;
+  spec: LookupSpec;
+  r: FindResult | undefined;
+  ok: boolean;
+}
+
+/** Lookups arriving at `rate` per second across the cluster until `count` or `untilMs`. */
+async function lookupStream(c: ScaleCluster, gen: () => LookupSpec | undefined, rate: number, limit: { count?: number; untilMs?: number }, deadlineMs: number, onResult?: (rec: LookupRecord) => void): Promise<LookupRecord[]> {
+  const out: LookupRecord[] = [];
+  const inflight: Promise<void>[] = [];
+  const start = Date.now();
+  for (let k = 0; ; k++) {
+    if (limit.count !== undefined && k >= limit.count) break;
+    const due = start + (k * 1000) / rate;
+    if (limit.untilMs !== undefined && due >= limit.untilMs) break;
+    const wait = due - Date.now();
+    if (wait > 0) await sleep(wait);
+    const spec = gen();
+    if (!spec) continue;
+    const at = Date.now();
+    inflight.push(
+      c.find(spec.ip, spec.key, 2, deadlineMs).then(
+        (r) => {
+          const rec = { at, spec, r, ok: r.outcome === 'found' && r.providers.some((p) => spec.expect.has(p)) };
+          out.push(rec);
+          onResult?.(rec);
+        },
+        () => {
+          const rec = { at, spec, r: undefined, ok: false };
+          out.push(rec);
+          onResult?.(rec);
+        },
+      ),
+    );
+  }
+  await Promise.all(inflight);
+  return out;
+}
+
+function lookupStats(recs: LookupRecord[]): LookupStats {
+  const bySource: Record<string, number> = {};
+  const byOutcome: Record<string, number> = {};
+  const queried: number[] = [];
+  for (const x of recs) {
+    const s = x.r?.source ?? 'ipc-error';
+    const o = x.r?.outcome ?? 'ipc-error';
+    bySource[s] = (bySource[s] ?? 0) + 1;
+    byOutcome[o] = (byOutcome[o] ?? 0) + 1;
+    if (x.r?.queried !== undefined) queried.push(x.r.queried);
+  }
+  const ok = recs.filter((x) => x.ok).length;
+  const stats: LookupStats = {
+    total: recs.length,
+    ok,
+    successRate: recs.length ? ok / recs.length : NaN,
+    latencyMs: distribution(recs.flatMap((x) => (x.r ? [x.r.ms] : []))),
+    bySource,
+    byOutcome,
+  };
+  if (queried.length > 0) stats.queried = distribution(queried);
+  return stats;
+}
+
+function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
+  return snaps.flatMap((s) => s.nodes);
+}
+
+async function waitReady(c: ScaleCluster, ips: Set<string>, timeoutMs: number, log: (m: string) => void): Promise<{ nodes: NodeSnapshot[]; all: boolean }> {
+  const deadline = Date.now() + timeoutMs;
+  let lastLog = 0;
+  for (;;) {
+    const nodes = allNodes(await c.snapshot()).filter((x) => ips.has(x.ip));
+    const ready = nodes.filter((x) => x.readyAfterMs !== undefined).length;
+    if (ready === ips.size) return { nodes, all: true };
+    if (Date.now() > deadline) return { nodes, all: false };
+    if (Date.now() - lastLog > 10_000) {
+      lastLog = Date.now();
+      log(`  ${ready}/${ips.size} ready`);
+    }
+    await sleep(1000);
+  }
+}
+
+export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
+  const log = o.log;
+  const loadStart = os.loadavg();
+  const env = {
+    PEERPULL_MAX_CONNECTIONS: String(o.maxConnections),
+    PEERPULL_DEAD_PEER_TIMEOUT: `${o.deadPeerTimeoutMs}ms`,
+    PEERPULL_BOOTSTRAP_INTERVAL: `${o.bootstrapIntervalMs}ms`,
+    PEERPULL_LOG_LEVEL: 'warn',
+  };
+  const ips = Array.from({ length: o.n }, (_, i) => scaleIp(o.prefix, i));
+  const c = await ScaleCluster.create({ prefix: o.prefix, dnsName: 'peerpull.scale.test', p2pPort: o.p2pPort, registryPort: o.p2pPort - 1, env }, ips);
+  const partition = new Partition();
+  try {
+    // ---- placement: the nodes to be killed share a host, so one SIGKILL kills them all ----
+    const sorted = sortAddresses(ips);
+    const victimCount = Math.max(1, Math.round(o.n * o.churnShare));
+    // The lowest-sorted address is always among the dead: every node dials it at bootstrap.
+    const victims = new Set([sorted[0], ...shuffle(sorted.slice(1)).slice(0, victimCount - 1)]);
+    const survivors = ips.filter((ip) => !victims.has(ip));
+    const regularHosts = Math.max(Math.min(2, survivors.length), Math.ceil(survivors.length / o.nodesPerHost));
+    const groups: string[][] = Array.from({ length: regularHosts }, () => []);
+    survivors.forEach((ip, i) => groups[i % regularHosts].push(ip));
+    const hosts: Array<{ host: Host; ips: string[] }> = [];
+    for (let h = 0; h < groups.length; h++) hosts.push({ host: await c.spawnHost(`h${h}`), ips: groups[h] });
+    const victimHost = await c.spawnHost('victims');
+    hosts.push({ host: victimHost, ips: [...victims] });
+
+    // ---- cold start: every node at once ----
+    log(`cold start of ${o.n} nodes on ${hosts.length} hosts`);
+    await c.snapshot(true);
+    const hostStart = await Promise.all(hosts.map(({ host, ips: list }) => c.startNodes(host, list.map((ip) => c.spec(ip)))));
+    const cold = await waitReady(c, new Set(ips), o.readyTimeoutMs, log);
+    const readyTimes = cold.nodes.map((x) => x.readyAfterMs ?? Infinity);
+    log(`  ready: all=${cold.all} max ${Math.max(...readyTimes.filter(Number.isFinite))} ms`);
+    const coldSnaps = await c.snapshot(true);
+    const dials = new Map<string, number>();
+    for (const s of coldSnaps) for (const [ip, d] of Object.entries(s.dialsByTarget)) dials.set(ip, (dials.get(ip) ?? 0) + d);
+    const dialAvg = ips.reduce((t, ip) => t + (dials.get(ip) ?? 0), 0) / ips.length;
+    const maxDial = ips.reduce((m, ip) => ((dials.get(ip) ?? 0) > m.dials ? { ip, dials: dials.get(ip) ?? 0 } : m), { ip: '', dials: -1 });
+    const lowest = sorted.slice(0, 3).map((ip) => ({ ip, dials: dials.get(ip) ?? 0 }));
+    const coldStart: ScaleResult['coldStart'] = {
+      readyMs: distribution(readyTimes),
+      allReady: cold.all,
+      readyWithin60s: readyTimes.filter((t) => t <= 60_000).length,
+      hostStartMs: hostStart.map((h) => h.ms),
+      dials: { average: dialAvg, lowest, max: maxDial, maxOverAverage: maxDial.dials / dialAvg, lowestOverAverage: Math.max(...lowest.map((l) => l.dials)) / dialAvg },
+    };
+    if (!cold.all) throw Object.assign(new Error(`not every node became ready within ${o.readyTimeoutMs} ms`), { partial: { coldStart } });
+
+    // ---- steady state ----
+    log('steady state: settling, idle CPU, advertising, lookups');
+    await sleep(5000);
+    await c.snapshot(true);
+    const tIdle = Date.now();
+    await sleep(15_000);
+    const idleSnaps = await c.snapshot(true);
+    const idleCpu = (idleSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / ((Date.now() - tIdle) / 1000)) * 60;
+    const owner = new Map<string, string>(); // key -> ip
+    const keysOf = new Map<string, string[]>();
+    for (const ip of ips) {
+      const keys = Array.from({ length: o.keysPerNode }, newKey);
+      keysOf.set(ip, keys);
+      for (const k of keys) owner.set(k, ip);
+    }
+    // Keys held by a node that will die and by two that live: during churn they must stay findable.
+    const shared = new Map<string, string[]>();
+    for (const v of victims) {
+      const k = newKey();
+      const holders = [v, pick(survivors), pick(survivors)];
+      shared.set(k, holders);
+      for (const h of holders) keysOf.get(h)!.push(k);
+    }
+    const advertiseMs = await c.advertise(keysOf, true);
+    log(`  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms`);
+    const peerIdOf = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
+    const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
+    const allKeys = [...owner.keys()];
+    await c.snapshot(true);
+    const t0 = Date.now();
+    const steadyRecs = await lookupStream(
+      c,
+      () => {
+        const key = pick(allKeys);
+        let ip = pick(ips);
+        if (ip === owner.get(key)) ip = pick(ips);
+        return ip === owner.get(key) ? undefined : { ip, key, expect: expectOf(key) };
+      },
+      o.lookupRate,
+      { count: o.steadyLookups },
+      o.lookupDeadlineMs,
+    );
+    const steadySecs = (Date.now() - t0) / 1000;
+    const steadySnaps = await c.snapshot(true);
+    const steadyNodes = allNodes(steadySnaps);
+    const totalNodes = steadyNodes.length;
+    const steady: ScaleResult['steady'] = {
+      connections: distribution(steadyNodes.map((x) => x.connections)),
+      inbound: distribution(steadyNodes.map((x) => x.inbound)),
+      inboundLowest: sorted.slice(0, 3).map((ip) => ({ ip, inbound: steadyNodes.find((x) => x.ip === ip)?.inbound ?? NaN })),
+      routingTable: distribution(steadyNodes.map((x) => x.routingTable)),
+      overBound: steadyNodes.filter((x) => x.connections > o.maxConnections).length,
+      advertiseMs,
+      lookups: lookupStats(steadyRecs),
+      memory: {
+        perNodeMiB: steadySnaps.reduce((t, s) => t + (s.rssBytes - s.baseRssBytes), 0) / totalNodes / 1048576,
+        heapPerNodeMiB: steadySnaps.reduce((t, s) => t + s.heapUsedBytes, 0) / totalNodes / 1048576,
+        hostBaseMiB: steadySnaps.reduce((t, s) => t + s.baseRssBytes, 0) / steadySnaps.length / 1048576,
+      },
+      hostLoopDelayP99Ms: steadySnaps.map((s) => Math.round(s.loopDelayP99Ms)),
+      idleCpuSecondsPerNodePerMinute: idleCpu,
+      cpuSecondsPerNodePerMinute: (steadySnaps.reduce((t, s) => t + s.cpuSeconds, 0) / totalNodes / steadySecs) * 60,
+    };
+    log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}`);
+
+    const result: ScaleResult = {
+      n: o.n,
+      startedAt: new Date().toISOString(),
+      loadAverage: { start: loadStart, end: [] },
+      cores: os.cpus().length,
+      hosts: hosts.length,
+      settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode },
+      coldStart,
+      steady,
+      problems: { warnings: 0, errors: 0, samples: [] },
+    };
+
+    // ---- isolation: a second cluster behind the same DNS name, on the lowest addresses ----
+    if (o.isolation) {
+      const m = Math.min(249, Math.max(10, Math.round(o.n / 10)));
+      log(`isolation: ${m} nodes of cluster "other" behind the same name`);
+      const otherIps = Array.from({ length: m }, (_, i) => `${o.prefix}.0.${1 + i}`);
+      await c.setDns(c.o.dnsName, [...otherIps, ...c.dnsRecords(c.o.dnsName)]);
+      const otherHost = await c.spawnHost('other');
+      await c.startNodes(otherHost, otherIps.map((ip) => c.spec(ip, 'other')));
+      const other = await waitReady(c, new Set(otherIps), o.readyTimeoutMs, log);
+      const otherKeys = new Map(otherIps.map((ip) => [ip, [newKey()]]));
+      await c.advertise(otherKeys, true);
+      await sleep(5000);
+      const otherPeer = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
+      const otherKeyList = [...otherKeys].map(([ip, [k]]) => ({ ip, k }));
+      const crossSpecs: LookupSpec[] = [];
+      for (let i = 0; i < 40; i++) {
+        const a = pick(ips);
+        const b = pick(otherKeyList);
+        crossSpecs.push({ ip: a, key: b.k, expect: new Set([otherPeer.get(b.ip)!]) });
+        const k = pick(allKeys);
+        crossSpecs.push({ ip: pick(otherIps), key: k, expect: expectOf(k) });
+      }
+      let ci = 0;
+      const cross = await lookupStream(c, () => crossSpecs[ci++], o.lookupRate, { count: crossSpecs.length }, o.lookupDeadlineMs);
+      const own = await lookupStream(
+        c,
+        () => {
+          const b = pick(otherKeyList);
+          const ip = pick(otherIps.filter((x) => x !== b.ip));
+          return { ip, key: b.k, expect: new Set([otherPeer.get(b.ip)!]) };
+        },
+        o.lookupRate,
+        { count: 60 },
+        o.lookupDeadlineMs,
+      );
+      const snap = allNodes(await c.snapshot());
+      const otherSet = new Set(otherIps);
+      const crossConnections = snap.reduce((t, x) => t + x.remoteIps.filter((r) => otherSet.has(r) !== otherSet.has(x.ip)).length, 0);
+      result.isolation = {
+        otherNodes: m,
+        otherAllReady: other.all,
+        otherReadyMs: distribution(other.nodes.map((x) => x.readyAfterMs ?? Infinity)),
+        crossConnections,
+        crossLookupsFound: cross.filter((x) => x.r?.outcome === 'found').length,
+        crossLookups: cross.length,
+        ownLookups: lookupStats(own),
+        connectionsMaxDuring: Math.max(...snap.map((x) => x.connections)),
+      };
+      log(`  other ready=${other.all}, cross connections ${crossConnections}, cross lookups found ${result.isolation.crossLookupsFound}/${cross.length}, own ${result.isolation.ownLookups.ok}/${own.length}`);
+      await otherHost.stop();
+      await c.setDns(c.o.dnsName, c.dnsRecords(c.o.dnsName).filter((ip) => !otherSet.has(ip)));
+      await sleep(3000);
+    }
+
+    // ---- churn: 10% killed at once (SIGKILL), replaced by new nodes at new addresses ----
+    {
+      log(`churn: killing ${victims.size} nodes, starting ${victims.size} replacements`);
+      const victimPeers = new Set([...victims].map((ip) => peerIdOf.get(ip)!));
+      const replacementIps = Array.from({ length: victims.size }, (_, i) => scaleIp(o.prefix, o.n + i));
+      const victimKeys = [...victims].flatMap((ip) => keysOf.get(ip)!.filter((k) => owner.get(k) === ip));
+      const liveKeys = [...allKeys.filter((k) => !victims.has(owner.get(k)!)), ...shared.keys()];
+      const replacementHost = await c.spawnHost('replacements');
+      await c.snapshot(true);
+      const tKill = Date.now();
+      await c.killHost(victimHost);
+      await c.setDns(c.o.dnsName, [...survivors, ...replacementIps]);
+      const replStart = c.startNodes(replacementHost, replacementIps.map((ip) => c.spec(ip)));
+      const windowMs = o.churnWindowMs;
+      let deadLookups = 0;
+      let deadReturned = 0;
+      let deadLast: number | undefined;
+      const churnRecs: LookupRecord[] = [];
+      // Every other lookup asks for content only the dead held: did a dead provider come back?
+      let flip = false;
+      await lookupStream(
+        c,
+        () => {
+          flip = !flip;
+          const ip = pick(survivors);
+          if (flip) {
+            const key = pick(victimKeys);
+            return { ip, key, expect: new Set<string>(), tag: 'dead-probe' };
+          }
+          const key = pick(liveKeys);
+          if (owner.get(key) === ip) return undefined;
+          return { ip, key, expect: expectOf(key) };
+        },
+        o.lookupRate,
+        { untilMs: tKill + windowMs },
+        o.lookupDeadlineMs,
+        (rec) => {
+          if (rec.spec.tag === 'dead-probe') {
+            deadLookups++;
+            if (rec.r?.providers.some((p) => victimPeers.has(p))) {
+              deadReturned++;
+              deadLast = Math.max(deadLast ?? 0, rec.at - tKill);
+            }
+          } else churnRecs.push(rec);
+        },
+      );
+      await replStart;
+      const churnSnaps = await c.snapshot(true);
+      const repl = await waitReady(c, new Set(replacementIps), o.readyTimeoutMs, log);
+      // The replacements' content must be found by the old nodes.
+      const replKeys = new Map(replacementIps.map((ip) => [ip, [newKey()]]));
+      await c.advertise(replKeys, true);
+      const replPeer = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
+      const replList = [...replKeys].map(([ip, [k]]) => ({ ip, k }));
+      const replRecs = await lookupStream(
+        c,
+        () => {
+          const r = pick(replList);
+          return { ip: pick(survivors), key: r.k, expect: new Set([replPeer.get(r.ip)!]) };
+        },
+        o.lookupRate,
+        { count: Math.min(200, Math.max(50, replList.length * 2)) },
+        o.lookupDeadlineMs,
+      );
+      const after = allNodes(await c.snapshot());
+      result.churn = {
+        killed: victims.size,
+        replaced: replacementIps.length,
+        deadReturnedLastMs: deadLast,
+        deadLookups,
+        deadReturned,
+        windowMs,
+        lookups: lookupStats(churnRecs),
+        replacementsReadyMs: distribution(repl.nodes.map((x) => x.readyAfterMs ?? Infinity)),
+        replacementsAllReady: repl.all,
+        replacementLookups: lookupStats(replRecs),
+        connectionsMaxAfter: Math.max(...after.map((x) => x.connections)),
+        hostLoopDelayP99Ms: churnSnaps.map((s) => Math.round(s.loopDelayP99Ms)),
+      };
+      log(`  dead returned last at ${deadLast ?? '-'} ms (${deadReturned}/${deadLookups}); live lookups ${result.churn.lookups.ok}/${result.churn.lookups.total}; replacements ready=${repl.all}, found ${result.churn.replacementLookups.ok}/${replRecs.length}`);
+      for (const [ip, ks] of replKeys) {
+        keysOf.set(ip, ks);
+        for (const k of ks) owner.set(k, ip);
+        peerIdOf.set(ip, replPeer.get(ip)!);
+      }
+    }
+
+    // ---- partition: lowest half of the addresses against the rest, then healed ----
+    if (o.partition) {
+      const live = sortAddresses([...c.hostOf.keys()].filter((ip) => c.specs.get(ip)?.cluster === 'scale'));
+      const sideA = live.slice(0, Math.floor(live.length / 2));
+      const sideB = live.slice(sideA.length);
+      const aSet = new Set(sideA);
+      const cutMs = o.deadPeerTimeoutMs + 20_000;
+      log(`partition: ${sideA.length} | ${sideB.length} for ${cutMs} ms`);
+      const beforeKeys = [...owner].filter(([, ip]) => c.hostOf.has(ip));
+      await partition.cut(sideA, sideB);
+      const tCut = Date.now();
+      // New content on both sides while cut: found on its own side, and across once healed.
+      await sleep(Math.min(5000, cutMs / 4));
+      const duringKeys = new Map(live.filter((_, i) => i % 4 === 0).map((ip) => [ip, [newKey()]]));
+      await c.advertise(duringKeys, false);
+      const during = [...duringKeys].map(([ip, [k]]) => ({ ip, k }));
+      const sameSide = (a: string, b: string) => aSet.has(a) === aSet.has(b);
+      const withinRecs = await lookupStream(
+        c,
+        () => {
+          const [k, ip] = pick(beforeKeys);
+          const from = pick(live.filter((x) => sameSide(x, ip) && x !== ip));
+          return { ip: from, key: k, expect: new Set([peerIdOf.get(ip)!]) };
+        },
+        o.lookupRate,
+        { untilMs: tCut + cutMs },
+        o.lookupDeadlineMs,
+      );
+      await partition.heal();
+      const tHeal = Date.now();
+      const windowMs = Math.max(60_000, o.bootstrapIntervalMs * 4);
+      const last = { before: undefined as number | undefined, during: undefined as number | undefined };
+      const recsBefore: LookupRecord[] = [];
+      const recsDuring: LookupRecord[] = [];
+      let alt = false;
+      await lookupStream(
+        c,
+        () => {
+          alt = !alt;
+          if (alt) {
+            const [k, ip] = pick(beforeKeys);
+            return { ip: pick(live.filter((x) => !sameSide(x, ip))), key: k, expect: new Set([peerIdOf.get(ip)!]), tag: 'before' };
+          }
+          const d = pick(during);
+          return { ip: pick(live.filter((x) => !sameSide(x, d.ip))), key: d.k, expect: new Set([peerIdOf.get(d.ip)!]), tag: 'during' };
+        },
+        o.lookupRate,
+        { untilMs: tHeal + windowMs },
+        o.lookupDeadlineMs,
+        (rec) => {
+          const k = rec.spec.tag === 'before' ? 'before' : 'during';
+          (k === 'before' ? recsBefore : recsDuring).push(rec);
+          if (!rec.ok) last[k] = Math.max(last[k] ?? 0, rec.at - tHeal);
+        },
+      );
+      const snap = allNodes(await c.snapshot()).filter((x) => x.cluster === 'scale');
+      result.partition = {
+        sideA: sideA.length,
+        sideB: sideB.length,
+        cutMs,
+        withinSideDuring: lookupStats(withinRecs),
+        lastCrossFailureMs: last,
+        crossAfter: { before: lookupStats(recsBefore.filter((r) => r.at - tHeal > windowMs / 2)), during: lookupStats(recsDuring.filter((r) => r.at - tHeal > windowMs / 2)) },
+        windowMs,
+        nodesWithCrossConnection: snap.filter((x) => x.remoteIps.some((r) => aSet.has(r) !== aSet.has(x.ip))).length,
+      };
+      log(`  within side during cut ${result.partition.withinSideDuring.ok}/${result.partition.withinSideDuring.total}; last cross failure after heal: before-keys ${last.before ?? '-'} ms, during-keys ${last.during ?? '-'} ms`);
+    }
+
+    const final = await c.snapshot();
+    result.problems = {
+      warnings: final.reduce((t, s) => t + s.warnings, 0),
+      errors: final.reduce((t, s) => t + s.errors, 0),
+      samples: final.flatMap((s) => s.lastProblems).slice(0, 10),
+    };
+    result.loadAverage.end = os.loadavg();
+    return result;
+  } finally {
+    await partition.heal().catch(() => {});
+    await c.close();
+  }
+}

@@ -1,0 +1,143 @@
+// Scale properties in CI: DNS answers larger than one message, liveness under partial answers,
+// and a 50-node cluster of real p2p stacks (native-bench/scale) checked for readiness, the
+// connection bound, isolation by cluster name and recovery from churn. The full runs (N = 100
+// to 1,000) are `npm run bench:scale`; figures in README, "Scale (issue 7)".
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { DnsMembers } from '../src/p2p/bootstrap.js';
+import { DNS_MESSAGE_CAPACITY, Liveness, possiblyTruncated } from '../src/p2p/liveness.js';
+import { DEFAULTS, runScale, type ScaleResult } from '../native-bench/scale/scenarios.js';
+import { Dnsmasq } from './support/dnsmasq.js';
+
+const ip = (i: number) => `127.101.${1 + Math.floor(i / 250)}.${1 + (i % 250)}`;
+const ips = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => ip(from + k));
+
+describe('liveness with partial DNS answers', () => {
+  test('an IP no answer ever listed is not condemned; one that left a complete answer is', () => {
+    const l = new Liveness();
+    l.setDnsMembers(ips(0, 10));
+    assert.equal(l.isLive('p', [ip(50)], false), true, 'never listed: unknown, not dead');
+    l.setDnsMembers(ips(1, 10));
+    assert.equal(l.isLive('p', [ip(0)], false), false, 'listed before, gone now: departed');
+    assert.equal(l.isLive('p', [ip(0)], true), true, 'a live connection wins');
+    assert.equal(l.isLive('p', [ip(5)], false), true);
+  });
+
+  test('an answer at the size of a full DNS message condemns nobody', () => {
+    const l = new Liveness();
+    const all = ips(0, 5000);
+    l.setDnsMembers(all.slice(0, 4500));
+    // What dnsmasq does past 64 KiB: a different cut of the members each time, no error.
+    const cut = all.slice(500, 500 + DNS_MESSAGE_CAPACITY.a);
+    assert.ok(possiblyTruncated(cut));
+    l.setDnsMembers(cut);
+    assert.equal(l.isLive('p', [ip(10)], false), true, 'missing from a possibly cut answer');
+    assert.equal(l.isLive('p', [ip(4800)], false), true);
+  });
+
+  test('a rotating subset is not believed; a large drop repeated by the next answer is', () => {
+    const l = new Liveness();
+    l.setDnsMembers(ips(0, 100));
+    l.setDnsMembers(ips(0, 40)); // 60 of 100 gone at once: suspicious
+    assert.equal(l.isLive('p', [ip(70)], false), true);
+    l.setDnsMembers(ips(40, 80)); // a different subset: still not believed
+    assert.equal(l.isLive('p', [ip(10)], false), true);
+    assert.equal(l.isLive('p', [ip(90)], false), true);
+    l.setDnsMembers(ips(40, 80)); // the same answer twice: the cluster really shrank
+    assert.equal(l.isLive('p', [ip(10)], false), false);
+    assert.equal(l.isLive('p', [ip(90)], false), false);
+    assert.equal(l.isLive('p', [ip(50)], false), true);
+  });
+
+  test('ordinary churn (a few pods replaced) is believed at once; an empty answer suspends the check', () => {
+    const l = new Liveness();
+    l.setDnsMembers(ips(0, 100));
+    l.setDnsMembers([...ips(10, 100), ...ips(200, 210)]);
+    assert.equal(l.isLive('p', [ip(3)], false), false);
+    assert.equal(l.isLive('p', [ip(205)], false), true);
+    l.setDnsMembers([]);
+    assert.equal(l.isLive('p', [ip(3)], false), true, 'an outage is not evidence');
+  });
+
+  test('prune forgets long-departed IPs', () => {
+    let now = 1_000_000;
+    const l = new Liveness(() => now);
+    l.setDnsMembers(ips(0, 10));
+    l.setDnsMembers(ips(1, 10));
+    assert.equal(l.isLive('p', [ip(0)], false), false);
+    now += 60_000;
+    l.prune(30_000);
+    assert.equal(l.isLive('p', [ip(0)], false), true, 'back to unknown (its records expired too)');
+    assert.equal(l.isLive('p', [ip(5)], false), true);
+  });
+});
+
+describe('bootstrap DNS past one UDP message', () => {
+  test('1,000 A records arrive whole (TCP retry); past 64 KiB the answer is cut and flagged', async () => {
+    const name = 'big.scale.test';
+    const dns = await Dnsmasq.start({ [name]: ips(0, 1000) });
+    try {
+      const m = new DnsMembers(name, [dns.server]);
+      const got = await m.resolve();
+      assert.equal(got.length, 1000);
+      assert.equal(possiblyTruncated(got), false);
+      await dns.update({ [name]: ips(0, 4500) });
+      const cut = await m.resolve();
+      assert.ok(cut.length < 4500 && cut.length >= DNS_MESSAGE_CAPACITY.a, `${cut.length} records`);
+      assert.equal(possiblyTruncated(cut), true);
+    } finally {
+      await dns.stop();
+    }
+  });
+});
+
+describe('a 50-node cluster of real p2p stacks', () => {
+  test('ready, within the connection bound, isolated by name, recovers from churn', { timeout: 420_000 }, async () => {
+    const bound = 12;
+    const deadMs = 10_000;
+    let r: ScaleResult;
+    try {
+      r = await runScale({
+        ...DEFAULTS,
+        n: 50,
+        prefix: '127.101',
+        p2pPort: 7101,
+        // Small enough that the bound binds (49 others) and pruning is exercised.
+        maxConnections: bound,
+        deadPeerTimeoutMs: deadMs,
+        churnWindowMs: deadMs + 15_000,
+        nodesPerHost: 25,
+        steadyLookups: 100,
+        // Correctness, not latency: a busy CI machine must not turn slow answers into failures.
+        lookupDeadlineMs: 3000,
+        readyTimeoutMs: 120_000,
+        isolation: true,
+        partition: false,
+        log: (m) => process.stderr.write(`[scale N=50] ${m}\n`),
+      });
+    } catch (err) {
+      const partial = (err as { partial?: unknown }).partial;
+      throw new Error(`${(err as Error).message}${partial ? ` ${JSON.stringify(partial)}` : ''}`);
+    }
+    const brief = JSON.stringify({ coldStart: r.coldStart.readyMs, steady: { connections: r.steady.connections, lookups: r.steady.lookups }, isolation: r.isolation, churn: r.churn, problems: r.problems });
+    assert.equal(r.coldStart.allReady, true);
+    assert.equal(r.steady.overBound, 0, `connections above the bound: ${brief}`);
+    assert.ok(r.steady.connections.max <= bound, brief);
+    assert.ok(r.steady.lookups.successRate >= 0.95, `steady lookups: ${brief}`);
+
+    const iso = r.isolation!;
+    assert.equal(iso.otherAllReady, true, `the other cluster came up: ${brief}`);
+    assert.equal(iso.crossLookupsFound, 0, `records crossed clusters: ${brief}`);
+    assert.ok(iso.ownLookups.successRate >= 0.9, `the other cluster finds its own records: ${brief}`);
+    assert.ok(iso.connectionsMaxDuring <= bound, brief);
+
+    const ch = r.churn!;
+    assert.ok(ch.deadLookups >= 50, `dead providers were looked for: ${brief}`);
+    assert.ok(ch.deadReturnedLastMs === undefined || ch.deadReturnedLastMs <= deadMs, `dead providers returned past the bound: ${brief}`);
+    assert.ok(ch.lookups.successRate >= 0.95, `content with live providers stays findable during churn: ${brief}`);
+    assert.equal(ch.replacementsAllReady, true, brief);
+    assert.ok(ch.replacementLookups.successRate >= 0.9, `replacements' content is found: ${brief}`);
+    assert.ok(ch.connectionsMaxAfter <= bound, brief);
+  });
+});
