@@ -136,9 +136,13 @@ async function runOne(n: number, a: Args) {
     const bySource: Record<string, number> = {};
     const byOutcome: Record<string, number> = {};
     for (const r of results) {
-      bySource[r.source] = (bySource[r.source] ?? 0) + 1;
+      const k = `${r.outcome}/${r.source}`;
+      bySource[k] = (bySource[k] ?? 0) + 1;
       byOutcome[r.outcome] = (byOutcome[r.outcome] ?? 0) + 1;
     }
+    const queried = results.map((r) => r.queried ?? 0).sort((x, y) => x - y);
+    const views: Record<string, number> = {};
+    for (const s of busy.stats) if (s.status) views[(s.status as { view?: string }).view ?? '?'] = (views[(s.status as { view?: string }).view ?? '?'] ?? 0) + 1;
     const conns = busy.stats.map((s) => s.status?.peers ?? 0);
     const rss = busy.stats.map((s) => s.rss / 1048576);
     const mib = (f: (s: Stats) => number) => busy.stats.reduce((t, s) => t + f(s), 0) / n / 1048576;
@@ -158,6 +162,8 @@ async function runOne(n: number, a: Args) {
       notFound: byOutcome.notfound ?? 0,
       errors: byOutcome.error ?? 0,
       bySource,
+      queried: { p50: pct(queried, 50), p99: pct(queried, 99), max: queried[queried.length - 1] ?? 0 },
+      views,
       // Cluster CPU above the idle baseline, per lookup.
       lookupCpuMs: ((busy.total - idle.total) * 1000) / Math.max(1, results.length),
       idleCpuPerNodePct: (idle.total / n / a.seconds) * 100,
@@ -181,7 +187,8 @@ for (const n of args.nodes) {
       [
         `N=${r.nodes}: ready in ${(r.readyMs / 1000).toFixed(1)} s; ${r.keys} keys advertised in ${(r.advertiseMs / 1000).toFixed(1)} s`,
         `  ${r.lookups} lookups at ${r.rate}/s: p50 ${r.p50Ms.toFixed(2)} ms, p90 ${r.p90Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms, max ${r.maxMs.toFixed(2)} ms; timeouts ${r.timeouts}, not found ${r.notFound}, errors ${r.errors}`,
-        `  sources ${JSON.stringify(r.bySource)}; lookup CPU ${r.lookupCpuMs.toFixed(2)} ms each (cluster, above idle); idle CPU ${r.idleCpuPerNodePct.toFixed(1)} % of a core per node`,
+        `  outcome/source ${JSON.stringify(r.bySource)}; peers queried p50/p99/max ${r.queried.p50}/${r.queried.p99}/${r.queried.max}; views ${JSON.stringify(r.views)}`,
+        `  lookup CPU ${r.lookupCpuMs.toFixed(2)} ms each (cluster, above idle); idle CPU ${r.idleCpuPerNodePct.toFixed(1)} % of a core per node`,
         `  connections per node min/avg/max ${r.connectionsPerNode.min}/${r.connectionsPerNode.avg.toFixed(1)}/${r.connectionsPerNode.max}; RSS MiB per node min/avg/max ${r.rssMiBPerNode.min.toFixed(0)}/${r.rssMiBPerNode.avg.toFixed(0)}/${r.rssMiBPerNode.max.toFixed(0)}`,
         `  heaps MiB per node (avg): main ${r.memory.mainHeapMiB.toFixed(0)}, p2p thread ${r.memory.workerHeapMiB.toFixed(0)} (used ${r.memory.workerUsedMiB.toFixed(0)}), external ${r.memory.externalMiB.toFixed(0)}`,
       ].join('\n'),

@@ -141,3 +141,40 @@ test('p2p settings are validated with the variable named', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('the indexed datastore answers path-prefix queries exactly like a full walk', async () => {
+  const { IndexedMemoryDatastore } = await import('../src/p2p/datastore.js');
+  const { MemoryDatastore } = await import('datastore-core');
+  const { Key } = await import('interface-datastore');
+  const indexed = new IndexedMemoryDatastore();
+  const plain = new MemoryDatastore();
+  const keys: string[] = [];
+  // Provider records (two levels below /dht/provider; CIDs of one width, as kad-dht's are),
+  // peers, and a few odd shapes.
+  const cid = (c: number) => `cid${String(c).padStart(2, '0')}`;
+  for (let c = 0; c < 40; c++) for (let p = 0; p < 5; p++) keys.push(`/dht/provider/${cid(c)}/peer${p}`);
+  for (let p = 0; p < 10; p++) keys.push(`/peers/peer${p}`);
+  keys.push('/dht/record/x', '/top', '/dht/provider/cid03');
+  for (const k of keys) {
+    await indexed.put(new Key(k), new Uint8Array([k.length]));
+    await plain.put(new Key(k), new Uint8Array([k.length]));
+  }
+  // Deletes keep the index right, including removing a parent's last child.
+  for (const k of ['/dht/provider/cid07/peer0', '/dht/provider/cid09/peer1', ...Array.from({ length: 5 }, (_, p) => `/dht/provider/cid08/peer${p}`)]) {
+    await indexed.delete(new Key(k));
+    await plain.delete(new Key(k));
+  }
+  const list = async (s: InstanceType<typeof IndexedMemoryDatastore> | InstanceType<typeof MemoryDatastore>, prefix?: string) => {
+    const out: string[] = [];
+    for await (const e of s.query(prefix === undefined ? {} : { prefix })) out.push(`${e.key.toString()}=${e.value[0]}`);
+    return out.sort();
+  };
+  const prefixes = [undefined, '/', '/dht', '/dht/provider', '/dht/provider/', '/dht/provider/cid03', '/dht/provider/cid07', '/dht/provider/cid08', '/dht/provider/cid99', '/peers/', '/peers', '/top', '/dht/record'];
+  for (const prefix of prefixes) {
+    assert.deepEqual(await list(indexed, prefix), await list(plain, prefix), `prefix ${prefix}`);
+  }
+  assert.equal((await list(indexed, '/dht/provider/cid03')).length, 6, 'five records below plus the key itself');
+  assert.equal((await list(indexed, '/dht/provider/cid08')).length, 0, 'every record deleted');
+  assert.equal(indexed.size, keys.length - 7);
+  await assert.rejects(async () => indexed.get(new Key('/nope')), /no value for \/nope/);
+});

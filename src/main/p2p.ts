@@ -47,6 +47,20 @@ const dnsResolve = new Histogram({
   buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5],
   registers: [registry],
 });
+const recordBatches = new Counter({
+  name: 'peerpull_p2p_record_batches_total',
+  help: 'Batches of this node\'s provider records sent straight to their holders, by outcome.',
+  labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
+const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
+const lookupQueried = new Histogram({
+  name: 'peerpull_p2p_lookup_peers_queried',
+  help: 'Peers that answered a lookup\'s DHT query (0: answered from this node\'s own records or cache).',
+  labelNames: ['cluster'] as const,
+  buckets: [0, 1, 2, 3, 5, 8, 13, 20, 40],
+  registers: [registry],
+});
 const restarts = new Counter({ name: 'peerpull_p2p_thread_restarts_total', help: 'Restarts of the p2p thread after it died.', labelNames: ['cluster'] as const, registers: [registry] });
 
 // ---- configuration for the worker ----
@@ -141,7 +155,7 @@ export class P2P {
   private crashes = 0;
   private startedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
-  private counterBase = { ok: 0, failed: 0 };
+  private counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0 };
   private readonly startListeners = new Set<() => void>();
   private firstStart: { resolve(): void; reject(e: Error): void } | undefined;
 
@@ -242,6 +256,7 @@ export class P2P {
     const cluster = this.config.cluster;
     lookups.inc({ cluster, outcome: result.outcome, source: result.source });
     lookupDuration.observe({ cluster, outcome: result.outcome }, Number(process.hrtime.bigint() - t0) / 1e9);
+    if (result.queried !== undefined) lookupQueried.observe({ cluster }, result.queried);
     return result;
   }
 
@@ -294,7 +309,7 @@ export class P2P {
     });
     this.worker = w;
     this.startedAt = Date.now();
-    this.counterBase = { ok: 0, failed: 0 };
+    this.counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0 };
     let fatal: string | undefined;
     w.on('message', (m: P2PFromWorker) => {
       if (m.kind === 'reply') {
@@ -370,11 +385,16 @@ export class P2P {
     routingGauge.set({ cluster }, m.routingTable);
     advertisedGauge.set({ cluster }, m.advertisedKeys);
     // The thread's counters are cumulative per incarnation: add what is new since last time.
-    const ok = m.bootstrapAttempts.ok - this.counterBase.ok;
-    const failed = m.bootstrapAttempts.failed - this.counterBase.failed;
-    if (ok > 0) bootstrapAttempts.inc({ cluster, outcome: 'ok' }, ok);
-    if (failed > 0) bootstrapAttempts.inc({ cluster, outcome: 'failed' }, failed);
-    this.counterBase = { ...m.bootstrapAttempts };
+    const base = this.counterBase;
+    const add = (c: Counter<'cluster' | 'outcome'>, outcome: string, now: number, before: number) => {
+      if (now > before) c.inc({ cluster, outcome }, now - before);
+    };
+    add(bootstrapAttempts, 'ok', m.bootstrapAttempts.ok, base.ok);
+    add(bootstrapAttempts, 'failed', m.bootstrapAttempts.failed, base.failed);
+    add(recordBatches, 'ok', m.recordBatches.ok, base.batchesOk);
+    add(recordBatches, 'failed', m.recordBatches.failed, base.batchesFailed);
+    if (m.recordsReceived > base.received) recordsReceived.inc({ cluster }, m.recordsReceived - base.received);
+    this.counterBase = { ok: m.bootstrapAttempts.ok, failed: m.bootstrapAttempts.failed, batchesOk: m.recordBatches.ok, batchesFailed: m.recordBatches.failed, received: m.recordsReceived };
     for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);
     for (const s of m.dnsResolveSeconds.failed) dnsResolve.observe({ cluster, outcome: 'failed' }, s);
   }

@@ -16,6 +16,13 @@ import type { ContentSource } from './content/index.js';
 import { DEFAULT_DIR, HOSTS_FILE, MANAGED_HEADER, nodeEndpoint, parseHostsFile } from './hosts-config.js';
 import type { Mirror, MirrorEvent } from './mirror.js';
 import type { P2P } from './p2p.js';
+import type { P2PView } from '../shared/messages.js';
+
+const VIEW_TEXT: Record<P2PView, string> = {
+  exact: 'every DNS member: misses answered locally',
+  near: 'nearly every DNS member',
+  partial: 'part of the cluster: lookups query the DHT',
+};
 
 export interface StatusSnapshot {
   time: string;
@@ -50,6 +57,8 @@ export interface StatusSnapshot {
     /** Members the last bootstrap DNS answer listed. */
     dnsMembers: number;
     bootstrapPeers: number;
+    /** How much of the cluster the routing table holds (see P2PStatus.view). */
+    view: P2PView | null;
   };
   content: { kind: string; healthy: boolean; digests: number; tags: number };
   mirror: { lastPeerHit: MirrorEvent | null; recentMisses: MirrorEvent[] };
@@ -307,6 +316,7 @@ export class StatusBuilder {
         bootstrapDns: config.bootstrapDns || null,
         dnsMembers: p2pStatus?.dnsMembers ?? 0,
         bootstrapPeers: config.bootstrapPeers.length,
+        view: p2pStatus?.view ?? null,
       },
       content: { kind: source.kind, healthy: source.healthy(), digests: source.index.digestCount, tags: source.index.tagCount },
       mirror: { lastPeerHit: mirror?.lastPeerHit ?? null, recentMisses: [...(mirror?.recentMisses ?? [])].reverse() },
@@ -396,7 +406,7 @@ th{font-weight:600;color:#555}.mono,code{font-family:ui-monospace,monospace;font
           ['p2p thread', yesNo(s.p2p.running, 'running', 'not running')],
           ['connected to the cluster', yesNo(s.p2p.ready)],
           ['peers connected', s.p2p.peers > 0 ? esc(s.p2p.peers) : '<span class="bad">0</span>'],
-          ['routing table', esc(s.p2p.routingTable)],
+          ['routing table', `${esc(s.p2p.routingTable)}${s.p2p.view ? ` (${esc(VIEW_TEXT[s.p2p.view])})` : ''}`],
           ['keys advertised', `${esc(s.p2p.advertisedKeys)}${s.p2p.pendingProvides ? ` (${esc(s.p2p.pendingProvides)} still being published)` : ''}`],
           ['bootstrap DNS', s.p2p.bootstrapDns ? `${esc(s.p2p.bootstrapDns)} (${esc(s.p2p.dnsMembers)} members)` : '(not set)'],
           ['bootstrap peers', esc(s.p2p.bootstrapPeers)],
@@ -456,7 +466,7 @@ export function formatStatusText(s: StatusSnapshot): string {
   if (!s.p2p.enabled) L.push('  off (PEERPULL_P2P=false)');
   else {
     L.push(`  thread         ${s.p2p.running ? 'running' : 'NOT RUNNING'}, ${s.p2p.ready ? 'ready' : 'not ready'}`);
-    L.push(`  peers          ${s.p2p.peers} connected, ${s.p2p.routingTable} in the routing table`);
+    L.push(`  peers          ${s.p2p.peers} connected, ${s.p2p.routingTable} in the routing table${s.p2p.view ? ` (${VIEW_TEXT[s.p2p.view]})` : ''}`);
     L.push(`  advertised     ${s.p2p.advertisedKeys} keys${s.p2p.pendingProvides ? ` (${s.p2p.pendingProvides} still being published)` : ''}`);
     L.push(`  bootstrap      ${s.p2p.bootstrapDns ? `DNS ${s.p2p.bootstrapDns} (${s.p2p.dnsMembers} members)` : 'no DNS'}, ${s.p2p.bootstrapPeers} static peers`);
   }

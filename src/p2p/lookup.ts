@@ -2,17 +2,23 @@
 // here first, and a miss must be answered in tens of milliseconds so containerd can fall back.
 //
 // In order: the brief result cache (and the briefer negative cache), a lookup of the same key
-// already running (joined, not repeated), this node's own provider store (with k = 20 replicas
-// a small cluster holds most records on most nodes), then the DHT query, stopped as soon as
-// enough live providers are known and always by the caller's deadline.
+// already running (joined, not repeated), this node's own provider store (final when this node
+// is one of the key's k record holders: a hit, or a miss nobody else can turn into a hit), then
+// the DHT query, stopped as soon as enough live providers are known, or record holders said
+// "none", and always by the caller's deadline.
 
 import type { LookupOutcome, LookupResult, LookupSource, ProviderPeer } from '../shared/messages.js';
 
 export interface LookupDeps {
   /** Providers in this node's own store, already mapped; self excluded. */
   local(key: string): Promise<ProviderPeer[]>;
-  /** The DHT query: yields batches of providers until done or aborted. */
-  network(key: string, signal: AbortSignal): AsyncIterable<ProviderPeer[]>;
+  /**
+   * The DHT query: yields batches of providers until done or aborted; ends early once the
+   * answer is final. Counts the peers that answered in `stats.queried`.
+   */
+  network(key: string, signal: AbortSignal, stats: { queried: number }): AsyncIterable<ProviderPeer[]>;
+  /** Whether this node is one of the key's record holders, so its store's answer is final. */
+  authoritative(key: string): boolean;
   /** Liveness verdict for a provider right now. */
   isLive(p: ProviderPeer): boolean;
   /** Peers to ask: 0 means a network query cannot find anything. */
@@ -129,6 +135,7 @@ export class Lookups {
     let source: LookupSource = 'none';
     let outcome: LookupOutcome = 'notfound';
     let complete = false;
+    const stats = { queried: 0 };
     try {
       const local = await Promise.race([this.d.local(key), stopped]);
       if (local !== 'stop') add(local);
@@ -136,10 +143,12 @@ export class Lookups {
       // Every provider of a key sends its record to the same k closest peers, so a node holding
       // records for a key is one of them and its store is as complete as any answer the network
       // could give: a local hit ends the lookup without a network round trip.
-      if (local === 'stop' || found.size > 0 || this.d.routingTableSize() === 0) {
+      // A record holder with nothing in its store has the final answer too: nobody has it.
+      if (local === 'stop' || found.size > 0 || this.d.routingTableSize() === 0 || this.d.authoritative(key)) {
         complete = local !== 'stop';
+        if (complete && found.size === 0) source = 'local';
       } else {
-        it = this.d.network(key, ac.signal)[Symbol.asyncIterator]();
+        it = this.d.network(key, ac.signal, stats)[Symbol.asyncIterator]();
         for (;;) {
           const next = await Promise.race([it.next(), stopped]);
           if (next === 'stop') break;
@@ -162,7 +171,7 @@ export class Lookups {
     } catch (err) {
       if (!ac.signal.aborted && !timedOut) {
         outcome = 'error';
-        if (found.size === 0) return { providers: [], source, outcome };
+        if (found.size === 0) return { providers: [], source, outcome, queried: stats.queried };
       }
     } finally {
       clearTimeout(deadline);
@@ -174,7 +183,7 @@ export class Lookups {
     if (found.size > 0) outcome = 'found';
     else if (timedOut) outcome = 'timeout';
     // A query cut by its deadline proves nothing: cache only real answers.
-    return this.finish(key, found, count, source, outcome, found.size > 0 || complete);
+    return { ...this.finish(key, found, count, source, outcome, found.size > 0 || complete), queried: stats.queried };
   }
 
   private finish(

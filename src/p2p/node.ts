@@ -3,6 +3,7 @@
 // It owns advertising (a bounded provide queue), withdrawal, liveness and lookups; the Worker
 // entry (worker.ts) only translates messages.
 
+import { createHash } from 'node:crypto';
 import os from 'node:os';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
@@ -20,20 +21,38 @@ import type {
   LookupResult,
   P2PMetricsSnapshot,
   P2PStatus,
+  P2PView,
   P2PWorkerConfig,
   ProviderPeer,
 } from '../shared/messages.js';
 import { Bootstrapper, DnsMembers } from './bootstrap.js';
+import { IndexedMemoryDatastore } from './datastore.js';
 import { keyToCid } from './keys.js';
 import { Liveness } from './liveness.js';
 import { Lookups } from './lookup.js';
 import { hostsOf, isLoopback, parseTcpAddr, registryAnnounceFilter, registryEndpoint } from './peer-addr.js';
-import { encodeWithdraw, handleWithdrawStream, withdrawProtocol } from './withdraw.js';
+import { MAX_BATCH, handleRecordsStream, provideProtocol, sendRecords, withdrawProtocol } from './records.js';
 
 export type LogFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 
 /** Provides running at once: enough to hide round trips, few enough to leave CPU for lookups. */
 const PROVIDE_CONCURRENCY = 8;
+/** Kademlia's k: how many closest peers hold each record (kad-dht's default bucket size). */
+const K = 20;
+/**
+ * Records also go to a few peers beyond the k closest, so that views that differ by a peer or
+ * two (a dead peer not yet dropped, a new one not yet seen) still agree on who holds a key.
+ */
+const HOLDER_MARGIN = 3;
+/**
+ * How long the view must have been exact before this node answers misses from its own store:
+ * time for peers that just saw it join to send it their records (catchUp, 1 s after the join).
+ */
+const EXACT_VIEW_SETTLE_MS = 5000;
+/** Negative answers from record holders that make a miss final (see networkProviders). */
+const MISS_QUORUM = 2;
+/** Advertise calls arriving within this window go out as one batch. */
+const BATCH_WINDOW_MS = 25;
 const PROVIDE_TIMEOUT_MS = 30_000;
 /** Liveness probes (dials) in flight at once. */
 const MAX_PROBES = 4;
@@ -61,19 +80,45 @@ interface DhtProviders {
   addProvider(cid: CID, provider: PeerId): Promise<void>;
   removeProvider(cid: CID, provider: PeerId): Promise<void>;
 }
+interface DhtRoutingTable {
+  size: number;
+  closestPeers(kadId: Uint8Array, options?: { count?: number }): PeerId[];
+  addEventListener(type: 'peer:add', fn: (e: CustomEvent<PeerId>) => void): void;
+}
 interface DhtInternals {
   providers: DhtProviders;
-  routingTable: { size: number };
+  routingTable: DhtRoutingTable;
 }
 function dhtInternals(dht: KadDHT): DhtInternals {
   const d = dht as unknown as Partial<DhtInternals>;
-  if (typeof d.providers?.getProviders !== 'function' || typeof d.providers.removeProvider !== 'function' || typeof d.routingTable?.size !== 'number') {
+  if (
+    typeof d.providers?.getProviders !== 'function' ||
+    typeof d.providers.removeProvider !== 'function' ||
+    typeof d.routingTable?.size !== 'number' ||
+    typeof d.routingTable.closestPeers !== 'function' ||
+    typeof d.routingTable.addEventListener !== 'function'
+  ) {
     throw new Error('@libp2p/kad-dht internals changed: providers store or routing table not found (pinned version 16.4.5 expected)');
   }
   return d as DhtInternals;
 }
 
 type Services = { dht: KadDHT; identify: Identify; ping: Ping };
+
+/** A position in Kademlia's key space, as kad-dht computes it: sha2-256 of the key bytes. */
+function kadIdOf(bytes: Uint8Array): Uint8Array {
+  return createHash('sha256').update(bytes).digest();
+}
+
+/** Whether `a` is closer to `target` than `b` (XOR metric). */
+function closer(a: Uint8Array, b: Uint8Array, target: Uint8Array): boolean {
+  for (let i = 0; i < target.length; i++) {
+    const da = a[i] ^ target[i];
+    const db = b[i] ^ target[i];
+    if (da !== db) return da < db;
+  }
+  return false;
+}
 
 interface ProvideJob {
   key: string;
@@ -88,7 +133,10 @@ export class P2PNode {
   private readonly bootstrapper: Bootstrapper;
   /** Keys this node advertises, by CID string (the reprovider republishes these). */
   private readonly advertised = new Map<string, string>();
+  /** Keys waiting for the next batch publish. */
   private readonly queue = new Map<string, ProvideJob>();
+  /** Keys waiting for kad-dht's provide query (clusters bigger than our routing table). */
+  private readonly queryQueue = new Map<string, ProvideJob>();
   private provideRunning = 0;
   /** Keys provided while no peer was known: pushed again when the first peers appear. */
   private readonly unpublished = new Set<string>();
@@ -96,11 +144,21 @@ export class P2PNode {
   private probesRunning = 0;
   /** Probes of a peer that timed out in a row. */
   private readonly strikes = new Map<string, number>();
-  private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0 };
+  private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
   private dnsMemberCount = 0;
   private statusTimer: NodeJS.Timeout | undefined;
+  private reprovideTimer: NodeJS.Timeout | undefined;
+  private batchTimer: NodeJS.Timeout | undefined;
+  private batchRunning = false;
+  private catchUpTimer: NodeJS.Timeout | undefined;
+  /** Peers added to the routing table since the last catch-up. */
+  private readonly newPeers = new Set<string>();
+  private readonly selfKadId: Uint8Array;
+  private readonly peerKadIds = new Map<string, Uint8Array>();
   private lastReady = false;
+  /** Since when the routing table has held every DNS member (see view()). */
+  private exactSince: number | undefined;
   private stopped = false;
 
   private constructor(
@@ -110,9 +168,11 @@ export class P2PNode {
     private readonly onStatus: (s: P2PStatus, m: P2PMetricsSnapshot) => void,
   ) {
     this.dht = dhtInternals(node.services.dht);
+    this.selfKadId = kadIdOf(node.peerId.toMultihash().bytes);
     this.lookups = new Lookups({
       local: (k) => this.localProviders(k),
-      network: (k, signal) => this.networkProviders(k, signal),
+      network: (k, signal, stats) => this.networkProviders(k, signal, stats),
+      authoritative: (k) => this.isRecordHolder(k),
       isLive: (p) => this.isLive(p),
       routingTableSize: () => this.dht.routingTable.size,
       cacheTtlMs: cfg.lookupCacheTtlMs,
@@ -170,6 +230,8 @@ export class P2PNode {
     const node = await createLibp2p<Services>({
       privateKey,
       start: false,
+      // Indexed: the default store walks every record for each provider lookup.
+      datastore: new IndexedMemoryDatastore(),
       nodeInfo: { userAgent: `peerpull (cluster ${cfg.cluster})` },
       addresses: { listen: [listen], announce, announceFilter: registryAnnounceFilter(cfg.registryPort, keepLoopback) },
       transports: [tcp()],
@@ -220,7 +282,9 @@ export class P2PNode {
             // The sweep that republishes our records and deletes expired ones of others.
             interval: Math.max(1000, Math.min(60_000, Math.floor(cfg.reprovideIntervalMs / 2), Math.floor(cfg.providerTtlMs / 4))),
             validity: cfg.providerTtlMs,
-            threshold: Math.max(0, cfg.providerTtlMs - cfg.reprovideIntervalMs),
+            // Our own timer republishes and refreshes our records (see reprovide()); kad-dht's
+            // would run a query per key. 0: only a record that somehow expired is its business.
+            threshold: 0,
             concurrency: PROVIDE_CONCURRENCY,
           },
         }),
@@ -234,8 +298,23 @@ export class P2PNode {
   private async start(): Promise<void> {
     const n = this.node;
     await n.handle(
+      provideProtocol(this.cfg.cluster),
+      handleRecordsStream(
+        async (from, cids, bad) => {
+          if (bad > 0) this.log('warn', 'provide batch with malformed CIDs', { peer: from.toString(), bad });
+          for (const cid of cids) {
+            await this.dht.providers.addProvider(cid, from);
+            this.lookups.forgetMiss(cid.toString());
+          }
+          this.counters.recordsReceived += cids.length;
+        },
+        (err, from) => this.log('warn', 'bad provide batch', { peer: from.toString(), error: err.message }),
+      ),
+      { maxInboundStreams: 8 },
+    );
+    await n.handle(
       withdrawProtocol(this.cfg.cluster),
-      handleWithdrawStream(
+      handleRecordsStream(
         async (from, cids, bad) => {
           if (bad > 0) this.log('warn', 'withdraw message with malformed CIDs', { peer: from.toString(), bad });
           for (const cid of cids) {
@@ -249,7 +328,11 @@ export class P2PNode {
     );
     n.addEventListener('peer:connect', (e) => {
       this.liveness.markAlive(e.detail.toString());
-      if (this.unpublished.size > 0) this.republishSoon();
+      if (this.unpublished.size > 0) this.scheduleCatchUp();
+    });
+    this.dht.routingTable.addEventListener('peer:add', (e) => {
+      this.newPeers.add(e.detail.toString());
+      this.scheduleCatchUp();
     });
     n.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString();
@@ -269,14 +352,20 @@ export class P2PNode {
     this.bootstrapper.start();
     this.statusTimer = setInterval(() => this.pushStatus(), 2000);
     this.statusTimer.unref();
+    this.reprovideTimer = setInterval(() => {
+      this.reprovide().catch((err: Error) => this.log('warn', 'reprovide failed', { error: err.message }));
+    }, this.cfg.reprovideIntervalMs);
+    this.reprovideTimer.unref();
     this.log('info', 'p2p node started', { peerId: n.peerId.toString(), addrs: n.getMultiaddrs().map(String), cluster: this.cfg.cluster, private: this.cfg.clusterKey !== '' });
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     this.bootstrapper.stop();
-    if (this.statusTimer) clearInterval(this.statusTimer);
+    for (const t of [this.statusTimer, this.reprovideTimer]) if (t) clearInterval(t);
+    for (const t of [this.batchTimer, this.catchUpTimer]) if (t) clearTimeout(t);
     this.queue.clear();
+    this.queryQueue.clear();
     await this.node.stop();
   }
 
@@ -305,15 +394,128 @@ export class P2PNode {
         waits.push(new Promise<void>((resolve) => j.waiters.push(resolve)));
       }
     }
-    this.pump();
+    this.schedulePublish();
     if (wait) await Promise.all(waits);
     return { queued };
   }
 
+  /**
+   * How much of the cluster the routing table holds. 'exact': every member the DNS answer
+   * lists, so the k closest peers it names for a key are exactly the key's record holders (as
+   * every other node with the same view computes them). 'near': all but a few, good enough to
+   * ask the right holders first. 'partial': a bigger cluster, whose table holds a sample.
+   */
+  private view(): P2PView {
+    const rt = this.dht.routingTable.size;
+    if (rt === 0 || this.cfg.bootstrapDns === '' || !this.bootstrapper.resolvedOnce) return 'partial';
+    const members = this.bootstrapper.members;
+    if (rt >= members) {
+      this.exactSince ??= Date.now();
+      return 'exact';
+    }
+    this.exactSince = undefined;
+    return rt >= Math.floor(members * 0.9) ? 'near' : 'partial';
+  }
+
+  private schedulePublish(): void {
+    if (this.batchTimer || this.batchRunning || this.stopped) return;
+    this.batchTimer = setTimeout(() => {
+      this.batchTimer = undefined;
+      void this.publishQueued();
+    }, BATCH_WINDOW_MS);
+    this.batchTimer.unref();
+  }
+
+  /**
+   * Publishes the queued keys to their closest peers in our routing table, in batches. When
+   * the table holds only part of the cluster, each key also takes kad-dht's provide query,
+   * which finds holders beyond our table.
+   */
+  private async publishQueued(): Promise<void> {
+    if (this.batchRunning || this.stopped || this.queue.size === 0) return;
+    const jobs = [...this.queue.values()];
+    this.queue.clear();
+    if (this.dht.routingTable.size === 0) {
+      // Alone: nobody to tell. Published when the first peers arrive (catchUp).
+      for (const j of jobs) {
+        this.unpublished.add(j.cid.toString());
+        for (const w of j.waiters) w();
+      }
+      return;
+    }
+    this.batchRunning = true;
+    const queryToo = this.view() === 'partial';
+    try {
+      const reached = await this.pushRecords(jobs.map((j) => j.cid));
+      for (const j of jobs) {
+        const c = j.cid.toString();
+        if ((reached.get(c) ?? 0) > 0) this.unpublished.delete(c);
+        else if (this.advertised.has(c)) this.unpublished.add(c);
+      }
+    } finally {
+      this.batchRunning = false;
+      if (queryToo) {
+        for (const j of jobs) {
+          const c = j.cid.toString();
+          const q = this.queryQueue.get(c);
+          if (q) q.waiters.push(...j.waiters);
+          else this.queryQueue.set(c, j);
+        }
+        this.pump();
+      } else for (const j of jobs) for (const w of j.waiters) w();
+      if (this.queue.size > 0) this.schedulePublish();
+    }
+  }
+
+  /**
+   * Sends our records for `cids` to each key's k closest peers in the routing table (only to
+   * `onlyTo` when given), one message per peer. Returns how many peers took each CID.
+   */
+  private async pushRecords(cids: CID[], onlyTo?: ReadonlySet<string>): Promise<Map<string, number>> {
+    const byPeer = new Map<string, { peer: PeerId; cids: CID[] }>();
+    for (const cid of cids) {
+      for (const peer of this.dht.routingTable.closestPeers(kadIdOf(cid.multihash.bytes), { count: K + HOLDER_MARGIN })) {
+        const id = peer.toString();
+        if (onlyTo && !onlyTo.has(id)) continue;
+        let b = byPeer.get(id);
+        if (!b) byPeer.set(id, (b = { peer, cids: [] }));
+        b.cids.push(cid);
+      }
+    }
+    const reached = new Map<string, number>();
+    const batches = [...byPeer.values()].flatMap(({ peer, cids: list }) => {
+      const out: Array<{ peer: PeerId; cids: CID[] }> = [];
+      for (let i = 0; i < list.length; i += MAX_BATCH) out.push({ peer, cids: list.slice(i, i + MAX_BATCH) });
+      return out;
+    });
+    const proto = provideProtocol(this.cfg.cluster);
+    let next = 0;
+    const sender = async (): Promise<void> => {
+      while (next < batches.length && !this.stopped) {
+        const { peer, cids: part } = batches[next++];
+        try {
+          const stream = await this.node.dialProtocol(peer, proto, { signal: AbortSignal.timeout(5000) });
+          await sendRecords(stream, part, AbortSignal.timeout(10_000));
+          this.counters.batchesSent++;
+          for (const cid of part) {
+            const c = cid.toString();
+            reached.set(c, (reached.get(c) ?? 0) + 1);
+          }
+        } catch (err) {
+          this.counters.batchesFailed++;
+          this.log('debug', 'record batch not delivered', { peer: peer.toString(), records: part.length, error: (err as Error).message });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PROVIDE_CONCURRENCY, batches.length) }, sender));
+    return reached;
+  }
+
+  /** One key at a time through kad-dht's provide query: for clusters bigger than our view. */
   private pump(): void {
-    while (!this.stopped && this.provideRunning < PROVIDE_CONCURRENCY && this.queue.size > 0) {
-      const [c, job] = this.queue.entries().next().value as [string, ProvideJob];
-      this.queue.delete(c);
+    while (!this.stopped && this.provideRunning < PROVIDE_CONCURRENCY && this.queryQueue.size > 0) {
+      const [c, job] = this.queryQueue.entries().next().value as [string, ProvideJob];
+      this.queryQueue.delete(c);
       this.provideRunning++;
       void this.provideOne(c, job).finally(() => {
         this.provideRunning--;
@@ -333,31 +535,58 @@ export class P2PNode {
     } catch (err) {
       this.log('debug', 'provide failed', { key: job.key, error: (err as Error).message });
     }
-    if (stored === 0) this.unpublished.add(c);
-    else this.unpublished.delete(c);
+    // The batch may have reached holders the query did not: only a total failure is unpublished.
+    if (stored > 0) this.unpublished.delete(c);
   }
 
-  private republishTimer: NodeJS.Timeout | undefined;
-  private republishSoon(): void {
-    if (this.republishTimer) return;
-    // Wait a moment for identify and the routing table to take in the new peers.
-    this.republishTimer = setTimeout(() => {
-      this.republishTimer = undefined;
-      if (this.dht.routingTable.size === 0) return;
-      const keys = [...this.unpublished].flatMap((c) => {
-        const k = this.advertised.get(c);
-        return k ? [k] : [];
-      });
-      this.unpublished.clear();
-      for (const key of keys) {
-        const cid = keyToCid(key);
-        const c = cid.toString();
-        if (!this.queue.has(c)) this.queue.set(c, { key, cid, waiters: [] });
-      }
-      if (keys.length > 0) this.log('info', 'publishing records held back while alone', { keys: keys.length });
-      this.pump();
+  /**
+   * Peers joined the routing table: give each the records it is now a holder of (a new node
+   * close to a key must not answer "nobody has it"), and publish what waited for company.
+   */
+  private scheduleCatchUp(): void {
+    if (this.catchUpTimer || this.stopped) return;
+    // Wait a moment for identify and the routing table to take in the whole arriving group.
+    this.catchUpTimer = setTimeout(() => {
+      this.catchUpTimer = undefined;
+      void this.catchUp();
     }, 1000);
-    this.republishTimer.unref();
+    this.catchUpTimer.unref();
+  }
+
+  private async catchUp(): Promise<void> {
+    if (this.stopped || this.dht.routingTable.size === 0) return;
+    const fresh = new Set(this.newPeers);
+    this.newPeers.clear();
+    const waiting = [...this.unpublished].flatMap((c) => {
+      const key = this.advertised.get(c);
+      return key ? [{ key, cid: keyToCid(key), waiters: [] }] : [];
+    });
+    this.unpublished.clear();
+    if (waiting.length > 0) {
+      this.log('info', 'publishing records held back while alone', { keys: waiting.length });
+      for (const w of waiting) if (!this.queue.has(w.cid.toString())) this.queue.set(w.cid.toString(), w);
+      this.schedulePublish();
+    }
+    const waitingSet = new Set(waiting.map((w) => w.cid.toString()));
+    const others = [...this.advertised.keys()].filter((c) => !waitingSet.has(c)).map((c) => CID.parse(c));
+    if (fresh.size > 0 && others.length > 0) await this.pushRecords(others, fresh);
+  }
+
+  /**
+   * Our own republish: refreshes our records in our store (so kad-dht's reprovider, which
+   * would query once per key, never finds them due) and sends them to the current holders.
+   */
+  private async reprovide(): Promise<void> {
+    if (this.stopped || this.advertised.size === 0) return;
+    const cids = [...this.advertised.keys()].map((c) => CID.parse(c));
+    for (const cid of cids) await this.dht.providers.addProvider(cid, this.node.peerId);
+    if (this.dht.routingTable.size === 0) return;
+    for (const cid of cids) {
+      const c = cid.toString();
+      const key = this.advertised.get(c);
+      if (key && !this.queue.has(c)) this.queue.set(c, { key, cid, waiters: [] });
+    }
+    this.schedulePublish();
   }
 
   async withdraw(keys: string[]): Promise<{ withdrawn: number }> {
@@ -367,8 +596,9 @@ export class P2PNode {
       const c = cid.toString();
       if (!this.advertised.delete(c)) continue;
       this.queue.delete(c);
+      this.queryQueue.delete(c);
       this.unpublished.delete(c);
-      await this.node.services.dht.cancelReprovide(cid);
+      await this.dht.providers.removeProvider(cid, this.node.peerId);
       cids.push(cid);
     }
     if (cids.length > 0) void this.announceWithdraw(cids);
@@ -403,8 +633,7 @@ export class P2PNode {
       [...targets.values()].map(async ({ peer, cids: list }) => {
         try {
           const stream = await this.node.dialProtocol(peer, proto, { signal: AbortSignal.timeout(5000) });
-          stream.send(encodeWithdraw(list));
-          await stream.close({ signal: AbortSignal.timeout(5000) });
+          await sendRecords(stream, list, AbortSignal.timeout(5000));
         } catch (err) {
           this.log('debug', 'withdraw not delivered', { peer: peer.toString(), error: (err as Error).message });
         }
@@ -463,12 +692,50 @@ export class P2PNode {
     return out;
   }
 
-  private async *networkProviders(c: string, signal: AbortSignal): AsyncIterable<ProviderPeer[]> {
-    const trace: string[] = [];
-    const t0 = performance.now();
-    try {
+  /** The k closest peers to a key in our routing table, when they are (nearly) its record holders. */
+  private holdersOf(c: string, view = this.view()): PeerId[] | undefined {
+    if (view === 'partial') return undefined;
+    return this.dht.routingTable.closestPeers(kadIdOf(CID.parse(c).multihash.bytes), { count: K });
+  }
+
+  private kadIdOfPeer(id: PeerId): Uint8Array {
+    const s = id.toString();
+    let k = this.peerKadIds.get(s);
+    if (!k) {
+      k = kadIdOf(id.toMultihash().bytes);
+      if (this.peerKadIds.size > 10_000) this.peerKadIds.clear();
+      this.peerKadIds.set(s, k);
+    }
+    return k;
+  }
+
+  /**
+   * Whether this node is among a key's k record holders, by an exact view of the cluster: then
+   * every provider sent us its record, and our store's "none" is the cluster's.
+   */
+  private isRecordHolder(c: string): boolean {
+    const view = this.view();
+    if (view !== 'exact' || Date.now() - this.exactSince! < EXACT_VIEW_SETTLE_MS) return false;
+    const holders = this.holdersOf(c, view);
+    if (!holders) return false;
+    if (holders.length < K) return true;
+    return closer(this.selfKadId, this.kadIdOfPeer(holders[holders.length - 1]), kadIdOf(CID.parse(c).multihash.bytes));
+  }
+
+  private async *networkProviders(c: string, signal: AbortSignal, stats: { queried: number }): AsyncIterable<ProviderPeer[]> {
+    // With a complete view, the record holders are known: when enough of them answer "none",
+    // nobody has the key, and the query (which would go on to ask every other peer) ends.
+    const holders = this.holdersOf(c);
+    const holderIds = holders ? new Set(holders.map(String)) : undefined;
+    const quorum = holders ? Math.min(MISS_QUORUM, holders.length) : Infinity;
+    let negatives = 0;
     for await (const ev of this.node.services.dht.findProviders(CID.parse(c), { signal })) {
-      if (trace.length < 40) trace.push(`${Math.round(performance.now() - t0)}ms ${ev.name}${'from' in ev ? ' ' + String(ev.from).slice(-6) : ''}${ev.name === 'QUERY_ERROR' ? ' ' + ev.error.message : ''}${ev.name === 'PEER_RESPONSE' ? ` p${ev.providers.length} c${ev.closer.length}` : ''}`);
+      if (ev.name === 'PEER_RESPONSE') {
+        if (ev.from.equals(this.node.peerId)) continue;
+        stats.queried++;
+        if (ev.providers.length === 0 && holderIds?.has(ev.from.toString()) && ++negatives >= quorum) return;
+        continue;
+      }
       if (ev.name !== 'PROVIDER') continue;
       const batch: ProviderPeer[] = [];
       for (const info of ev.providers) {
@@ -477,9 +744,6 @@ export class P2PNode {
         if (p) batch.push(p);
       }
       if (batch.length > 0) yield batch;
-    }
-    } finally {
-      if (signal.aborted || trace.length === 0) this.log('debug', 'network lookup trace', { cid: c, trace });
     }
   }
 
@@ -577,9 +841,10 @@ export class P2PNode {
       peers,
       routingTable,
       advertisedKeys: this.advertised.size,
-      pendingProvides: this.queue.size + this.provideRunning,
+      pendingProvides: this.queue.size + this.queryQueue.size + this.provideRunning,
       listenAddrs: this.node.getMultiaddrs().map(String),
       dnsMembers: this.dnsMemberCount,
+      view: this.view(),
     };
   }
 
@@ -592,6 +857,8 @@ export class P2PNode {
       routingTable: s.routingTable,
       advertisedKeys: s.advertisedKeys,
       bootstrapAttempts: { ok: this.counters.bootstrapOk, failed: this.counters.bootstrapFailed },
+      recordBatches: { ok: this.counters.batchesSent, failed: this.counters.batchesFailed },
+      recordsReceived: this.counters.recordsReceived,
       dnsResolveSeconds: dns,
     };
   }

@@ -177,6 +177,8 @@ export interface LookupResult {
   providers: ProviderPeer[];
   source: LookupSource;
   outcome: LookupOutcome;
+  /** Peers that answered the network query (0: answered from this node's store or cache). */
+  queried?: number;
 }
 
 export interface P2PStatus {
@@ -191,7 +193,15 @@ export interface P2PStatus {
   listenAddrs: string[];
   /** Members the last bootstrap DNS answer listed (0 without DNS bootstrap). */
   dnsMembers: number;
+  /**
+   * How much of the cluster the routing table holds: 'exact' (every DNS member: records go
+   * straight to their holders and misses are answered locally), 'near' (all but a few),
+   * 'partial' (a sample, as in clusters of more than a few dozen nodes: DHT queries).
+   */
+  view: P2PView;
 }
+
+export type P2PView = 'exact' | 'near' | 'partial';
 
 export type P2PRequest =
   | { id: number; type: 'advertise'; keys: string[]; /** resolve only once the records reached the DHT */ wait?: boolean }
@@ -212,6 +222,9 @@ export interface P2PMetricsSnapshot {
   routingTable: number;
   advertisedKeys: number;
   bootstrapAttempts: { ok: number; failed: number };
+  /** Provider-record batches this node sent (delivered or not) and records it took from peers. */
+  recordBatches: { ok: number; failed: number };
+  recordsReceived: number;
   /** DNS resolve durations (seconds) since the previous snapshot, by outcome. */
   dnsResolveSeconds: { ok: number[]; failed: number[] };
 }
