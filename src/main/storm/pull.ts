@@ -6,10 +6,8 @@
 // A LayoutSink writes what was pulled into the node's store, as containerd's content store does.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { once } from 'node:events';
 import { Agent, request, type Dispatcher } from 'undici';
 
 export const ACCEPT_MANIFESTS = [
@@ -121,6 +119,62 @@ export class LayoutSink {
   }
 }
 
+/**
+ * A blob file written in batches of about 1 MiB (one writev each), one batch in flight while the
+ * next arrives. A write stream costs a write per received chunk: that was 0.13 of the puller's 0.3
+ * CPU-s per 100 MB, on a machine where the puller shares 2 cores with the nodes it measures.
+ */
+class BlobWriter {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private pos = 0;
+  private inflight: Promise<void> = Promise.resolve();
+  private failed: Error | null = null;
+  private constructor(
+    private readonly fh: FileHandle,
+    readonly file: string,
+  ) {}
+
+  static async open(file: string): Promise<BlobWriter> {
+    return new BlobWriter(await open(file, 'w'), file);
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    if (this.failed) throw this.failed;
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    if (this.pendingBytes >= 1 << 20) await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.pendingBytes === 0) return;
+    const batch = this.pending;
+    const at = this.pos;
+    this.pos += this.pendingBytes;
+    this.pending = [];
+    this.pendingBytes = 0;
+    await this.inflight;
+    // Kept as a rejection-free promise: a failure surfaces on the next write or at close.
+    this.inflight = this.fh.writev(batch, at).then(
+      () => undefined,
+      (err: Error) => void (this.failed ??= err),
+    );
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    await this.inflight;
+    await this.fh.close();
+    if (this.failed) throw this.failed;
+  }
+
+  async discard(): Promise<void> {
+    await this.inflight;
+    await this.fh.close().catch(() => undefined);
+    await rm(this.file, { force: true }).catch(() => undefined);
+  }
+}
+
 export interface PullOptions {
   node: string;
   wave?: number;
@@ -193,12 +247,8 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       // Blobs hash as they stream; manifests (small, may start over) hash once whole.
       const hash = expect && !keep ? createHash('sha256') : null;
       const small: Buffer[] = [];
-      let out: ReturnType<typeof createWriteStream> | null = null;
-      let tmp = '';
-      if (expect && opts.sink && !keep) {
-        tmp = opts.sink.tmpPath();
-        out = createWriteStream(tmp);
-      }
+      let out: BlobWriter | null = null;
+      if (expect && opts.sink && !keep) out = await BlobWriter.open(opts.sink.tmpPath());
       try {
         for (const [host, base] of hosts) {
           const reqStarted = performance.now();
@@ -245,7 +295,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
               result.bytes[host] += chunk.length;
               opts.onBytes?.(chunk.length, host);
               if (keep) small.push(chunk);
-              else if (out && !out.write(chunk)) await once(out, 'drain');
+              else if (out) await out.write(chunk);
               if (expect && offset > expect.size) throw new PullError('size-mismatch', `${r}: more than the ${expect.size} bytes described`);
             }
           } catch (err) {
@@ -266,10 +316,15 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
             if (got !== expect.digest) throw new PullError('digest-mismatch', `${r}: content from ${host} hashes to ${got}`);
           }
           if (out) {
-            out.end();
-            await once(out, 'close');
-            await rename(tmp, opts.sink!.blobPath(expect!.digest));
+            const w = out;
             out = null;
+            try {
+              await w.close();
+              await rename(w.file, opts.sink!.blobPath(expect!.digest));
+            } catch (err) {
+              await w.discard();
+              throw err;
+            }
           } else if (keep && expect && opts.sink) {
             await writeFile(opts.sink.blobPath(expect.digest), Buffer.concat(small));
           }
@@ -278,10 +333,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
         if (lastErr instanceof PullError) throw lastErr;
         throw new PullError('network', `${kind}/${r}: ${lastErr?.message ?? 'no host answered'}`);
       } finally {
-        if (out) {
-          out.destroy();
-          await rm(tmp, { force: true }).catch(() => undefined);
-        }
+        if (out) await out.discard();
       }
     };
 
