@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DnsMembers } from '../src/p2p/bootstrap.js';
+import { DnsMembers, RING_LINKS, bootstrapCount, selectRing, sortAddresses } from '../src/p2p/bootstrap.js';
 import { DNS_MESSAGE_CAPACITY, Liveness, possiblyTruncated } from '../src/p2p/liveness.js';
 import { DEFAULTS, runScale, type ScaleResult } from '../native-bench/scale/scenarios.js';
 import { Dnsmasq } from './support/dnsmasq.js';
@@ -73,19 +73,63 @@ describe('liveness with partial DNS answers', () => {
   });
 });
 
+describe('bootstrap selection at 1,000 nodes: one component, no hot spot', () => {
+  const all = sortAddresses(ips(0, 1000));
+  const count = bootstrapCount(all.length - 1, 64);
+  const choice = new Map(all.map((self) => [self, selectRing(all, new Set([self]), `peer-${self}`, count)]));
+
+  test('every address receives about the average number of dials', () => {
+    const dials = new Map<string, number>();
+    for (const [self, chosen] of choice) {
+      assert.equal(chosen.length, count);
+      assert.ok(!chosen.includes(self));
+      assert.deepEqual(selectRing(all, new Set([self]), `peer-${self}`, count), chosen, 'deterministic');
+      for (const c of chosen) dials.set(c, (dials.get(c) ?? 0) + 1);
+    }
+    const max = Math.max(...dials.values());
+    // The average is `count`; the old rule (everyone dials the lowest two) gave those 999.
+    assert.ok(max <= 3 * count, `busiest address dialled ${max} times (average ${count})`);
+    assert.ok((dials.get(all[0]) ?? 0) <= 3 * count, `lowest address dialled ${dials.get(all[0])} times`);
+  });
+
+  test('the ring links alone join every node into one component, also for a node DNS does not list', () => {
+    const outsider = '127.101.200.1';
+    const links = new Map<string, string[]>(all.map((self) => [self, choice.get(self)!.slice(0, RING_LINKS)]));
+    links.set(outsider, selectRing(all, new Set([outsider]), 'peer-outsider', count).slice(0, RING_LINKS));
+    const adj = new Map<string, Set<string>>();
+    for (const [a, bs] of links)
+      for (const b of bs) {
+        if (!adj.has(a)) adj.set(a, new Set());
+        if (!adj.has(b)) adj.set(b, new Set());
+        adj.get(a)!.add(b);
+        adj.get(b)!.add(a);
+      }
+    const seen = new Set([all[0]]);
+    const todo = [all[0]];
+    while (todo.length) for (const n of adj.get(todo.pop()!) ?? []) if (!seen.has(n)) (seen.add(n), todo.push(n));
+    assert.equal(seen.size, all.length + 1);
+  });
+});
+
 describe('bootstrap DNS past one UDP message', () => {
-  test('1,000 A records arrive whole (TCP retry); past 64 KiB the answer is cut and flagged', async () => {
+  test('1,000 A records arrive whole (TCP retry); past 64 KiB the answer is cut and flagged, or refused', async () => {
     const name = 'big.scale.test';
-    const dns = await Dnsmasq.start({ [name]: ips(0, 1000) });
+    const dns = await Dnsmasq.start({ [name]: ips(0, 10) });
     try {
       const m = new DnsMembers(name, [dns.server]);
+      await dns.update({ [name]: ips(0, 1000) });
       const got = await m.resolve();
       assert.equal(got.length, 1000);
       assert.equal(possiblyTruncated(got), false);
       await dns.update({ [name]: ips(0, 4500) });
-      const cut = await m.resolve();
-      assert.ok(cut.length < 4500 && cut.length >= DNS_MESSAGE_CAPACITY.a, `${cut.length} records`);
-      assert.equal(possiblyTruncated(cut), true);
+      // dnsmasq 2.90 either cuts the answer at the message size without saying so, or (seen for
+      // some name lengths) sends one c-ares rejects as EBADRESP. Neither may pass as complete.
+      const cut = await m.resolve().catch((err: Error) => err);
+      if (cut instanceof Error) assert.match(cut.message, /EBADRESP/);
+      else {
+        assert.ok(cut.length < 4500 && cut.length >= DNS_MESSAGE_CAPACITY.a, `${cut.length} records`);
+        assert.equal(possiblyTruncated(cut), true);
+      }
     } finally {
       await dns.stop();
     }

@@ -129,7 +129,8 @@ export class ScaleCluster {
 
   async spawnHost(name: string): Promise<Host> {
     const child = fork(HOST_SCRIPT, [], {
-      execArgv: [`--max-old-space-size=${this.o.hostHeapMiB ?? 4096}`],
+      // PEERPULL_SCALE_HOST_ARGS: extra node flags for the hosts, e.g. --cpu-prof to see where upkeep goes.
+      execArgv: [`--max-old-space-size=${this.o.hostHeapMiB ?? 4096}`, ...(process.env.PEERPULL_SCALE_HOST_ARGS ?? '').split(' ').filter(Boolean)],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     const h = new Host(name, child);

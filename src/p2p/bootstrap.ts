@@ -1,17 +1,21 @@
 // Bootstrap from the DNS of a headless Service: no Kubernetes API calls at all.
 //
-// Every node resolves the same name and sorts the answer the same way. It always dials the
-// first ALWAYS_FIRST addresses (so every node joins one component: no split brain) and spreads
-// the rest of its choices with rendezvous hashing on its own peer id, so the lowest IPs are not
-// dialled by every node. How many it dials grows with log2 of the cluster size, within a
-// quarter of the connection budget. Addresses are dialled without a peer id: the noise
-// handshake reveals it.
+// Every node resolves the same name and sorts the answer the same way, which makes the members
+// a ring. Each node dials the RING_LINKS addresses that follow its own in that ring, so the
+// nodes form one component (no split brain) while every address receives the same few ring
+// dials (no hot spot: when everyone dialled the lowest addresses instead, each of them took
+// N - 1 dials at a cold start). The rest of its choices are spread with rendezvous hashing on
+// its own peer id. How many it dials grows with log2 of the cluster size, within a quarter of
+// the connection budget. Addresses are dialled without a peer id: the noise handshake reveals it.
 
 import { createHash } from 'node:crypto';
 import { Resolver } from 'node:dns/promises';
 import { isIPv4, isIPv6 } from 'node:net';
 
+/** The earlier rule (everyone dials the first addresses): kept for selectBootstrap only. */
 export const ALWAYS_FIRST = 2;
+/** Successors in the sorted ring each node dials and keeps connected. */
+export const RING_LINKS = 2;
 
 /** Bootstrap peers for a cluster of `members` other nodes: 3 at ~2 nodes, ~12 at 1000, capped. */
 export function bootstrapCount(members: number, maxConnections: number): number {
@@ -39,7 +43,10 @@ export function sortAddresses(ips: Iterable<string>): string[] {
   });
 }
 
-/** The `count` addresses this node dials: the first few for everyone, the rest spread by `seed`. */
+/**
+ * The earlier selection: the first few for everyone, the rest spread by `seed`. Not used by the
+ * Bootstrapper any more (the lowest addresses became hot spots at scale); see selectRing.
+ */
 export function selectBootstrap(sorted: string[], self: ReadonlySet<string>, seed: string, count: number): string[] {
   const others = sorted.filter((ip) => !self.has(ip));
   const first = others.slice(0, Math.min(ALWAYS_FIRST, count));
@@ -50,6 +57,37 @@ export function selectBootstrap(sorted: string[], self: ReadonlySet<string>, see
     .slice(0, Math.max(0, count - first.length))
     .map((r) => r.ip);
   return [...first, ...rest];
+}
+
+function rendezvous(ips: string[], seed: string): string[] {
+  return ips
+    .map((ip) => ({ ip, rank: createHash('sha256').update(seed).update('\0').update(ip).digest('hex') }))
+    .sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0))
+    .map((r) => r.ip);
+}
+
+/**
+ * This node's dial order: its RING_LINKS successors in the sorted ring first, then every other
+ * address spread by `seed`; the first `count` are the choice, the rest are fallbacks.
+ * A node whose own address is not in the answer (not listed yet, or an answer cut at the DNS
+ * message size) takes a position derived from `seed`: any position keeps it connected.
+ */
+export function selectRing(sorted: string[], self: ReadonlySet<string>, seed: string, count: number): string[] {
+  const others = sorted.filter((ip) => !self.has(ip));
+  if (others.length === 0 || count <= 0) return [];
+  const listed = sorted.filter((ip) => self.has(ip)).map(ipKey);
+  let at: number;
+  if (listed.length > 0) {
+    const mine = listed[0];
+    at = others.findIndex((ip) => ipKey(ip) > mine);
+    if (at < 0) at = 0;
+  } else {
+    at = parseInt(createHash('sha256').update(seed).digest('hex').slice(0, 8), 16) % others.length;
+  }
+  const ring: string[] = [];
+  for (let i = 0; i < Math.min(RING_LINKS, others.length); i++) ring.push(others[(at + i) % others.length]);
+  const inRing = new Set(ring);
+  return [...ring, ...rendezvous(others.filter((ip) => !inRing.has(ip)), seed)].slice(0, Math.max(count, 0));
 }
 
 export class DnsResolveError extends Error {
@@ -174,7 +212,7 @@ export class Bootstrapper {
         this.target = bootstrapCount(members, this.d.maxConnections);
         // The whole list in this node's order: the first `target` are the choice, the rest are
         // fallbacks for when those cannot be reached (another cluster on the name, dead pods).
-        selected = selectBootstrap(ips, self, this.d.seed, others.length);
+        selected = selectRing(ips, self, this.d.seed, others.length);
         this.resolvedOnce = true;
       } catch (err) {
         this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false);
@@ -190,11 +228,17 @@ export class Bootstrapper {
     const addrs: string[] = [];
     // Static peers are few by nature: keep at least one of them connected.
     if (this.d.staticPeers.length > 0 && !haveEnough) addrs.push(...this.d.staticPeers);
+    const addrOf = (ip: string) => `/ip${isIPv4(ip) ? 4 : 6}/${ip}/tcp/${this.d.p2pPort}`;
     if (!haveEnough) {
       for (const ip of selected) {
         if (connected.has(ip)) continue;
-        addrs.push(`/ip${isIPv4(ip) ? 4 : 6}/${ip}/tcp/${this.d.p2pPort}`);
+        addrs.push(addrOf(ip));
       }
+    } else {
+      // Enough peers, but none of them a ring successor: dial those anyway. Ring links are what
+      // join two halves again after a partition, when each half has enough peers of its own.
+      const ring = selected.slice(0, RING_LINKS);
+      if (ring.length > 0 && !ring.some((ip) => connected.has(ip))) addrs.push(...ring.map(addrOf));
     }
     if (addrs.length === 0) return;
     this.d.log('debug', 'bootstrap dialling', { candidates: addrs.length, members: this.members });
