@@ -249,11 +249,13 @@ export class ContainerdNode {
       ? ['-a', this.socket, '-n', spec.namespace, 'images', 'pull', '--snapshotter', this.snapshotter, '--max-concurrent-downloads', String(spec.concurrency), '--platform', platform, '--hosts-dir', spec.hostsDir, spec.image]
       : ['-a', this.socket, '-n', spec.namespace, 'content', 'fetch', '--platform', platform, '--hosts-dir', spec.hostsDir, spec.image];
     const up0 = spec.upstreamBytes();
+    // What an earlier pull cut short left behind (a partial ingest containerd resumes) is not this pull's.
+    const had = await this.received(spec.blobs);
     let seen = 0;
     let seenUp = 0;
     // Hands out what arrived since the last look: upstream from its counter, the rest via the mirror.
     const account = async () => {
-      const total = await this.received(spec.blobs);
+      const total = (await this.received(spec.blobs)) - had;
       const up = spec.upstreamBytes() - up0;
       if (up > seenUp) {
         spec.onBytes?.(up - seenUp, 'upstream');
