@@ -58,6 +58,7 @@ interface Stats {
   cpuUserUs: number;
   cpuSystemUs: number;
   status?: { peers: number; routingTable: number };
+  metrics?: { recordBatches: { ok: number; failed: number } };
   mainHeap: number;
   external: number;
   workerHeap?: { usedHeapSize: number; totalHeapSize: number };
@@ -164,6 +165,7 @@ async function runOne(n: number, a: Args) {
       bySource,
       queried: { p50: pct(queried, 50), p99: pct(queried, 99), max: queried[queried.length - 1] ?? 0 },
       views,
+      recordBatches: busy.stats.reduce((t, s) => ({ ok: t.ok + (s.metrics?.recordBatches.ok ?? 0), failed: t.failed + (s.metrics?.recordBatches.failed ?? 0) }), { ok: 0, failed: 0 }),
       // Cluster CPU above the idle baseline, per lookup.
       lookupCpuMs: ((busy.total - idle.total) * 1000) / Math.max(1, results.length),
       idleCpuPerNodePct: (idle.total / n / a.seconds) * 100,
@@ -187,7 +189,7 @@ for (const n of args.nodes) {
       [
         `N=${r.nodes}: ready in ${(r.readyMs / 1000).toFixed(1)} s; ${r.keys} keys advertised in ${(r.advertiseMs / 1000).toFixed(1)} s`,
         `  ${r.lookups} lookups at ${r.rate}/s: p50 ${r.p50Ms.toFixed(2)} ms, p90 ${r.p90Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms, max ${r.maxMs.toFixed(2)} ms; timeouts ${r.timeouts}, not found ${r.notFound}, errors ${r.errors}`,
-        `  outcome/source ${JSON.stringify(r.bySource)}; peers queried p50/p99/max ${r.queried.p50}/${r.queried.p99}/${r.queried.max}; views ${JSON.stringify(r.views)}`,
+        `  outcome/source ${JSON.stringify(r.bySource)}; peers queried p50/p99/max ${r.queried.p50}/${r.queried.p99}/${r.queried.max}; views ${JSON.stringify(r.views)}; record batches ok/failed ${r.recordBatches.ok}/${r.recordBatches.failed}`,
         `  lookup CPU ${r.lookupCpuMs.toFixed(2)} ms each (cluster, above idle); idle CPU ${r.idleCpuPerNodePct.toFixed(1)} % of a core per node`,
         `  connections per node min/avg/max ${r.connectionsPerNode.min}/${r.connectionsPerNode.avg.toFixed(1)}/${r.connectionsPerNode.max}; RSS MiB per node min/avg/max ${r.rssMiBPerNode.min.toFixed(0)}/${r.rssMiBPerNode.avg.toFixed(0)}/${r.rssMiBPerNode.max.toFixed(0)}`,
         `  heaps MiB per node (avg): main ${r.memory.mainHeapMiB.toFixed(0)}, p2p thread ${r.memory.workerHeapMiB.toFixed(0)} (used ${r.memory.workerUsedMiB.toFixed(0)}), external ${r.memory.externalMiB.toFixed(0)}`,

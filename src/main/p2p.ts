@@ -155,6 +155,7 @@ export class P2P {
   private crashes = 0;
   private startedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
+  private metrics_: P2PMetricsSnapshot | undefined;
   private counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0 };
   private readonly startListeners = new Set<() => void>();
   private firstStart: { resolve(): void; reject(e: Error): void } | undefined;
@@ -202,6 +203,11 @@ export class P2P {
   /** The last status the p2p thread pushed (every 2 s), without a round trip. */
   lastStatus(): P2PStatus | undefined {
     return this.status_;
+  }
+
+  /** The last metrics snapshot the p2p thread pushed (counters are per thread incarnation). */
+  lastMetrics(): P2PMetricsSnapshot | undefined {
+    return this.metrics_;
   }
 
   /** Called after every (re)start of the p2p thread, once its advertisements were re-sent. */
@@ -323,6 +329,7 @@ export class P2P {
         this.log[m.level](m.msg, m.fields);
       } else if (m.kind === 'status') {
         this.setStatus(m.status);
+        this.metrics_ = m.metrics;
         this.applyMetrics(m.metrics);
       } else if (m.kind === 'started') {
         this.setStatus(m.status);

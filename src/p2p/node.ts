@@ -49,6 +49,8 @@ const HOLDER_MARGIN = 3;
  * time for peers that just saw it join to send it their records (catchUp, 1 s after the join).
  */
 const EXACT_VIEW_SETTLE_MS = 5000;
+/** A member of a small cluster that could not be dialled is tried again after this long. */
+const MESH_RETRY_MS = 10_000;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
 const MISS_QUORUM = 2;
 /** Advertise calls arriving within this window go out as one batch. */
@@ -82,7 +84,6 @@ interface DhtProviders {
 }
 interface DhtRoutingTable {
   size: number;
-  closestPeers(kadId: Uint8Array, options?: { count?: number }): PeerId[];
   addEventListener(type: 'peer:add', fn: (e: CustomEvent<PeerId>) => void): void;
 }
 interface DhtInternals {
@@ -95,7 +96,6 @@ function dhtInternals(dht: KadDHT): DhtInternals {
     typeof d.providers?.getProviders !== 'function' ||
     typeof d.providers.removeProvider !== 'function' ||
     typeof d.routingTable?.size !== 'number' ||
-    typeof d.routingTable.closestPeers !== 'function' ||
     typeof d.routingTable.addEventListener !== 'function'
   ) {
     throw new Error('@libp2p/kad-dht internals changed: providers store or routing table not found (pinned version 16.4.5 expected)');
@@ -155,7 +155,19 @@ export class P2PNode {
   /** Peers added to the routing table since the last catch-up. */
   private readonly newPeers = new Set<string>();
   private readonly selfKadId: Uint8Array;
-  private readonly peerKadIds = new Map<string, Uint8Array>();
+  /**
+   * Cluster peers this node knows: identified over a connection with our DHT protocol, or in
+   * the routing table. Record holders are chosen among them (kad-dht's table alone drops peers
+   * whose ping was late, and two nodes must agree on who holds a key).
+   */
+  private readonly members = new Map<string, { id: PeerId; kadId: Uint8Array; ips: string[] }>();
+  /** The other IPs of the last DNS answer. */
+  private dnsOthers: string[] = [];
+  private meshRunning = false;
+  /** Records a holder did not take after several tries: peer id -> CIDs, retried every few seconds. */
+  private readonly undelivered = new Map<string, Map<string, CID>>();
+  private redelivering = false;
+  private readonly meshFailures = new Map<string, number>();
   private lastReady = false;
   /** Since when the routing table has held every DNS member (see view()). */
   private exactSince: number | undefined;
@@ -181,6 +193,7 @@ export class P2PNode {
     });
     this.liveness.onDeath((id) => {
       this.lookups.forgetPeer(id);
+      this.members.delete(id);
       this.log('info', 'peer considered dead: no longer returned as a provider', { peer: id });
     });
     this.bootstrapper = new Bootstrapper({
@@ -201,6 +214,9 @@ export class P2PNode {
         if (ok) {
           this.dnsMemberCount = ips?.length ?? 0;
           this.liveness.setDnsMembers(ips);
+          const self = this.selfIps();
+          this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip));
+          setImmediate(() => void this.meshDial());
         }
       },
       onAttempt: (ok, addr, err) => {
@@ -330,10 +346,7 @@ export class P2PNode {
       this.liveness.markAlive(e.detail.toString());
       if (this.unpublished.size > 0) this.scheduleCatchUp();
     });
-    this.dht.routingTable.addEventListener('peer:add', (e) => {
-      this.newPeers.add(e.detail.toString());
-      this.scheduleCatchUp();
-    });
+    this.dht.routingTable.addEventListener('peer:add', (e) => this.addMember(e.detail));
     n.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString();
       this.bootstrapper.peerLost();
@@ -342,11 +355,14 @@ export class P2PNode {
     });
     n.addEventListener('peer:identify', (e) => {
       // A peer of another cluster (or no DHT at all) is useless and takes a connection slot.
-      const { peerId, protocols, connection } = e.detail;
+      const { peerId, protocols, connection, listenAddrs } = e.detail;
       if (!protocols.includes(dhtProtocol(this.cfg.cluster))) {
         this.log('info', 'closing connection to a peer outside this cluster', { peer: peerId.toString(), remote: connection.remoteAddr.toString() });
         void connection.close().catch(() => {});
+        return;
       }
+      // Its listen addresses, not the connection's source: that may be another address of its host.
+      this.addMember(peerId, listenAddrs.flatMap((a) => parseTcpAddr(a)?.ip ?? []));
     });
     await n.start();
     this.bootstrapper.start();
@@ -406,15 +422,84 @@ export class P2PNode {
    * ask the right holders first. 'partial': a bigger cluster, whose table holds a sample.
    */
   private view(): P2PView {
-    const rt = this.dht.routingTable.size;
-    if (rt === 0 || this.cfg.bootstrapDns === '' || !this.bootstrapper.resolvedOnce) return 'partial';
-    const members = this.bootstrapper.members;
-    if (rt >= members) {
+    const others = this.dnsOthers;
+    if (this.members.size === 0 || this.cfg.bootstrapDns === '' || others.length === 0) {
+      this.exactSince = undefined;
+      return 'partial';
+    }
+    if (this.members.size < Math.floor(others.length * 0.9)) {
+      this.exactSince = undefined;
+      return 'partial';
+    }
+    const known = new Set<string>();
+    for (const m of this.members.values()) for (const ip of m.ips) known.add(ip);
+    let missing = 0;
+    for (const ip of others) if (!known.has(ip)) missing++;
+    if (missing === 0) {
       this.exactSince ??= Date.now();
       return 'exact';
     }
     this.exactSince = undefined;
-    return rt >= Math.floor(members * 0.9) ? 'near' : 'partial';
+    return missing <= Math.ceil(others.length * 0.1) ? 'near' : 'partial';
+  }
+
+  private addMember(id: PeerId, ips: string[] = []): void {
+    const key = id.toString();
+    if (id.equals(this.node.peerId)) return;
+    const m = this.members.get(key);
+    if (m) {
+      if (ips.length > 0) m.ips = ips;
+      return;
+    }
+    this.members.set(key, { id, kadId: kadIdOf(id.toMultihash().bytes), ips });
+    this.newPeers.add(key);
+    this.scheduleCatchUp();
+  }
+
+  /** The `count` known cluster peers closest to a Kademlia id. */
+  private closestMembers(target: Uint8Array, count: number): PeerId[] {
+    const list = [...this.members.values()];
+    list.sort((a, b) => (closer(a.kadId, b.kadId, target) ? -1 : closer(b.kadId, a.kadId, target) ? 1 : 0));
+    return list.slice(0, count).map((m) => m.id);
+  }
+
+  /**
+   * A small cluster (members within half the connection budget) runs as a full mesh: every
+   * node then knows every other, records reach their holders directly and misses are answered
+   * locally. Bigger clusters stay with the bootstrap's logarithmic choice and Kademlia.
+   */
+  private meshEligible(): boolean {
+    const n = this.dnsOthers.length;
+    return n > 0 && n <= Math.floor(this.cfg.maxConnections / 2);
+  }
+
+  private async meshDial(): Promise<void> {
+    if (this.meshRunning || this.stopped || !this.meshEligible()) return;
+    const others = this.dnsOthers;
+    this.meshRunning = true;
+    try {
+      // By listen address: an inbound connection's source may be another address of the peer's host.
+      const connected = this.connectedIps();
+      for (const m of this.members.values()) if (this.node.getConnections(m.id).length > 0) for (const ip of m.ips) connected.add(ip);
+      const now = Date.now();
+      const todo = others.filter((ip) => !connected.has(ip) && now - (this.meshFailures.get(ip) ?? 0) > MESH_RETRY_MS);
+      let next = 0;
+      const dialer = async (): Promise<void> => {
+        while (next < todo.length && !this.stopped) {
+          const ip = todo[next++];
+          try {
+            await this.node.dial(multiaddr(`/ip${ip.includes(':') ? 6 : 4}/${ip}/tcp/${this.cfg.listenPort}`), { signal: AbortSignal.timeout(5000) });
+            this.meshFailures.delete(ip);
+          } catch {
+            // A pod that is gone but still listed: try again later, not every round.
+            this.meshFailures.set(ip, Date.now());
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(4, todo.length) }, dialer));
+    } finally {
+      this.meshRunning = false;
+    }
   }
 
   private schedulePublish(): void {
@@ -444,7 +529,9 @@ export class P2PNode {
       return;
     }
     this.batchRunning = true;
-    const queryToo = this.view() === 'partial';
+    // A small cluster still meshing is on its way to an exact view (catchUp covers the peers
+    // that arrive); queries would only load it. A big cluster needs them.
+    const queryToo = this.view() === 'partial' && !this.meshEligible();
     try {
       const reached = await this.pushRecords(jobs.map((j) => j.cid));
       for (const j of jobs) {
@@ -474,7 +561,7 @@ export class P2PNode {
   private async pushRecords(cids: CID[], onlyTo?: ReadonlySet<string>): Promise<Map<string, number>> {
     const byPeer = new Map<string, { peer: PeerId; cids: CID[] }>();
     for (const cid of cids) {
-      for (const peer of this.dht.routingTable.closestPeers(kadIdOf(cid.multihash.bytes), { count: K + HOLDER_MARGIN })) {
+      for (const peer of this.closestMembers(kadIdOf(cid.multihash.bytes), K + HOLDER_MARGIN)) {
         const id = peer.toString();
         if (onlyTo && !onlyTo.has(id)) continue;
         let b = byPeer.get(id);
@@ -489,26 +576,63 @@ export class P2PNode {
       return out;
     });
     const proto = provideProtocol(this.cfg.cluster);
-    let next = 0;
-    const sender = async (): Promise<void> => {
-      while (next < batches.length && !this.stopped) {
-        const { peer, cids: part } = batches[next++];
-        try {
-          const stream = await this.node.dialProtocol(peer, proto, { signal: AbortSignal.timeout(5000) });
-          await sendRecords(stream, part, AbortSignal.timeout(10_000));
-          this.counters.batchesSent++;
-          for (const cid of part) {
-            const c = cid.toString();
-            reached.set(c, (reached.get(c) ?? 0) + 1);
+    // A batch that fails (a busy peer, a dial that timed out) is tried again twice, a little
+    // later: a holder left without our record would answer "nobody has it".
+    for (let attempt = 1; batches.length > 0 && !this.stopped; attempt++) {
+      const failed: typeof batches = [];
+      let next = 0;
+      const sender = async (): Promise<void> => {
+        while (next < batches.length && !this.stopped) {
+          const batch = batches[next++];
+          try {
+            const stream = await this.node.dialProtocol(batch.peer, proto, { signal: AbortSignal.timeout(5000) });
+            await sendRecords(stream, batch.cids, AbortSignal.timeout(10_000));
+            this.counters.batchesSent++;
+            for (const cid of batch.cids) {
+              const c = cid.toString();
+              reached.set(c, (reached.get(c) ?? 0) + 1);
+            }
+          } catch (err) {
+            this.counters.batchesFailed++;
+            failed.push(batch);
+            this.log('debug', 'record batch not delivered', { peer: batch.peer.toString(), records: batch.cids.length, attempt, error: (err as Error).message });
           }
-        } catch (err) {
-          this.counters.batchesFailed++;
-          this.log('debug', 'record batch not delivered', { peer: peer.toString(), records: part.length, error: (err as Error).message });
         }
+      };
+      await Promise.all(Array.from({ length: Math.min(PROVIDE_CONCURRENCY, batches.length) }, sender));
+      if (failed.length === 0) break;
+      if (attempt >= 3) {
+        // Still failing: handed to the status timer, which tries again while the peer is a member.
+        for (const b of failed) {
+          const id = b.peer.toString();
+          let set = this.undelivered.get(id);
+          if (!set) this.undelivered.set(id, (set = new Map()));
+          for (const cid of b.cids) set.set(cid.toString(), cid);
+        }
+        break;
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(PROVIDE_CONCURRENCY, batches.length) }, sender));
+      await new Promise((r) => setTimeout(r, 1000 * attempt).unref());
+      // Only to peers still known: a dead one is not a holder any more.
+      batches.splice(0, batches.length, ...failed.filter((b) => this.members.has(b.peer.toString())));
+    }
     return reached;
+  }
+
+  private async redeliver(): Promise<void> {
+    this.redelivering = true;
+    try {
+      const todo = [...this.undelivered];
+      this.undelivered.clear();
+      for (const [id, cids] of todo) {
+        const m = this.members.get(id);
+        if (!m || this.stopped) continue;
+        // Only what we still advertise.
+        const list = [...cids.values()].filter((cid) => this.advertised.has(cid.toString()));
+        if (list.length > 0) await this.pushRecords(list, new Set([id]));
+      }
+    } finally {
+      this.redelivering = false;
+    }
   }
 
   /** One key at a time through kad-dht's provide query: for clusters bigger than our view. */
@@ -695,18 +819,11 @@ export class P2PNode {
   /** The k closest peers to a key in our routing table, when they are (nearly) its record holders. */
   private holdersOf(c: string, view = this.view()): PeerId[] | undefined {
     if (view === 'partial') return undefined;
-    return this.dht.routingTable.closestPeers(kadIdOf(CID.parse(c).multihash.bytes), { count: K });
+    return this.closestMembers(kadIdOf(CID.parse(c).multihash.bytes), K);
   }
 
   private kadIdOfPeer(id: PeerId): Uint8Array {
-    const s = id.toString();
-    let k = this.peerKadIds.get(s);
-    if (!k) {
-      k = kadIdOf(id.toMultihash().bytes);
-      if (this.peerKadIds.size > 10_000) this.peerKadIds.clear();
-      this.peerKadIds.set(s, k);
-    }
-    return k;
+    return this.members.get(id.toString())?.kadId ?? kadIdOf(id.toMultihash().bytes);
   }
 
   /**
@@ -865,6 +982,8 @@ export class P2PNode {
 
   private pushStatus(): void {
     if (this.stopped) return;
+    if (this.meshEligible() && this.view() !== 'exact') void this.meshDial();
+    if (this.undelivered.size > 0 && !this.redelivering) void this.redeliver();
     this.liveness.prune(this.cfg.providerTtlMs);
     const s = this.status();
     if (s.ready !== this.lastReady) {

@@ -55,7 +55,7 @@ async function run(m: Record<string, unknown>): Promise<unknown> {
       const cpu = process.cpuUsage(cpuBase);
       if (m.reset) cpuBase = process.cpuUsage();
       const mem = process.memoryUsage();
-      return { rss: mem.rss, mainHeap: mem.heapTotal, external: mem.external, workerHeap: await p2p.heapStatistics(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system, status: p2p.lastStatus() };
+      return { rss: mem.rss, mainHeap: mem.heapTotal, external: mem.external, workerHeap: await p2p.heapStatistics(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system, status: p2p.lastStatus(), metrics: p2p.lastMetrics() };
     }
     case 'metrics':
       return registry.metrics();
