@@ -21,6 +21,7 @@ import { generateImage, type GeneratedImage } from '../src/main/image-generator.
 import { cleanupAll, start, stop, tempDir } from './children.js';
 import { cpuSeconds } from './proc.js';
 import { PEERPULL_CLI } from './servers.js';
+import { Dnsmasq } from '../test/support/dnsmasq.js';
 
 const execFileP = promisify(execFile);
 const MiB = 2 ** 20;
@@ -114,12 +115,14 @@ async function main(): Promise<void> {
   const passEnv: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (k.startsWith('PEERPULL_') && v !== undefined) passEnv[k] = v;
 
-  say(`starting ${o.nodes} nodes on 127.0.88.1-${o.nodes} ...`);
+  say(`starting ${o.nodes} nodes on 127.0.88.1-${o.nodes}, bootstrapped from a headless-service name on dnsmasq ...`);
+  // As in a cluster: every node resolves one name listing every node (dnsmasq stops itself at exit).
+  const dnsName = 'peerpull.mirror-bench.test';
+  const dns = await Dnsmasq.start({ [dnsName]: Array.from({ length: o.nodes }, (_, i) => ip(i)) });
   const children: import("node:child_process").ChildProcess[] = [];
   for (let i = 0; i < o.nodes; i++) {
     const store = i === 0 ? holder : path.join(root, `store-${i}`);
     if (i > 0) await generateImage(store, { name: `docker.io/library/own-${i}:1`, layerSizes: [1024] });
-    const peers = [0, 1, 2].filter((j) => j !== i && j < o.nodes).map((j) => `/ip4/${ip(j)}/tcp/${P2P_PORT}`).join(',');
     children.push(
       start(process.execPath, [PEERPULL_CLI, 'serve'], {
         env: {
@@ -128,7 +131,8 @@ async function main(): Promise<void> {
           PEERPULL_REGISTRY_ADDR: `${ip(i)}:${REGISTRY_PORT}`,
           PEERPULL_METRICS_ADDR: `${ip(i)}:${METRICS_PORT}`,
           PEERPULL_P2P_ADDR: `${ip(i)}:${P2P_PORT}`,
-          PEERPULL_BOOTSTRAP_PEERS: peers,
+          PEERPULL_BOOTSTRAP_DNS: dnsName,
+          PEERPULL_DNS_SERVERS: dns.server,
           PEERPULL_DATA_DIR: path.join(root, `data-${i}`),
           PEERPULL_CLUSTER: 'bench',
           PEERPULL_WORKERS: '2',
@@ -144,6 +148,16 @@ async function main(): Promise<void> {
   const layer = big.manifests[0]!.layers[0]!;
   const blobPath = `/v2/library/big/blobs/${layer.digest}?ns=docker.io`;
   for (let i = 1; i < o.nodes; i++) await waitFor(async () => (await status(url(i, blobPath))) === 200, 60_000, `node ${i + 1} finding the blob`);
+  // Steady state: every node knows every other (what a running cluster looks like).
+  const metricsUrl = (i: number, p: string) => `http://${ip(i)}:${METRICS_PORT}${p}`;
+  for (let i = 0; i < o.nodes; i++) {
+    await waitFor(async () => {
+      const r = await request(metricsUrl(i, '/status?format=json'));
+      const snap = (await r.body.json()) as { p2p?: { view?: string } };
+      return snap.p2p?.view === 'exact';
+    }, 90_000, `node ${i + 1} knowing the whole cluster`);
+  }
+  await new Promise((r) => setTimeout(r, 6000)); // past the exact-view settle time
   say('cluster ready; measuring');
 
   // 1. Throughput: local (node 1) vs peer path (node 2 proxying node 1), alternating.

@@ -80,7 +80,8 @@ function giveBack(origin: string, socket: net.Socket): void {
     const l = idle.get(origin);
     if (l) idle.set(origin, l.filter((s) => s !== socket));
   };
-  socket.setTimeout(IDLE_KEEPALIVE_MS, () => socket.destroy());
+  // The 'timeout' listener is added once, in connect(): adding one per release leaked them.
+  socket.setTimeout(IDLE_KEEPALIVE_MS);
   // Keep reading while idle, so a peer closing the connection is noticed before it is reused.
   socket.resume();
   list.push(socket);
@@ -112,6 +113,8 @@ function connect(host: string, port: number, timeoutMs: number): Promise<net.Soc
     });
     socket.on('error', () => {});
     socket.on('close', () => conn.onEnd(new Error('connection closed by the peer')));
+    // Armed only while the socket idles in the pool (giveBack); takeIdle disarms it.
+    socket.on('timeout', () => socket.destroy());
   });
 }
 
