@@ -561,7 +561,7 @@ export class P2PNode {
   private async pushRecords(cids: CID[], onlyTo?: ReadonlySet<string>): Promise<Map<string, number>> {
     const byPeer = new Map<string, { peer: PeerId; cids: CID[] }>();
     for (const cid of cids) {
-      for (const peer of this.closestMembers(kadIdOf(cid.multihash.bytes), K + HOLDER_MARGIN)) {
+      for (const peer of this.closestMembers(kadIdOf(cid.multihash.bytes), this.holderCount() + HOLDER_MARGIN)) {
         const id = peer.toString();
         if (onlyTo && !onlyTo.has(id)) continue;
         let b = byPeer.get(id);
@@ -819,7 +819,15 @@ export class P2PNode {
   /** The k closest peers to a key in our routing table, when they are (nearly) its record holders. */
   private holdersOf(c: string, view = this.view()): PeerId[] | undefined {
     if (view === 'partial') return undefined;
-    return this.closestMembers(kadIdOf(CID.parse(c).multihash.bytes), K);
+    return this.closestMembers(kadIdOf(CID.parse(c).multihash.bytes), this.holderCount());
+  }
+
+  /**
+   * How many peers hold each record: every member in a small (meshed) cluster, where that costs
+   * one message per peer and makes every lookup local; Kademlia's k beyond.
+   */
+  private holderCount(): number {
+    return this.meshEligible() ? Math.max(K, this.members.size) : K;
   }
 
   private kadIdOfPeer(id: PeerId): Uint8Array {
@@ -833,6 +841,7 @@ export class P2PNode {
   private isRecordHolder(c: string): boolean {
     const view = this.view();
     if (view !== 'exact' || Date.now() - this.exactSince! < EXACT_VIEW_SETTLE_MS) return false;
+    if (this.meshEligible()) return true;
     const holders = this.holdersOf(c, view);
     if (!holders) return false;
     if (holders.length < K) return true;
