@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DnsMembers, RING_LINKS, bootstrapCount, selectRing, sortAddresses } from '../src/p2p/bootstrap.js';
+import { Bootstrapper, DnsMembers, RING_LINKS, bootstrapCount, selectRing, sortAddresses } from '../src/p2p/bootstrap.js';
 import { DNS_MESSAGE_CAPACITY, Liveness, possiblyTruncated } from '../src/p2p/liveness.js';
 import { DEFAULTS, runScale, type ScaleResult } from '../native-bench/scale/scenarios.js';
 import { Dnsmasq } from './support/dnsmasq.js';
@@ -108,6 +108,50 @@ describe('bootstrap selection at 1,000 nodes: one component, no hot spot', () =>
     const todo = [all[0]];
     while (todo.length) for (const n of adj.get(todo.pop()!) ?? []) if (!seen.has(n)) (seen.add(n), todo.push(n));
     assert.equal(seen.size, all.length + 1);
+  });
+});
+
+describe('bootstrap with another cluster behind the same name', () => {
+  test('addresses marked foreign are dialled only after every other candidate', async () => {
+    const members = ips(0, 10);
+    const self = members[0];
+    const run = async (foreign: string[]) => {
+      const dialled: string[] = [];
+      let done!: () => void;
+      const finished = new Promise<void>((r) => (done = r));
+      const b = new Bootstrapper({
+        seed: 'peer-self',
+        selfIps: () => new Set([self]),
+        p2pPort: 7001,
+        maxConnections: 64,
+        intervalMs: 60_000,
+        dns: { hostname: 'x', resolve: async () => members } as unknown as DnsMembers,
+        staticPeers: [],
+        connectedIps: () => new Set(),
+        connectionCount: () => dialled.length,
+        dial: async (a) => {
+          dialled.push(a.split('/')[2]);
+        },
+        onDnsAnswer: () => {},
+        onAttempt: () => {
+          if (dialled.length >= bootstrapCount(members.length - 1, 64)) done();
+        },
+        log: () => {},
+      });
+      for (const ip of foreign) b.markForeign(ip);
+      // The bootstrapper's timers do not hold the process open; this does, until the round ran.
+      const keepAlive = setInterval(() => {}, 1000);
+      b.start();
+      await finished;
+      b.stop();
+      clearInterval(keepAlive);
+      return dialled;
+    };
+    const plain = await run([]);
+    const foreign = plain.slice(0, 3);
+    const avoiding = await run(foreign);
+    assert.equal(avoiding.length, plain.length);
+    for (const ip of foreign) assert.ok(!avoiding.includes(ip), `${ip} runs another cluster and was dialled first anyway`);
   });
 });
 

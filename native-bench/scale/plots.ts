@@ -6,13 +6,20 @@ import type { ScaleResult } from './scenarios.js';
 import { lineChart, type Chart, type Series } from './svg.js';
 
 function series(rs: ScaleResult[], name: string, f: (r: ScaleResult) => number | undefined, dashed = false): Series {
-  return { name, dashed, points: rs.flatMap((r) => { const y = f(r); return y === undefined || !Number.isFinite(y) ? [] : [[r.n, y] as [number, number]]; }) };
+  const value = (r: ScaleResult) => {
+    try {
+      return f(r);
+    } catch {
+      return undefined; // a run cut short lacks later phases
+    }
+  };
+  return { name, dashed, points: rs.flatMap((r) => { const y = value(r); return y === undefined || !Number.isFinite(y) ? [] : [[r.n, y] as [number, number]]; }) };
 }
 
 export function charts(results: Record<string, ScaleResult>): Record<string, Chart> {
   const rs = Object.values(results).filter((r) => r && typeof r.n === 'number').sort((a, b) => a.n - b.n);
-  const bound = rs[0]?.settings.maxConnections ?? 64;
-  const deadBound = (rs[0]?.settings.deadPeerTimeoutMs ?? 20_000) / 1000;
+  const bound = rs[0]?.settings?.maxConnections ?? 64;
+  const deadBound = (rs[0]?.settings?.deadPeerTimeoutMs ?? 20_000) / 1000;
   return {
     'ready.svg': {
       title: 'Cold start: time until nodes are ready',
@@ -62,6 +69,15 @@ export function charts(results: Record<string, ScaleResult>): Record<string, Cha
       yFromZero: true,
       series: [series(rs, 'last dead provider returned', (r) => (r.churn ? (r.churn.deadReturnedLastMs ?? 0) / 1000 : undefined))],
       refs: [{ y: 60, label: 'target 60 s' }, { y: deadBound, label: `DEAD_PEER_TIMEOUT ${deadBound} s` }],
+    },
+    'upkeep.svg': {
+      title: 'Idle upkeep per node',
+      yLabel: 'ms CPU per second / connections opened per minute',
+      yFromZero: true,
+      series: [
+        series(rs, 'CPU ms per second', (r) => ((r.idle?.cpuSecondsPerNodePerMinute ?? r.steady.idleCpuSecondsPerNodePerMinute) * 1000) / 60),
+        series(rs, 'connections opened per minute', (r) => r.idle?.dialsPerNodePerMinute ?? r.steady.idleDialsPerNodePerMinute, true),
+      ],
     },
     'memory.svg': {
       title: 'Memory per node (marginal, p2p stack only)',

@@ -3,11 +3,14 @@
 // dnsmasq answering the headless name with every A record; the scenarios of scenarios.ts for
 // each N. Writes docs/scale/results.json and the SVG plots beside it.
 //
-//   npm run bench:scale -- --nodes 100,300,1000 [--partition] [--per-host 200] [--keys 1]
-//                          [--rate 20] [--lookups 400] [--out docs/scale] [--no-plots]
+//   npm run bench:scale -- --nodes 100,300,1000 [--scenarios isolation,churn,partition]
+//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400]
+//                          [--out docs/scale] [--no-plots] [--no-netns]
 //
-// As root with unshare and nft available it re-executes itself in a private network namespace
-// (everything it starts lives and dies there), which the partition scenario needs.
+// Cold start and steady state always run; --scenarios picks the rest (default: all three,
+// partition only where it can run). As root with unshare it re-executes itself in a private
+// network namespace (everything it starts lives and dies there); the partition scenario needs
+// that and nft (Debian nftables).
 
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -22,7 +25,7 @@ const IN_NETNS = 'PEERPULL_SCALE_NETNS';
 
 interface Args {
   nodes: number[];
-  partition: boolean;
+  scenarios: Set<string> | undefined;
   perHost: number;
   keys: number;
   rate: number;
@@ -33,7 +36,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { nodes: [100, 300, 1000], partition: false, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
+  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     const num = () => {
@@ -47,8 +50,10 @@ function parseArgs(argv: string[]): Args {
         a.nodes = v.split(',').map(Number);
         i++;
         break;
-      case '--partition':
-        a.partition = true;
+      case '--scenarios':
+        a.scenarios = new Set(v.split(',').filter(Boolean));
+        for (const x of a.scenarios) if (!['isolation', 'churn', 'partition'].includes(x)) throw new Error(`unknown scenario ${x}`);
+        i++;
         break;
       case '--per-host':
         a.perHost = num();
@@ -95,9 +100,12 @@ async function main(): Promise<void> {
     await new Promise<never>(() => {});
   }
   if (process.env[IN_NETNS] === '1') await loopbackUp();
-  if (args.partition && !(process.env[IN_NETNS] === '1' && (await nftAvailable()))) {
-    throw new Error('--partition needs root, unshare and nft (Debian nftables): the partition is a real packet drop in a private network namespace');
+  const canPartition = process.env[IN_NETNS] === '1' && (await nftAvailable());
+  const want = (s: string) => args.scenarios?.has(s) ?? true;
+  if (args.scenarios?.has('partition') && !canPartition) {
+    throw new Error('the partition scenario needs root, unshare and nft (Debian nftables): it is a real packet drop in a private network namespace');
   }
+  if (!args.scenarios && !canPartition) process.stderr.write('scale: no partition scenario (needs root, unshare and nft)\n');
   const resultsFile = path.join(args.out, 'results.json');
   let previous: Record<string, ScaleResult> = {};
   try {
@@ -108,8 +116,19 @@ async function main(): Promise<void> {
   for (const n of args.nodes) {
     const log = (m: string) => process.stderr.write(`[N=${n} ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
     const t0 = Date.now();
+    const progress: Partial<ScaleResult> = {};
+    // A time box (timeout, Ctrl-C) keeps what was measured so far; the cluster dies with us.
+    const cut = (sig: NodeJS.Signals) => {
+      if (progress.coldStart) previous[String(n)] = { ...progress, incomplete: `stopped by ${sig} after ${Math.round((Date.now() - t0) / 1000)} s` } as ScaleResult;
+      void mkdir(args.out, { recursive: true })
+        .then(() => writeFile(resultsFile, JSON.stringify(previous, null, 1) + '\n'))
+        .then(() => (args.plots ? writePlots(previous, args.out) : undefined))
+        .finally(() => process.exit(130));
+    };
+    process.once('SIGTERM', cut);
+    process.once('SIGINT', cut);
     try {
-      const r = await runScale({ ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, partition: args.partition, log });
+      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
       log(`done in ${Math.round((Date.now() - t0) / 1000)} s`);
       process.stdout.write(JSON.stringify(r) + '\n');
       previous[String(n)] = r;
@@ -117,9 +136,12 @@ async function main(): Promise<void> {
       await writeFile(resultsFile, JSON.stringify(previous, null, 1) + '\n');
     } catch (err) {
       log(`failed: ${(err as Error).message}`);
+      if (progress.coldStart) previous[String(n)] = { ...progress, incomplete: (err as Error).message } as ScaleResult;
       const partial = (err as { partial?: unknown }).partial;
       if (partial) process.stdout.write(JSON.stringify({ n, failed: (err as Error).message, ...partial }) + '\n');
     }
+    process.removeAllListeners('SIGTERM');
+    process.removeAllListeners('SIGINT');
   }
   if (args.plots && Object.keys(previous).length > 0) {
     await mkdir(args.out, { recursive: true });

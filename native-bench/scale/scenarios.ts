@@ -31,8 +31,11 @@ export interface ScaleOptions {
   /** How long after the kill dead providers are watched for (and churn lookups run). */
   churnWindowMs: number;
   isolation: boolean;
+  churn: boolean;
   partition: boolean;
   log(msg: string): void;
+  /** Filled phase by phase, so a run cut short (time box, Ctrl-C) still reports what it measured. */
+  progress?: Partial<ScaleResult>;
 }
 
 export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
@@ -50,6 +53,7 @@ export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
   churnShare: 0.1,
   churnWindowMs: 60_000,
   isolation: true,
+  churn: true,
   partition: false,
 };
 
@@ -100,6 +104,8 @@ export interface ScaleResult {
     hostLoopDelayP99Ms: number[];
     /** CPU of the hosts per node while nothing but upkeep runs (pings, DNS, table refresh). */
     idleCpuSecondsPerNodePerMinute: number;
+    /** Connections opened per node per minute in that idle window: reconnect churn. */
+    idleDialsPerNodePerMinute: number;
     /** CPU per node while lookups arrive at the configured rate. */
     cpuSecondsPerNodePerMinute: number;
   };
@@ -119,6 +125,8 @@ export interface ScaleResult {
     deadReturnedLastMs: number | undefined;
     deadLookups: number;
     deadReturned: number;
+    /** Where answers naming a dead provider came from (cache, local store, network). */
+    deadReturnedBySource: Record<string, number>;
     windowMs: number;
     lookups: LookupStats;
     replacementsReadyMs: Distribution;
@@ -139,6 +147,10 @@ export interface ScaleResult {
     nodesWithCrossConnection: number;
   };
   problems: { warnings: number; errors: number; samples: string[] };
+  /** Set on a run cut short: the phases it did not reach are absent. */
+  incomplete?: string;
+  /** Idle figures as soon as they are known (also in `steady`). */
+  idle?: { cpuSecondsPerNodePerMinute: number; dialsPerNodePerMinute: number; advertiseMs: number };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -300,6 +312,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       hostStartMs: hostStart.map((h) => h.ms),
       dials: { average: dialAvg, lowest, max: maxDial, maxOverAverage: maxDial.dials / dialAvg, lowestOverAverage: Math.max(...lowest.map((l) => l.dials)) / dialAvg },
     };
+    if (o.progress) Object.assign(o.progress, { n: o.n, coldStart, loadAverage: { start: loadStart, end: [] }, cores: os.cpus().length, hosts: hosts.length, settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode } });
     if (!cold.all) throw Object.assign(new Error(`not every node became ready within ${o.readyTimeoutMs} ms`), { partial: { coldStart } });
 
     // ---- steady state ----
@@ -309,7 +322,9 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const tIdle = Date.now();
     await sleep(15_000);
     const idleSnaps = await c.snapshot(true);
-    const idleCpu = (idleSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / ((Date.now() - tIdle) / 1000)) * 60;
+    const idleMinutes = (Date.now() - tIdle) / 60_000;
+    const idleCpu = idleSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / idleMinutes;
+    const idleDials = idleSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / idleMinutes;
     const owner = new Map<string, string>(); // key -> ip
     const keysOf = new Map<string, string[]>();
     for (const ip of ips) {
@@ -327,6 +342,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     }
     const advertiseMs = await c.advertise(keysOf, true);
     log(`  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms`);
+    if (o.progress) o.progress.idle = { cpuSecondsPerNodePerMinute: idleCpu, dialsPerNodePerMinute: idleDials, advertiseMs };
     const peerIdOf = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
     const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
     const allKeys = [...owner.keys()];
@@ -363,6 +379,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       },
       hostLoopDelayP99Ms: steadySnaps.map((s) => Math.round(s.loopDelayP99Ms)),
       idleCpuSecondsPerNodePerMinute: idleCpu,
+      idleDialsPerNodePerMinute: idleDials,
       cpuSecondsPerNodePerMinute: (steadySnaps.reduce((t, s) => t + s.cpuSeconds, 0) / totalNodes / steadySecs) * 60,
     };
     log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}`);
@@ -378,6 +395,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       steady,
       problems: { warnings: 0, errors: 0, samples: [] },
     };
+    if (o.progress) Object.assign(o.progress, result);
 
     // ---- isolation: a second cluster behind the same DNS name, on the lowest addresses ----
     if (o.isolation) {
@@ -434,7 +452,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     }
 
     // ---- churn: 10% killed at once (SIGKILL), replaced by new nodes at new addresses ----
-    {
+    if (o.churn) {
       log(`churn: killing ${victims.size} nodes, starting ${victims.size} replacements`);
       const victimPeers = new Set([...victims].map((ip) => peerIdOf.get(ip)!));
       const replacementIps = Array.from({ length: victims.size }, (_, i) => scaleIp(o.prefix, o.n + i));
@@ -450,6 +468,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       let deadLookups = 0;
       let deadReturned = 0;
       let deadLast: number | undefined;
+      const deadBySource: Record<string, number> = {};
       const churnRecs: LookupRecord[] = [];
       // Every other lookup asks for content only the dead held: did a dead provider come back?
       let flip = false;
@@ -474,6 +493,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
             deadLookups++;
             if (rec.r?.providers.some((p) => victimPeers.has(p))) {
               deadReturned++;
+              deadBySource[rec.r.source] = (deadBySource[rec.r.source] ?? 0) + 1;
               deadLast = Math.max(deadLast ?? 0, rec.at - tKill);
             }
           } else churnRecs.push(rec);
@@ -504,6 +524,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         deadReturnedLastMs: deadLast,
         deadLookups,
         deadReturned,
+        deadReturnedBySource: deadBySource,
         windowMs,
         lookups: lookupStats(churnRecs),
         replacementsReadyMs: distribution(repl.nodes.map((x) => x.readyAfterMs ?? Infinity)),

@@ -17,9 +17,9 @@ export interface Chart {
   yFromZero?: boolean;
 }
 
-const W = 560;
+const W = 660;
 const H = 340;
-const M = { left: 64, right: 150, top: 36, bottom: 46 };
+const M = { left: 64, right: 210, top: 36, bottom: 46 };
 const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'];
 
 function esc(s: string): string {
@@ -78,17 +78,16 @@ export function lineChart(c: Chart): string {
   let legendY = M.top + 8;
   for (const r of c.refs ?? []) {
     o.push(`<line x1="${M.left}" x2="${M.left + pw}" y1="${sy(r.y).toFixed(1)}" y2="${sy(r.y).toFixed(1)}" stroke="#555" stroke-dasharray="6 4"/>`);
-    o.push(`<text x="${M.left + pw + 8}" y="${(sy(r.y) + 4).toFixed(1)}" fill="#555">${esc(r.label)}</text>`);
+    // Inside the plot, above its line: the right-hand column belongs to the legend.
+    o.push(`<text x="${M.left + 4}" y="${(sy(r.y) - 4).toFixed(1)}" fill="#555">${esc(r.label)}</text>`);
   }
   c.series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length];
     const p = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)).sort((a, b) => a[0] - b[0]);
     if (p.length > 1) o.push(`<polyline fill="none" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="4 3"' : ''} points="${p.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`);
     for (const [x, y] of p) o.push(`<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3.5" fill="${color}"><title>${esc(`${s.name}: N=${x} -> ${fmt(y)}`)}</title></circle>`);
-    // Legend below any reference labels, on the right.
-    const ly = legendY + (c.refs?.length ? 0 : 0);
-    o.push(`<line x1="${W - M.right + 10}" x2="${W - M.right + 28}" y1="${ly + 60}" y2="${ly + 60}" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="4 3"' : ''}/>`);
-    o.push(`<text x="${W - M.right + 32}" y="${ly + 64}">${esc(s.name)}</text>`);
+    o.push(`<line x1="${W - M.right + 10}" x2="${W - M.right + 28}" y1="${legendY}" y2="${legendY}" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="4 3"' : ''}/>`);
+    o.push(`<text x="${W - M.right + 32}" y="${legendY + 4}">${esc(s.name)}</text>`);
     legendY += 16;
   });
   o.push('</svg>');
