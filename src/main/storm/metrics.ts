@@ -82,9 +82,10 @@ export function addCounters(a: NodeCounters, b: NodeCounters, sign = 1): NodeCou
 }
 
 /**
- * Percentiles (ms) of a Prometheus histogram, interpolated within buckets: as precise as the
- * bucket bounds (5, 10, 20, 50, 100, 250 ms around a miss). Above the last finite bound the bound
- * itself is reported. min/max are the bounds of the first and last non-empty buckets.
+ * A Prometheus histogram as a Summary (ms): each percentile is the upper bound of the bucket it
+ * falls in (interpolating would invent values: misses that all end just past a 100 ms deadline
+ * would read as 170 ms in a 100-250 ms bucket); above the last finite bound, that bound, with
+ * `aboveMax` set. avg is exact (sum / count).
  */
 export function histogramSummary(h: Histogram): Summary {
   const bounds = Object.entries(h.buckets)
@@ -94,35 +95,21 @@ export function histogramSummary(h: Histogram): Summary {
   const count = h.count || (bounds.length ? bounds[bounds.length - 1]!.cum : 0);
   if (count <= 0 || bounds.length === 0) return { count: 0, min: 0, avg: 0, p50: 0, p90: 0, p99: 0, max: 0 };
   const lastFinite = [...bounds].reverse().find((b) => Number.isFinite(b.le))?.le ?? 0;
-  const q = (p: number) => {
-    const rank = (p / 100) * count;
-    let prevLe = 0;
-    let prevCum = 0;
-    for (const b of bounds) {
-      if (b.cum >= rank && b.cum > prevCum) {
-        if (!Number.isFinite(b.le)) return lastFinite * 1000;
-        return (prevLe + ((rank - prevCum) / (b.cum - prevCum)) * (b.le - prevLe)) * 1000;
-      }
-      prevLe = Number.isFinite(b.le) ? b.le : prevLe;
-      prevCum = b.cum;
-    }
-    return lastFinite * 1000;
-  };
-  const nonEmpty = bounds.filter((b, i) => b.cum > (i > 0 ? bounds[i - 1]!.cum : 0));
-  const lowOf = (b: { le: number }) => {
-    const i = bounds.indexOf(b as (typeof bounds)[number]);
-    return i > 0 ? bounds[i - 1]!.le : 0;
-  };
-  const first = nonEmpty[0]!;
-  const last = nonEmpty[nonEmpty.length - 1]!;
+  const upper = (le: number) => (Number.isFinite(le) ? le : lastFinite) * 1000;
+  const open = bounds.some((b, i) => !Number.isFinite(b.le) && b.cum > (i > 0 ? bounds[i - 1]!.cum : 0));
+  const q = (p: number) => upper((bounds.find((b) => b.cum >= (p / 100) * count) ?? bounds[bounds.length - 1]!).le);
+  const firstIdx = bounds.findIndex((b) => b.cum > 0);
+  const lastIdx = bounds.findIndex((b) => b.cum >= count);
   return {
     count,
-    min: lowOf(first) * 1000,
+    min: firstIdx > 0 ? bounds[firstIdx - 1]!.le * 1000 : 0,
     avg: (h.sum / count) * 1000,
     p50: q(50),
     p90: q(90),
     p99: q(99),
-    max: (Number.isFinite(last.le) ? last.le : lastFinite) * 1000,
+    max: upper(bounds[lastIdx >= 0 ? lastIdx : bounds.length - 1]!.le),
+    bucketed: true,
+    ...(open ? { aboveMax: true } : {}),
   };
 }
 

@@ -3,7 +3,7 @@
 
 import { PHASES } from './pull.js';
 import type { RunResult } from './run.js';
-import { fmtBytes, fmtMs, fmtRatio, table } from './util.js';
+import { fmtBytes, fmtMs, fmtQ, fmtRatio, table } from './util.js';
 
 export interface Comparison {
   scenario: string;
@@ -59,7 +59,7 @@ export function summaryTable(report: StormReport): string {
     fmtBytes(r.bytes.upstream),
     fmtBytes(r.bytes.peer),
     fmtBytes(r.bytes.local),
-    r.missMs.count ? fmtMs(r.missMs.p99) : '-',
+    r.missMs.count ? fmtQ(r.missMs, 'p99') : '-',
     fmtMs(r.wallMs),
     r.cpu ? `${r.cpu.ours.toFixed(2)}+${r.cpu.others.toFixed(2)}/${r.cpu.cores}` : '-',
   ]);
@@ -73,7 +73,7 @@ export function summaryTable(report: StormReport): string {
       c.upstreamRatio !== undefined ? fmtRatio(c.upstreamRatio) : '-',
       c.upstreamImages !== undefined ? `${c.upstreamImages.toFixed(2)}` : '-',
       String(c.peerpull!.failed),
-      c.peerpull!.missMs.count ? fmtMs(c.peerpull!.missMs.p99) : '-',
+      c.peerpull!.missMs.count ? fmtQ(c.peerpull!.missMs, 'p99') : '-',
       String(c.peerpull!.upstreamBlobGets.max),
     ]);
   const parts = [runs];
@@ -92,7 +92,7 @@ export function markdownTable(report: StormReport): string {
     .map((c) => {
       const p = c.peerpull!;
       const b = c.baseline;
-      return `| ${c.scenario} | ${p.nodes} | ${fmtBytes(p.imageBytes)} / ${p.layers} | ${b ? `${s(b.pullMs.p50)} / ${s(b.pullMs.p99)}` : '-'} | ${s(p.pullMs.p50)} / ${s(p.pullMs.p99)} | ${c.speedupP50 !== undefined ? fmtRatio(c.speedupP50) : '-'} | ${b ? mb(b.bytes.upstream) : '-'} | ${mb(p.bytes.upstream)} (${(c.upstreamImages ?? 0).toFixed(1)} images) | ${mb(p.bytes.peer)} | ${p.missMs.count ? `${fmtMs(p.missMs.p50)} / ${fmtMs(p.missMs.p99)}` : '-'} | ${p.failed}${b ? ` (baseline ${b.failed})` : ''} |`;
+      return `| ${c.scenario} | ${p.nodes} | ${fmtBytes(p.imageBytes)} / ${p.layers} | ${b ? `${s(b.pullMs.p50)} / ${s(b.pullMs.p99)}` : '-'} | ${s(p.pullMs.p50)} / ${s(p.pullMs.p99)} | ${c.speedupP50 !== undefined ? fmtRatio(c.speedupP50) : '-'} | ${b ? mb(b.bytes.upstream) : '-'} | ${mb(p.bytes.upstream)} (${(c.upstreamImages ?? 0).toFixed(1)} images) | ${mb(p.bytes.peer)} | ${p.missMs.count ? `${fmtQ(p.missMs, 'p50')} / ${fmtQ(p.missMs, 'p99')}${p.missMs.bucketed ? ` (avg ${fmtMs(p.missMs.avg)})` : ''}` : '-'} | ${p.failed}${b ? ` (baseline ${b.failed})` : ''} |`;
     });
   return [
     '| scenario | nodes | image / layers | baseline p50 / p99 | peerpull p50 / p99 | speedup p50 | upstream bytes, baseline | upstream bytes, peerpull | from peers | mirror 404 p50 / p99 | failed pulls |',

@@ -45,6 +45,13 @@ export interface Summary {
   p90: number;
   p99: number;
   max: number;
+  /**
+   * From a histogram (containerd mode's misses): the percentiles, min and max are bucket bounds
+   * ("at most"), only avg is exact.
+   */
+  bucketed?: boolean;
+  /** Bucketed, and some values were above the last finite bound (reported as that bound). */
+  aboveMax?: boolean;
 }
 
 /** Nearest-rank percentiles. */
@@ -66,6 +73,12 @@ export function fmtMs(ms: number): string {
   if (ms < 10) return `${ms.toFixed(1)} ms`;
   if (ms < 1000) return `${Math.round(ms)} ms`;
   return `${(ms / 1000).toFixed(2)} s`;
+}
+
+/** A percentile, with "≤" when it is a histogram bucket's upper bound. */
+export function fmtQ(s: Summary, q: 'p50' | 'p90' | 'p99'): string {
+  if (!s.bucketed) return fmtMs(s[q]);
+  return `${s.aboveMax && s[q] >= s.max ? '>' : '≤'}${fmtMs(s[q])}`;
 }
 
 export function fmtRatio(x: number): string {
