@@ -164,6 +164,8 @@ export class P2PNode {
   /** The other IPs of the last DNS answer. */
   private dnsOthers: string[] = [];
   private meshRunning = false;
+  /** IPs of the DNS answer that belong to another cluster (seen at identify), with when. */
+  private readonly foreignIps = new Map<string, number>();
   /** Records a holder did not take after several tries: peer id -> CIDs, retried every few seconds. */
   private readonly undelivered = new Map<string, Map<string, CID>>();
   private redelivering = false;
@@ -215,7 +217,10 @@ export class P2PNode {
           this.dnsMemberCount = ips?.length ?? 0;
           this.liveness.setDnsMembers(ips);
           const self = this.selfIps();
-          this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip));
+          // Foreign IPs are forgotten after ten intervals, as the bootstrapper does (a reused pod IP).
+          const cutoff = Date.now() - 10 * cfg.bootstrapIntervalMs;
+          for (const [ip, t] of this.foreignIps) if (t < cutoff) this.foreignIps.delete(ip);
+          this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip) && !this.foreignIps.has(ip));
           setImmediate(() => void this.meshDial());
         }
       },
@@ -359,6 +364,15 @@ export class P2PNode {
       if (!protocols.includes(dhtProtocol(this.cfg.cluster))) {
         this.log('info', 'closing connection to a peer outside this cluster', { peer: peerId.toString(), remote: connection.remoteAddr.toString() });
         void connection.close().catch(() => {});
+        // Behind the same DNS name (a shared or misconfigured Service): dial it last, and do
+        // not count it among this cluster's members.
+        const ips = new Set(listenAddrs.flatMap((a) => parseTcpAddr(a)?.ip ?? []));
+        const remote = parseTcpAddr(connection.remoteAddr)?.ip;
+        if (remote) ips.add(remote);
+        for (const ip of ips) {
+          this.bootstrapper.markForeign(ip);
+          this.foreignIps.set(ip, Date.now());
+        }
         return;
       }
       // Its listen addresses, not the connection's source: that may be another address of its host.
