@@ -91,6 +91,14 @@ const hostsAlive = new Set<Host>();
 process.on('exit', () => {
   for (const h of hostsAlive) if (h.alive) process.kill(h.pid, 'SIGKILL');
 });
+// A signal ends the process without 'exit' handlers (hosts, dnsmasq and its temp dir would be
+// left behind, e.g. when the test runner times a test out): exit properly instead, unless the
+// program handles the signal itself (run.ts saves partial results first).
+for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(sig, () => {
+    if (process.listenerCount(sig) === 1) process.exit(sig === 'SIGTERM' ? 143 : 130);
+  });
+}
 
 export interface ClusterOptions {
   /** First two octets of the harness's loopback range, e.g. "127.100". */

@@ -136,7 +136,11 @@ async function main(): Promise<void> {
       await writeFile(resultsFile, JSON.stringify(previous, null, 1) + '\n');
     } catch (err) {
       log(`failed: ${(err as Error).message}`);
-      if (progress.coldStart) previous[String(n)] = { ...progress, incomplete: (err as Error).message } as ScaleResult;
+      if (progress.coldStart) {
+        previous[String(n)] = { ...progress, incomplete: (err as Error).message } as ScaleResult;
+        await mkdir(args.out, { recursive: true });
+        await writeFile(resultsFile, JSON.stringify(previous, null, 1) + '\n');
+      }
       const partial = (err as { partial?: unknown }).partial;
       if (partial) process.stdout.write(JSON.stringify({ n, failed: (err as Error).message, ...partial }) + '\n');
     }
