@@ -12,6 +12,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
+import { LocalDns } from './dns.js';
 import { ContainerdNode, K8S_NAMESPACE, killCtrProcesses, unmountUnder } from './containerd.js';
 import { LayoutSink } from './pull.js';
 import { sleep } from './util.js';
@@ -78,6 +79,7 @@ process.on('exit', () => {
 export class LocalCluster {
   readonly nodes: LocalNode[] = [];
   private containerds: ContainerdNode[] = [];
+  private dns: LocalDns | undefined;
   private stopped = false;
 
   private constructor(
@@ -115,6 +117,9 @@ export class LocalCluster {
     const p2pPort = await freePort(ips[0]!);
     const clusterName = `storm-${process.pid}-${Date.now().toString(36)}`;
     const ready: Promise<void>[] = [];
+    // A headless-service name, as a DaemonSet has: nodes that know every member answer misses
+    // from their own records instead of asking the DHT.
+    this.dns = await LocalDns.start(`${clusterName}.peerpull.local`, ips);
     // containerd first: peerpull's content source must answer when it starts. Created before
     // starting, so that a failure part-way still stops the ones that did start.
     const ctds = this.opts.containerd ? ips.map((_, i) => new ContainerdNode(path.join(this.dir, `node-${i}`, 'ctd'))) : [];
@@ -125,10 +130,6 @@ export class LocalCluster {
     }
     for (let i = 0; i < n; i++) {
       const ip = ips[i]!;
-      // The first few always, plus a spread of the rest: one component without an n-squared dial storm.
-      const seeds = new Set<number>([0, 1, 2, (i + 1) % n, (i + 7) % n, (i + Math.floor(n / 2)) % n]);
-      seeds.delete(i);
-      const peers = [...seeds].filter((j) => j < n).map((j) => `/ip4/${ips[j]}/tcp/${p2pPort}`).join(',');
       const nodeDir = path.join(this.dir, `node-${i}`);
       const ctd = ctds[i];
       const store = ctd ? undefined : await LayoutSink.create(path.join(nodeDir, 'store'));
@@ -149,7 +150,8 @@ export class LocalCluster {
         PEERPULL_METRICS_ADDR: `${ip}:0`,
         PEERPULL_P2P: 'true',
         PEERPULL_P2P_ADDR: `${ip}:${p2pPort}`,
-        PEERPULL_BOOTSTRAP_PEERS: peers,
+        PEERPULL_BOOTSTRAP_DNS: this.dns.name,
+        PEERPULL_DNS_SERVERS: this.dns.server,
         PEERPULL_BOOTSTRAP_INTERVAL: '2s',
         PEERPULL_DATA_DIR: path.join(nodeDir, 'data'),
         PEERPULL_CLUSTER: clusterName,
@@ -227,6 +229,21 @@ export class LocalCluster {
         await sleep(200);
       }
     }
+    // Steady state before measuring: every node knows every other (p2p view "exact", held for
+    // the 5 s the node waits before answering misses itself). Not fatal when it takes longer:
+    // lookups then ask the network, which the results show.
+    const viewDeadline = Date.now() + 30_000;
+    for (const node of this.nodes) {
+      while (Date.now() < viewDeadline && node.alive) {
+        const view = await request(`${node.metricsUrl}/status?format=json`, { headersTimeout: 2000, bodyTimeout: 2000 }).then(
+          async (r) => ((await r.body.json()) as { p2p?: { view?: string } }).p2p?.view,
+          () => undefined,
+        );
+        if (view === 'exact') break;
+        await sleep(250);
+      }
+    }
+    await sleep(5500);
   }
 
   /** SIGKILL one node (churn): it vanishes as a crashed host would, its containerd with it. */
@@ -266,6 +283,7 @@ export class LocalCluster {
         }),
     );
     await Promise.all(waits);
+    await this.dns?.stop().catch(() => {});
     // containerd after peerpull (its content source), and any ctr still pulling.
     killCtrProcesses();
     await Promise.all(this.containerds.map((c) => c.kill('SIGTERM', graceMs)));
