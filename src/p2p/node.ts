@@ -865,7 +865,11 @@ export class P2PNode {
   private async *networkProviders(c: string, signal: AbortSignal, stats: { queried: number }): AsyncIterable<ProviderPeer[]> {
     // With a complete view, the record holders are known: when enough of them answer "none",
     // nobody has the key, and the query (which would go on to ask every other peer) ends.
-    const holders = this.holdersOf(c);
+    // Only with an exact, settled view: a 'near' one may name holders a new publisher has not
+    // reached yet, and two of those saying "none" would be a wrong miss.
+    const view = this.view();
+    const settled = view === 'exact' && Date.now() - this.exactSince! >= EXACT_VIEW_SETTLE_MS;
+    const holders = settled ? this.holdersOf(c, view) : undefined;
     const holderIds = holders ? new Set(holders.map(String)) : undefined;
     const quorum = holders ? Math.min(MISS_QUORUM, holders.length) : Infinity;
     let negatives = 0;
