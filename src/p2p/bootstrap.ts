@@ -12,8 +12,6 @@ import { createHash } from 'node:crypto';
 import { Resolver } from 'node:dns/promises';
 import { isIPv4, isIPv6 } from 'node:net';
 
-/** The earlier rule (everyone dials the first addresses): kept for selectBootstrap only. */
-export const ALWAYS_FIRST = 2;
 /** Successors in the sorted ring each node dials and keeps connected. */
 export const RING_LINKS = 2;
 
@@ -41,22 +39,6 @@ export function sortAddresses(ips: Iterable<string>): string[] {
     const kb = ipKey(b);
     return ka < kb ? -1 : ka > kb ? 1 : 0;
   });
-}
-
-/**
- * The earlier selection: the first few for everyone, the rest spread by `seed`. Not used by the
- * Bootstrapper any more (the lowest addresses became hot spots at scale); see selectRing.
- */
-export function selectBootstrap(sorted: string[], self: ReadonlySet<string>, seed: string, count: number): string[] {
-  const others = sorted.filter((ip) => !self.has(ip));
-  const first = others.slice(0, Math.min(ALWAYS_FIRST, count));
-  const rest = others
-    .slice(first.length)
-    .map((ip) => ({ ip, rank: createHash('sha256').update(seed).update('\0').update(ip).digest('hex') }))
-    .sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0))
-    .slice(0, Math.max(0, count - first.length))
-    .map((r) => r.ip);
-  return [...first, ...rest];
 }
 
 function rendezvous(ips: string[], seed: string): string[] {

@@ -4,6 +4,7 @@
 // entry (worker.ts) only translates messages.
 
 import { createHash } from 'node:crypto';
+import net from 'node:net';
 import os from 'node:os';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
@@ -51,6 +52,8 @@ const HOLDER_MARGIN = 3;
 const EXACT_VIEW_SETTLE_MS = 5000;
 /** A member of a small cluster that could not be dialled is tried again after this long. */
 const MESH_RETRY_MS = 10_000;
+/** How long a lookup waits for a knock on an unverified provider (a refusal takes < 1 ms). */
+const SCREEN_WAIT_MS = 50;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
 const MISS_QUORUM = 2;
 /** Advertise calls arriving within this window go out as one batch. */
@@ -144,6 +147,10 @@ export class P2PNode {
   private probesRunning = 0;
   /** Probes of a peer that timed out in a row. */
   private readonly strikes = new Map<string, number>();
+  /** Knocks in flight, by peer id: one at a time per peer. */
+  private readonly knocks = new Map<string, Promise<'alive' | 'dead' | 'timeout' | 'unknown'>>();
+  /** When an unconnected peer last answered a knock (see screen()). */
+  private readonly verifiedAt = new Map<string, number>();
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
   private dnsMemberCount = 0;
@@ -784,6 +791,11 @@ export class P2PNode {
   async findProviders(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
     const t0 = performance.now();
     const r = await this.lookups.find(keyToCid(key).toString(), count, deadlineMs);
+    // Cached and joined answers too: a provider that died since it was cached goes at its first return.
+    if (r.providers.some((p) => !p.connected)) {
+      r.providers = await this.screen(r.providers);
+      if (r.providers.length === 0 && r.outcome === 'found') r.outcome = 'notfound';
+    }
     if (r.outcome !== 'found') {
       this.log('debug', 'lookup without providers', { key, outcome: r.outcome, source: r.source, ms: Math.round(performance.now() - t0), routingTable: this.dht.routingTable.size, peers: this.node.getConnections().length });
     }
@@ -827,7 +839,39 @@ export class P2PNode {
         // No addresses known for it: the network query may bring some.
       }
     }
-    return out;
+    return this.screen(out);
+  }
+
+  /**
+   * Providers we hold no connection to and have not seen alive lately are knocked on (a TCP
+   * connect to their p2p port) before they are handed out, waiting at most SCREEN_WAIT_MS:
+   * a dead node is then dropped at its first lookup, not after it (each node learns deaths
+   * on its own, and without this the first lookup after a death returned the dead provider).
+   */
+  private async screen(providers: ProviderPeer[]): Promise<ProviderPeer[]> {
+    const now = Date.now();
+    const out = await Promise.all(
+      providers.map(async (p): Promise<ProviderPeer | undefined> => {
+        if (p.connected || this.liveness.isDead(p.peerId)) return p;
+        const seen = this.verifiedAt.get(p.peerId);
+        if (seen !== undefined && now - seen < this.cfg.deadPeerTimeoutMs / 3) return p;
+        let knocked = this.knocks.get(p.peerId);
+        if (!knocked) {
+          const addrs = p.addrs.map((a) => multiaddr(a));
+          knocked = this.knock(peerIdOf(p.peerId), addrs, Math.floor(Math.max(1000, Math.min(5000, this.cfg.deadPeerTimeoutMs / 3)))).then((v) => {
+            this.knocks.delete(p.peerId);
+            this.judge(p.peerId, v);
+            return v;
+          });
+          this.knocks.set(p.peerId, knocked);
+        }
+        // setImmediate after the timer: on a lagging event loop the refusal (an I/O event) is
+        // taken in before the wait is given up.
+        const v = await Promise.race([knocked, new Promise<'pending'>((r) => setTimeout(() => setImmediate(() => r('pending')), SCREEN_WAIT_MS).unref())]);
+        return v === 'dead' || this.liveness.isDead(p.peerId) ? undefined : p;
+      }),
+    );
+    return out.filter((p): p is ProviderPeer => p !== undefined);
   }
 
   /** The k closest peers to a key in our routing table, when they are (nearly) its record holders. */
@@ -887,7 +931,8 @@ export class P2PNode {
         const p = this.toProvider(info.id, info.multiaddrs);
         if (p) batch.push(p);
       }
-      if (batch.length > 0) yield batch;
+      const screened = await this.screen(batch);
+      if (screened.length > 0) yield screened;
     }
   }
 
@@ -908,6 +953,54 @@ export class P2PNode {
     return live;
   }
 
+  /**
+   * TCP connects to a peer's p2p addresses, closed at once: 'alive' if any answers, 'dead' if
+   * every one refused or is unreachable, else 'timeout' (or 'unknown' without an address).
+   */
+  private async knock(id: PeerId, addrs: Multiaddr[], timeoutMs: number): Promise<'alive' | 'dead' | 'timeout' | 'unknown'> {
+    let list = addrs;
+    if (list.length === 0) list = await this.node.peerStore.get(id).then((p) => p.addresses.map((a) => a.multiaddr), () => []);
+    const targets = [...new Map(list.flatMap((a) => {
+      const t = parseTcpAddr(a);
+      return t && !t.http ? [[`${t.ip}:${t.port}`, t] as const] : [];
+    })).values()];
+    if (targets.length === 0) return 'unknown';
+    const one = (host: string, port: number) =>
+      new Promise<'alive' | 'dead' | 'timeout'>((resolve) => {
+        const sock = net.connect({ host, port });
+        const done = (v: 'alive' | 'dead' | 'timeout') => {
+          clearTimeout(timer);
+          sock.destroy();
+          resolve(v);
+        };
+        const timer = setTimeout(() => done('timeout'), timeoutMs);
+        sock.once('connect', () => done('alive'));
+        sock.once('error', (err: NodeJS.ErrnoException) => done(/ECONNREFUSED|EHOSTUNREACH|ENETUNREACH/.test(err.code ?? '') ? 'dead' : 'timeout'));
+      });
+    const verdicts = await Promise.all(targets.map((t) => one(t.ip, t.port)));
+    if (verdicts.includes('alive')) return 'alive';
+    return verdicts.every((v) => v === 'dead') ? 'dead' : 'timeout';
+  }
+
+  private judge(peerId: string, verdict: 'alive' | 'dead' | 'timeout' | 'unknown'): void {
+    if (verdict === 'alive') {
+      this.verifiedAt.set(peerId, Date.now());
+      if (this.verifiedAt.size > 10_000) this.verifiedAt.clear();
+      this.strikes.delete(peerId);
+      this.liveness.markAlive(peerId);
+      return;
+    }
+    // A knock that times out says little (a full accept queue on a busy peer): no strike. Only
+    // a refusal is a verdict; a silent dead peer is left to the dial probes, DNS and fetches.
+    if (verdict !== 'dead') return;
+    const strikes = (this.strikes.get(peerId) ?? 0) + 1;
+    this.strikes.set(peerId, strikes);
+    if (verdict === 'dead' || strikes >= 2) {
+      this.strikes.delete(peerId);
+      this.liveness.markDead(peerId, 'dial-failed');
+    }
+  }
+
   /** Dials a peer we are not connected to; a failure marks it dead. Rate-limited per peer. */
   private probe(peerId: string, addrs: Multiaddr[] = [], spacing = 1): void {
     if (this.stopped) return;
@@ -916,14 +1009,20 @@ export class P2PNode {
     if (last !== undefined && now - last < (spacing * this.cfg.deadPeerTimeoutMs) / 3) return;
     const id = peerIdOf(peerId);
     if (this.node.getConnections(id).length > 0) return;
-    // Near the connection bound a probe would only evict another peer: leave it to lookups.
-    if (this.node.getConnections().length >= this.cfg.maxConnections - 1) return;
     // Probes are background work: a handful at a time, never a dial storm.
     if (this.probesRunning >= MAX_PROBES) return;
     this.probing.set(peerId, now);
     if (this.probing.size > 4096) for (const [k, t] of this.probing) if (now - t > this.cfg.deadPeerTimeoutMs) this.probing.delete(k);
     const timeout = Math.floor(Math.max(1000, Math.min(5000, this.cfg.deadPeerTimeoutMs / 3)));
     this.probesRunning++;
+    // Near the connection bound a libp2p dial would only evict another peer: knock on the TCP
+    // port instead (refused or unreachable is a verdict; an answer means something listens).
+    if (this.node.getConnections().length >= this.cfg.maxConnections - 1) {
+      void this.knock(id, addrs, timeout)
+        .then((verdict) => this.judge(peerId, verdict))
+        .finally(() => this.probesRunning--);
+      return;
+    }
     this.node.dial(addrs.length > 0 ? addrs : id, { signal: AbortSignal.timeout(timeout) }).finally(() => this.probesRunning--).then(
       () => {
         this.strikes.delete(peerId);
