@@ -2,7 +2,7 @@
 // real containerd pull (`ctr content fetch` through a hosts.toml listing the node's peerpull, then
 // the storm's upstream). Later waves come from peers, the upstream sees each blob a bounded number
 // of times, and containerd processes, ctr processes and dirs are gone afterwards, also on SIGINT.
-// Needs root and containerd: missing either fails loudly (scripts/test.sh installs containerd).
+// Needs root and containerd: missing either fails loudly (npm test installs containerd).
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';

@@ -28,7 +28,7 @@ export async function findDnsmasq(): Promise<string> {
       // next
     }
   }
-  throw new Error(`dnsmasq not found (looked in ${CANDIDATES.join(', ')}): install the Debian package dnsmasq-base (scripts/test.sh does)`);
+  throw new Error(`dnsmasq not found (looked in ${CANDIDATES.join(', ')}): install the Debian package dnsmasq-base (npm test does, via scripts/test-deps.sh)`);
 }
 
 /** A free UDP+TCP port on 127.0.0.1 (dnsmasq listens on both). */

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what the tests need, then runs them.
-# Real parts only: containerd, dnsmasq and network namespaces come from Debian.
+# What the test suite needs from Debian (real containerd, dnsmasq, network namespaces, openssl),
+# installed when missing and running as root; `npm test` runs this first (its pretest script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +20,3 @@ if ((${#need[@]})); then
   fi
 fi
 
-npm ci --no-audit --no-fund
-npm test
