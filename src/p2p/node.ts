@@ -113,14 +113,13 @@ function kadIdOf(bytes: Uint8Array): Uint8Array {
   return createHash('sha256').update(bytes).digest();
 }
 
-/** Whether `a` is closer to `target` than `b` (XOR metric). */
-function closer(a: Uint8Array, b: Uint8Array, target: Uint8Array): boolean {
+/** Negative when `a` is closer to `target` than `b` (XOR metric), positive when farther. */
+function compareDistance(a: Uint8Array, b: Uint8Array, target: Uint8Array): number {
   for (let i = 0; i < target.length; i++) {
-    const da = a[i] ^ target[i];
-    const db = b[i] ^ target[i];
-    if (da !== db) return da < db;
+    const d = (a[i] ^ target[i]) - (b[i] ^ target[i]);
+    if (d !== 0) return d;
   }
-  return false;
+  return 0;
 }
 
 interface ProvideJob {
@@ -180,6 +179,8 @@ export class P2PNode {
   private lastReady = false;
   /** Since when the routing table has held every DNS member (see view()). */
   private exactSince: number | undefined;
+  /** view() until membership or the DNS answer changes. */
+  private cachedView: P2PView | undefined;
   private stopped = false;
 
   private constructor(
@@ -202,7 +203,7 @@ export class P2PNode {
     });
     this.liveness.onDeath((id) => {
       this.lookups.forgetPeer(id);
-      this.members.delete(id);
+      if (this.members.delete(id)) this.cachedView = undefined;
       this.log('info', 'peer considered dead: no longer returned as a provider', { peer: id });
     });
     this.bootstrapper = new Bootstrapper({
@@ -228,6 +229,7 @@ export class P2PNode {
           const cutoff = Date.now() - 10 * cfg.bootstrapIntervalMs;
           for (const [ip, t] of this.foreignIps) if (t < cutoff) this.foreignIps.delete(ip);
           this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip) && !this.foreignIps.has(ip));
+          this.cachedView = undefined;
           setImmediate(() => void this.meshDial());
         }
       },
@@ -443,25 +445,30 @@ export class P2PNode {
    * ask the right holders first. 'partial': a bigger cluster, whose table holds a sample.
    */
   private view(): P2PView {
+    // Asked on every lookup: recomputed only after membership or the DNS answer changed.
+    if (this.cachedView) return this.cachedView;
+    const v = this.computeView();
+    if (v === 'exact') this.exactSince ??= Date.now();
+    else this.exactSince = undefined;
+    this.cachedView = v;
+    return v;
+  }
+
+  private computeView(): P2PView {
     const others = this.dnsOthers;
-    if (this.members.size === 0 || this.cfg.bootstrapDns === '' || others.length === 0) {
-      this.exactSince = undefined;
-      return 'partial';
-    }
-    if (this.members.size < Math.floor(others.length * 0.9)) {
-      this.exactSince = undefined;
-      return 'partial';
-    }
+    if (this.members.size === 0 || this.cfg.bootstrapDns === '' || others.length === 0) return 'partial';
+    if (this.members.size < Math.floor(others.length * 0.9)) return 'partial';
     const known = new Set<string>();
     for (const m of this.members.values()) for (const ip of m.ips) known.add(ip);
     let missing = 0;
     for (const ip of others) if (!known.has(ip)) missing++;
-    if (missing === 0) {
-      this.exactSince ??= Date.now();
-      return 'exact';
-    }
-    this.exactSince = undefined;
+    if (missing === 0) return 'exact';
     return missing <= Math.ceil(others.length * 0.1) ? 'near' : 'partial';
+  }
+
+  /** An exact view held long enough for peers to have sent us their records. */
+  private settledExact(): boolean {
+    return this.view() === 'exact' && Date.now() - this.exactSince! >= EXACT_VIEW_SETTLE_MS;
   }
 
   private addMember(id: PeerId, ips: string[] = []): void {
@@ -469,9 +476,13 @@ export class P2PNode {
     if (id.equals(this.node.peerId)) return;
     const m = this.members.get(key);
     if (m) {
-      if (ips.length > 0) m.ips = ips;
+      if (ips.length > 0) {
+        m.ips = ips;
+        this.cachedView = undefined;
+      }
       return;
     }
+    this.cachedView = undefined;
     this.members.set(key, { id, kadId: kadIdOf(id.toMultihash().bytes), ips });
     this.newPeers.add(key);
     this.scheduleCatchUp();
@@ -480,7 +491,7 @@ export class P2PNode {
   /** The `count` known cluster peers closest to a Kademlia id. */
   private closestMembers(target: Uint8Array, count: number): PeerId[] {
     const list = [...this.members.values()];
-    list.sort((a, b) => (closer(a.kadId, b.kadId, target) ? -1 : closer(b.kadId, a.kadId, target) ? 1 : 0));
+    list.sort((a, b) => compareDistance(a.kadId, b.kadId, target));
     return list.slice(0, count).map((m) => m.id);
   }
 
@@ -791,8 +802,9 @@ export class P2PNode {
   async findProviders(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
     const t0 = performance.now();
     const r = await this.lookups.find(keyToCid(key).toString(), count, deadlineMs);
-    // Cached and joined answers too: a provider that died since it was cached goes at its first return.
-    if (r.providers.some((p) => !p.connected)) {
+    // Cached answers too (local and network ones, and lookups joined to them, were screened
+    // where they came from): a provider that died since it was cached goes at its first return.
+    if (r.source === 'cache' && r.providers.some((p) => !p.connected)) {
       r.providers = await this.screen(r.providers);
       if (r.providers.length === 0 && r.outcome === 'found') r.outcome = 'notfound';
     }
@@ -874,10 +886,9 @@ export class P2PNode {
     return out.filter((p): p is ProviderPeer => p !== undefined);
   }
 
-  /** The k closest peers to a key in our routing table, when they are (nearly) its record holders. */
-  private holdersOf(c: string, view = this.view()): PeerId[] | undefined {
-    if (view === 'partial') return undefined;
-    return this.closestMembers(kadIdOf(CID.parse(c).multihash.bytes), this.holderCount());
+  /** A key's record holders among the members we know (meaningful with an exact view). */
+  private holdersOf(target: Uint8Array): PeerId[] {
+    return this.closestMembers(target, this.holderCount());
   }
 
   /**
@@ -897,13 +908,12 @@ export class P2PNode {
    * every provider sent us its record, and our store's "none" is the cluster's.
    */
   private isRecordHolder(c: string): boolean {
-    const view = this.view();
-    if (view !== 'exact' || Date.now() - this.exactSince! < EXACT_VIEW_SETTLE_MS) return false;
+    if (!this.settledExact()) return false;
     if (this.meshEligible()) return true;
-    const holders = this.holdersOf(c, view);
-    if (!holders) return false;
+    const target = kadIdOf(CID.parse(c).multihash.bytes);
+    const holders = this.holdersOf(target);
     if (holders.length < K) return true;
-    return closer(this.selfKadId, this.kadIdOfPeer(holders[holders.length - 1]), kadIdOf(CID.parse(c).multihash.bytes));
+    return compareDistance(this.selfKadId, this.kadIdOfPeer(holders[holders.length - 1]), target) < 0;
   }
 
   private async *networkProviders(c: string, signal: AbortSignal, stats: { queried: number }): AsyncIterable<ProviderPeer[]> {
@@ -911,9 +921,7 @@ export class P2PNode {
     // nobody has the key, and the query (which would go on to ask every other peer) ends.
     // Only with an exact, settled view: a 'near' one may name holders a new publisher has not
     // reached yet, and two of those saying "none" would be a wrong miss.
-    const view = this.view();
-    const settled = view === 'exact' && Date.now() - this.exactSince! >= EXACT_VIEW_SETTLE_MS;
-    const holders = settled ? this.holdersOf(c, view) : undefined;
+    const holders = this.settledExact() ? this.holdersOf(kadIdOf(CID.parse(c).multihash.bytes)) : undefined;
     const holderIds = holders ? new Set(holders.map(String)) : undefined;
     const quorum = holders ? Math.min(MISS_QUORUM, holders.length) : Infinity;
     let negatives = 0;
@@ -993,12 +1001,8 @@ export class P2PNode {
     // A knock that times out says little (a full accept queue on a busy peer): no strike. Only
     // a refusal is a verdict; a silent dead peer is left to the dial probes, DNS and fetches.
     if (verdict !== 'dead') return;
-    const strikes = (this.strikes.get(peerId) ?? 0) + 1;
-    this.strikes.set(peerId, strikes);
-    if (verdict === 'dead' || strikes >= 2) {
-      this.strikes.delete(peerId);
-      this.liveness.markDead(peerId, 'dial-failed');
-    }
+    this.strikes.delete(peerId);
+    this.liveness.markDead(peerId, 'dial-failed');
   }
 
   /** Dials a peer we are not connected to; a failure marks it dead. Rate-limited per peer. */

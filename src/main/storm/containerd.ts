@@ -11,7 +11,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { Descriptor, HostKind, PullResult } from './pull.js';
+import { newPullResult, type Descriptor, type HostKind, type PullResult } from './pull.js';
 import { sleep, UsageError } from './util.js';
 
 const execFileP = promisify(execFile);
@@ -229,21 +229,7 @@ export class ContainerdNode {
    */
   async pull(spec: CtrPullSpec): Promise<PullResult> {
     const started = performance.now();
-    const result: PullResult = {
-      node: spec.node,
-      image: spec.image,
-      wave: spec.wave,
-      ok: false,
-      start: started - spec.t0,
-      end: 0,
-      totalMs: 0,
-      phases: { resolve: 0, manifest: 0, config: 0, layers: 0 },
-      bytes: { mirror: 0, upstream: 0 },
-      requests: 0,
-      mirrorMissMs: [],
-      mirrorErrors: 0,
-      skipped: 0,
-    };
+    const result = newPullResult(spec.node, spec.image, spec.wave, started - spec.t0);
     const platform = `${spec.platform.os}/${spec.platform.architecture}`;
     const args = spec.unpack
       ? ['-a', this.socket, '-n', spec.namespace, 'images', 'pull', '--snapshotter', this.snapshotter, '--max-concurrent-downloads', String(spec.concurrency), '--platform', platform, '--hosts-dir', spec.hostsDir, spec.image]

@@ -63,6 +63,25 @@ export interface PullResult {
   skipped: number;
 }
 
+/** A pull that has not done anything yet: both pull paths (HTTP and containerd) fill one in. */
+export function newPullResult(node: string, image: string, wave: number, start: number): PullResult {
+  return {
+    node,
+    image,
+    wave,
+    ok: false,
+    start,
+    end: 0,
+    totalMs: 0,
+    phases: { resolve: 0, manifest: 0, config: 0, layers: 0 },
+    bytes: { mirror: 0, upstream: 0 },
+    requests: 0,
+    mirrorMissMs: [],
+    mirrorErrors: 0,
+    skipped: 0,
+  };
+}
+
 /** Where pulled content goes: an OCI layout the node's peerpull serves (its "containerd"). */
 export class LayoutSink {
   private indexLock: Promise<void> = Promise.resolve();
@@ -213,21 +232,7 @@ export function pullAgent(): Agent {
 export async function pullImage(opts: PullOptions): Promise<PullResult> {
   const t0 = opts.t0 ?? performance.now();
   const started = performance.now();
-  const result: PullResult = {
-    node: opts.node,
-    image: opts.image,
-    wave: opts.wave ?? 0,
-    ok: false,
-    start: started - t0,
-    end: 0,
-    totalMs: 0,
-    phases: { resolve: 0, manifest: 0, config: 0, layers: 0 },
-    bytes: { mirror: 0, upstream: 0 },
-    requests: 0,
-    mirrorMissMs: [],
-    mirrorErrors: 0,
-    skipped: 0,
-  };
+  const result = newPullResult(opts.node, opts.image, opts.wave ?? 0, started - t0);
   const hosts: [HostKind, string][] = [];
   if (opts.mirror) hosts.push(['mirror', opts.mirror.replace(/\/+$/, '')]);
   if (opts.upstream) hosts.push(['upstream', opts.upstream.replace(/\/+$/, '')]);
