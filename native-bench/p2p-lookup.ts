@@ -62,6 +62,7 @@ interface Stats {
   mainHeap: number;
   external: number;
   workerHeap?: { usedHeapSize: number; totalHeapSize: number };
+  loops: { main: { p99: number; max: number }; p2p: { p99: number; max: number } };
 }
 
 function pct(sorted: number[], p: number): number {
@@ -148,7 +149,14 @@ async function runOne(n: number, a: Args) {
     const rss = busy.stats.map((s) => s.rss / 1048576);
     const mib = (f: (s: Stats) => number) => busy.stats.reduce((t, s) => t + f(s), 0) / n / 1048576;
     const memory = { mainHeapMiB: mib((s) => s.mainHeap), workerHeapMiB: mib((s) => s.workerHeap?.totalHeapSize ?? 0), workerUsedMiB: mib((s) => s.workerHeap?.usedHeapSize ?? 0), externalMiB: mib((s) => s.external) };
+    const worst = (f: (s: Stats) => number) => Math.max(...busy.stats.map(f));
+    const avg = (f: (s: Stats) => number) => busy.stats.reduce((t, s) => t + f(s), 0) / n;
+    const loopDelayMs = {
+      main: { p99Avg: avg((s) => s.loops.main.p99), max: worst((s) => s.loops.main.max) },
+      p2p: { p99Avg: avg((s) => s.loops.p2p.p99), max: worst((s) => s.loops.p2p.max) },
+    };
     return {
+      loopDelayMs,
       nodes: n,
       keys: a.keys,
       readyMs,
@@ -192,6 +200,7 @@ for (const n of args.nodes) {
         `  outcome/source ${JSON.stringify(r.bySource)}; peers queried p50/p99/max ${r.queried.p50}/${r.queried.p99}/${r.queried.max}; views ${JSON.stringify(r.views)}; record batches ok/failed ${r.recordBatches.ok}/${r.recordBatches.failed}`,
         `  lookup CPU ${r.lookupCpuMs.toFixed(2)} ms each (cluster, above idle); idle CPU ${r.idleCpuPerNodePct.toFixed(1)} % of a core per node`,
         `  connections per node min/avg/max ${r.connectionsPerNode.min}/${r.connectionsPerNode.avg.toFixed(1)}/${r.connectionsPerNode.max}; RSS MiB per node min/avg/max ${r.rssMiBPerNode.min.toFixed(0)}/${r.rssMiBPerNode.avg.toFixed(0)}/${r.rssMiBPerNode.max.toFixed(0)}`,
+        `  event loop delay during lookups (ms): main p99 avg ${r.loopDelayMs.main.p99Avg.toFixed(1)}, max ${r.loopDelayMs.main.max.toFixed(0)}; p2p thread worst-window p99 avg ${r.loopDelayMs.p2p.p99Avg.toFixed(1)}, max ${r.loopDelayMs.p2p.max.toFixed(0)}`,
         `  heaps MiB per node (avg): main ${r.memory.mainHeapMiB.toFixed(0)}, p2p thread ${r.memory.workerHeapMiB.toFixed(0)} (used ${r.memory.workerUsedMiB.toFixed(0)}), external ${r.memory.externalMiB.toFixed(0)}`,
       ].join('\n'),
     );

@@ -97,6 +97,31 @@ describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 420_000 
     assert.deepEqual(misses, [], `lookups that missed: ${misses.length}`);
   });
 
+  test("once the view settles, main answers hits and misses from its copy of the records (no thread hop)", async () => {
+    // 30 nodes mesh (within half the connection bound): every record reaches every node, and
+    // with an exact view a key absent from the store is absent from the cluster.
+    const pending = new Set(nodes.map((_, j) => j).filter((j) => j !== 13));
+    const last = new Map<number, string>();
+    await waitFor(
+      'every node answering from its store copy',
+      async () => {
+        await Promise.all(
+          [...pending].map(async (j) => {
+            const hit = await nodes[j].find(keyOf(13), { timeoutMs: 10_000 });
+            const miss = await nodes[j].find('sha256:' + 'e'.repeat(64), { timeoutMs: 10_000 });
+            last.set(j, `${hit.outcome}/${hit.source} ${miss.outcome}/${miss.source}`);
+            if (hit.source === 'store-copy' && providerIds(hit).includes(ids[13]) && hit.providers[0].host === ips[13] && miss.source === 'store-copy' && miss.outcome === 'notfound') pending.delete(j);
+          }),
+        );
+        return pending.size === 0;
+      },
+      90_000,
+      1000,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; not yet: ${[...pending].map((j) => `${j}: ${last.get(j)}`).join(', ')}`);
+    });
+  });
+
   test('a key nobody has is a fast, clean miss', async () => {
     const r = await nodes[5].find('sha256:' + 'f'.repeat(64), { timeoutMs: 2000 });
     assert.deepEqual(r.providers, []);

@@ -1,5 +1,6 @@
 // p2p pieces that need no network: bootstrap selection, key mapping, the registry-port address
-// convention, message validation, the persistent identity.
+// convention, message validation, the persistent identity, the indexed datastore and main's
+// copy of the record store.
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, stat, writeFile, chmod } from 'node:fs/promises';
@@ -7,9 +8,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { multiaddr } from '@multiformats/multiaddr';
+import { Key } from 'interface-datastore';
+import { base32 } from 'multiformats/bases/base32';
+import { StoreCopy } from '../src/main/store-copy.js';
+import { IndexedMemoryDatastore } from '../src/p2p/datastore.js';
+import { StoreFeed } from '../src/p2p/store-feed.js';
+import type { FeedPeer } from '../src/shared/messages.js';
 import { bootstrapCount, sortAddresses } from '../src/p2p/bootstrap.js';
 import { KEY_FILE, loadOrCreateIdentity } from '../src/p2p/identity.js';
-import { keyToCid } from '../src/p2p/keys.js';
+import { keyToCid } from '../src/shared/keys.js';
 import { registryAnnounceFilter, registryEndpoint } from '../src/p2p/peer-addr.js';
 import { BadMessageError, parseRequest } from '../src/p2p/protocol.js';
 import { loadConfig, ConfigError } from '../src/main/config.js';
@@ -123,9 +130,7 @@ test('p2p settings are validated with the variable named', async () => {
 });
 
 test('the indexed datastore answers path-prefix queries exactly like a full walk', async () => {
-  const { IndexedMemoryDatastore } = await import('../src/p2p/datastore.js');
   const { MemoryDatastore } = await import('datastore-core');
-  const { Key } = await import('interface-datastore');
   const indexed = new IndexedMemoryDatastore();
   const plain = new MemoryDatastore();
   const keys: string[] = [];
@@ -157,4 +162,88 @@ test('the indexed datastore answers path-prefix queries exactly like a full walk
   assert.equal((await list(indexed, '/dht/provider/cid08')).length, 0, 'every record deleted');
   assert.equal(indexed.size, keys.length - 7);
   await assert.rejects(async () => indexed.get(new Key('/nope')), /no value for \/nope/);
+});
+
+test("main's copy of the record store follows the p2p thread's datastore and answers only what it may", async () => {
+  // The chain node.ts wires: kad-dht's provider keys in the datastore -> the feed -> main's copy.
+  const ds = new IndexedMemoryDatastore();
+  const copy = new StoreCopy();
+  const state = new Map<string, FeedPeer>();
+  let final = false;
+  let posted = 0;
+  const feed = new StoreFeed({
+    self: 'SELF',
+    post: (m) => {
+      posted++;
+      copy.apply(m);
+    },
+    peer: async (id) => state.get(id) ?? { peerId: id, addrs: [], connected: false },
+    finalMisses: () => final,
+  });
+  ds.watch('/dht/provider', (k, present) => feed.record(k, present));
+  const settle = () => new Promise((r) => setImmediate(() => setImmediate(r)));
+  const mh = (key: string) => base32.baseEncode(keyToCid(key).multihash.bytes);
+  const put = (key: string, peer: string) => ds.put(new Key(`/dht/provider/${mh(key)}/${peer}`), new Uint8Array([1]));
+  const del = (key: string, peer: string) => ds.delete(new Key(`/dht/provider/${mh(key)}/${peer}`));
+  state.set('A', { peerId: 'A', host: '10.0.0.1', registryPort: 5000, addrs: ['/ip4/10.0.0.1/tcp/5001'], connected: true });
+  state.set('B', { peerId: 'B', host: '10.0.0.2', registryPort: 5000, addrs: ['/ip4/10.0.0.2/tcp/5001'], connected: false });
+
+  const cases: Array<{ name: string; act: () => void; key: string; want: string | undefined; providers?: string[] }> = [
+    { name: 'nothing fed, view not final: the thread must answer', act: () => {}, key: 'k1', want: undefined },
+    { name: 'a connected provider is answered in main', act: () => put('k1', 'A'), key: 'k1', want: 'found', providers: ['A'] },
+    { name: 'an unconnected one is left to the thread (it knocks first)', act: () => put('k2', 'B'), key: 'k2', want: undefined },
+    { name: 'our own record is never fed', act: () => put('k3', 'SELF'), key: 'k3', want: undefined },
+    { name: 'other records in the datastore are not provider records', act: () => ds.put(new Key(`/peers/${mh('k4')}/A`), new Uint8Array()), key: 'k4', want: undefined },
+    {
+      name: 'a provider that disconnects is left to the thread',
+      act: () => {
+        state.set('A', { ...state.get('A')!, connected: false });
+        feed.peerChanged('A');
+      },
+      key: 'k1',
+      want: undefined,
+    },
+    {
+      name: 'reconnected, it is answered again',
+      act: () => {
+        state.set('A', { ...state.get('A')!, connected: true });
+        feed.peerChanged('A');
+      },
+      key: 'k1',
+      want: 'found',
+      providers: ['A'],
+    },
+    { name: 'a withdrawn record goes, and the miss is not final yet', act: () => del('k1', 'A'), key: 'k1', want: undefined },
+    {
+      name: 'a final view answers misses in main',
+      act: () => {
+        final = true;
+        feed.tick();
+      },
+      key: 'k1',
+      want: 'notfound',
+    },
+    { name: 'but never a key whose providers only the thread may screen', act: () => {}, key: 'k2', want: undefined },
+  ];
+  for (const c of cases) {
+    c.act();
+    await settle();
+    const r = copy.answer(c.key, 2);
+    assert.equal(r?.outcome, c.want, c.name);
+    if (c.providers) assert.deepEqual(r!.providers.map((p) => p.peerId), c.providers, c.name);
+    if (r) assert.equal(r.source, 'store-copy', c.name);
+  }
+  // Peers no record names are forgotten; changes are batched, not one message each.
+  assert.deepEqual(copy.size, { keys: 1, peers: 1 });
+  const before = posted;
+  for (let i = 0; i < 100; i++) put(`bulk${i}`, 'A');
+  await settle();
+  assert.equal(posted - before, 1, 'a burst of records is one message');
+  assert.equal(copy.answer('bulk99', 2)?.outcome, 'found');
+  // A new thread incarnation starts a new copy.
+  const next = new StoreFeed({ self: 'SELF', post: (m) => copy.apply(m), peer: async (id) => state.get(id)!, finalMisses: () => false });
+  next.record(`/dht/provider/${mh('fresh')}/B`, true);
+  await settle();
+  assert.equal(copy.answer('bulk99', 2), undefined, 'the old records went with the old thread');
+  assert.deepEqual(copy.size, { keys: 1, peers: 1 });
 });

@@ -32,12 +32,25 @@ export class IndexedMemoryDatastore extends BaseDatastore {
   private readonly children = new Map<string, Set<string>>();
   /** Paths with keys two or more levels below them: their prefix queries need the walk. */
   private readonly deep = new Map<string, number>();
+  private watcher: { prefix: string; fn: (key: string, present: boolean) => void } | undefined;
+
+  /** Calls `fn` when a key below `prefix` is created or deleted (not when overwritten). */
+  watch(prefix: string, fn: (key: string, present: boolean) => void): void {
+    this.watcher = { prefix: prefix.endsWith('/') ? prefix : prefix + '/', fn };
+  }
+
+  private notify(k: string, present: boolean): void {
+    const w = this.watcher;
+    if (w && k.startsWith(w.prefix)) w.fn(k, present);
+  }
 
   override put(key: Key, val: Uint8Array, options?: AbortOptions): Key {
     options?.signal?.throwIfAborted();
     const k = key.toString();
-    if (!this.data.has(k)) this.index(k, +1);
+    const created = !this.data.has(k);
+    if (created) this.index(k, +1);
     this.data.set(k, val);
+    if (created) this.notify(k, true);
     return key;
   }
 
@@ -56,7 +69,10 @@ export class IndexedMemoryDatastore extends BaseDatastore {
   override delete(key: Key, options?: AbortOptions): void {
     options?.signal?.throwIfAborted();
     const k = key.toString();
-    if (this.data.delete(k)) this.index(k, -1);
+    if (this.data.delete(k)) {
+      this.index(k, -1);
+      this.notify(k, false);
+    }
   }
 
   get size(): number {

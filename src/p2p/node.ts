@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify, type Identify } from '@libp2p/identify';
@@ -19,25 +20,30 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { CID } from 'multiformats/cid';
 import type {
+  FeedPeer,
   LookupResult,
   P2PMetricsSnapshot,
   P2PStatus,
   P2PView,
   P2PWorkerConfig,
   ProviderPeer,
+  StoreFeed as StoreFeedMessage,
 } from '../shared/messages.js';
 import { Bootstrapper, DnsMembers } from './bootstrap.js';
 import { IndexedMemoryDatastore } from './datastore.js';
-import { keyToCid } from './keys.js';
+import { keyToCid } from '../shared/keys.js';
 import { Liveness } from './liveness.js';
 import { Lookups } from './lookup.js';
 import { hostsOf, isLoopback, parseTcpAddr, registryAnnounceFilter, registryEndpoint } from './peer-addr.js';
+import { StoreFeed } from './store-feed.js';
 import { MAX_BATCH, handleRecordsStream, provideProtocol, sendRecords, withdrawProtocol } from './records.js';
 
 export type LogFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 
 /** Provides running at once: enough to hide round trips, few enough to leave CPU for lookups. */
 const PROVIDE_CONCURRENCY = 8;
+/** Where kad-dht keeps provider records in the datastore (its default prefix, /dht). */
+const PROVIDER_PREFIX = '/dht/provider';
 /** Kademlia's k: how many closest peers hold each record (kad-dht's default bucket size). */
 const K = 20;
 /**
@@ -154,6 +160,7 @@ export class P2PNode {
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
   private dnsMemberCount = 0;
   private statusTimer: NodeJS.Timeout | undefined;
+  private readonly loopHistogram = monitorEventLoopDelay({ resolution: 5 });
   private reprovideTimer: NodeJS.Timeout | undefined;
   private batchTimer: NodeJS.Timeout | undefined;
   private batchRunning = false;
@@ -182,6 +189,8 @@ export class P2PNode {
   /** view() until membership or the DNS answer changes. */
   private cachedView: P2PView | undefined;
   private stopped = false;
+  /** Main's copy of our provider records (set right after construction). */
+  private feed: StoreFeed | undefined;
 
   private constructor(
     private readonly cfg: P2PWorkerConfig,
@@ -249,6 +258,7 @@ export class P2PNode {
     privateKey: PrivateKey,
     log: LogFn,
     onStatus: (s: P2PStatus, m: P2PMetricsSnapshot) => void,
+    onStore: (m: StoreFeedMessage) => void = () => {},
   ): Promise<P2PNode> {
     const ipv6 = cfg.listenHost.includes(':');
     const host = cfg.listenHost || '0.0.0.0';
@@ -257,11 +267,12 @@ export class P2PNode {
     // Keep loopback addresses only when the node listens on loopback on purpose.
     const keepLoopback = isLoopback(host) || (cfg.advertiseIp !== '' && isLoopback(cfg.advertiseIp));
     const probeMs = Math.max(500, Math.floor(cfg.deadPeerTimeoutMs / 3));
+    const datastore = new IndexedMemoryDatastore();
     const node = await createLibp2p<Services>({
       privateKey,
       start: false,
       // Indexed: the default store walks every record for each provider lookup.
-      datastore: new IndexedMemoryDatastore(),
+      datastore,
       nodeInfo: { userAgent: `peerpull (cluster ${cfg.cluster})` },
       addresses: { listen: [listen], announce, announceFilter: registryAnnounceFilter(cfg.registryPort, keepLoopback) },
       transports: [tcp()],
@@ -321,6 +332,9 @@ export class P2PNode {
       },
     });
     const self = new P2PNode(cfg, node, log, onStatus);
+    const feed = new StoreFeed({ self: node.peerId.toString(), post: onStore, peer: (id) => self.feedPeer(id), finalMisses: () => self.finalMisses() });
+    self.feed = feed;
+    datastore.watch(PROVIDER_PREFIX, (key, present) => feed.record(key, present));
     await self.start();
     return self;
   }
@@ -358,11 +372,13 @@ export class P2PNode {
     );
     n.addEventListener('peer:connect', (e) => {
       this.liveness.markAlive(e.detail.toString());
+      this.feed?.peerChanged(e.detail.toString());
       if (this.unpublished.size > 0) this.scheduleCatchUp();
     });
     this.dht.routingTable.addEventListener('peer:add', (e) => this.addMember(e.detail));
     n.addEventListener('peer:disconnect', (e) => {
       const id = e.detail.toString();
+      this.feed?.peerChanged(id);
       this.bootstrapper.peerLost();
       // A node that died closes its sockets with it: find out now, not at the next lookup.
       setTimeout(() => this.probe(id), 300).unref();
@@ -386,9 +402,11 @@ export class P2PNode {
       }
       // Its listen addresses, not the connection's source: that may be another address of its host.
       this.addMember(peerId, listenAddrs.flatMap((a) => parseTcpAddr(a)?.ip ?? []));
+      this.feed?.peerChanged(peerId.toString());
     });
     await n.start();
     this.bootstrapper.start();
+    this.loopHistogram.enable();
     this.statusTimer = setInterval(() => this.pushStatus(), 2000);
     this.statusTimer.unref();
     this.reprovideTimer = setInterval(() => {
@@ -400,6 +418,8 @@ export class P2PNode {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.feed?.stop();
+    this.loopHistogram.disable();
     this.bootstrapper.stop();
     for (const t of [this.statusTimer, this.reprovideTimer]) if (t) clearInterval(t);
     for (const t of [this.batchTimer, this.catchUpTimer]) if (t) clearTimeout(t);
@@ -464,6 +484,24 @@ export class P2PNode {
     for (const ip of others) if (!known.has(ip)) missing++;
     if (missing === 0) return 'exact';
     return missing <= Math.ceil(others.length * 0.1) ? 'near' : 'partial';
+  }
+
+  /** Our store's "none" is the cluster's for every key (see isRecordHolder). */
+  private finalMisses(): boolean {
+    return this.settledExact() && this.meshEligible();
+  }
+
+  /** A provider's state for main's copy of the store. */
+  private async feedPeer(peerId: string): Promise<FeedPeer> {
+    const id = peerIdOf(peerId);
+    let addrs: Multiaddr[] = [];
+    try {
+      addrs = (await this.node.peerStore.get(id)).addresses.map((a) => a.multiaddr);
+    } catch {
+      // Not in the peer store (yet): main cannot hand it out, this thread's lookups may.
+    }
+    const p = this.toProvider(id, addrs);
+    return { peerId, host: p?.host, registryPort: p?.registryPort, addrs: p?.addrs ?? [], connected: this.node.getConnections(id).length > 0 };
   }
 
   /** An exact view held long enough for peers to have sent us their records. */
@@ -1107,7 +1145,17 @@ export class P2PNode {
       recordBatches: { ok: this.counters.batchesSent, failed: this.counters.batchesFailed },
       recordsReceived: this.counters.recordsReceived,
       dnsResolveSeconds: dns,
+      eventLoopDelayMs: this.loopDelay(),
     };
+  }
+
+  /** Percentiles of the loop delay since the last call: every request to this thread waits it. */
+  private loopDelay(): { p50: number; p99: number; max: number } {
+    const h = this.loopHistogram;
+    const ms = (ns: number) => (Number.isFinite(ns) ? ns / 1e6 : 0);
+    const r = h.count > 0 ? { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) } : { p50: 0, p99: 0, max: 0 };
+    h.reset();
+    return r;
   }
 
   private pushStatus(): void {
@@ -1115,6 +1163,7 @@ export class P2PNode {
     if (this.meshEligible() && this.view() !== 'exact') void this.meshDial();
     if (this.undelivered.size > 0 && !this.redelivering) void this.redeliver();
     this.liveness.prune(this.cfg.providerTtlMs);
+    this.feed?.tick();
     const s = this.status();
     if (s.ready !== this.lastReady) {
       this.lastReady = s.ready;

@@ -2,7 +2,7 @@
 // truncated message) must cost one error reply, not the routing of the whole node.
 
 import type { P2PRequest } from '../shared/messages.js';
-import { MAX_KEY_LENGTH } from './keys.js';
+import { MAX_KEY_LENGTH } from '../shared/keys.js';
 
 export class BadMessageError extends Error {
   constructor(message: string, readonly id: number | undefined) {

@@ -99,7 +99,13 @@ port.on('message', onMessage);
 async function main(): Promise<void> {
   const { key, created } = await loadOrCreateIdentity(cfg.dataDir);
   if (created) log('info', 'created a new peer identity', { dataDir: cfg.dataDir });
-  node = await P2PNode.create(cfg, key, log, (status, metrics) => post({ kind: 'status', status, metrics }));
+  node = await P2PNode.create(
+    cfg,
+    key,
+    log,
+    (status, metrics) => post({ kind: 'status', status, metrics }),
+    (m) => post(m),
+  );
   post({ kind: 'started', status: node.status() });
   for (const m of pending.splice(0)) onMessage(m);
 }

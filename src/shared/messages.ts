@@ -169,8 +169,11 @@ export interface ProviderPeer {
   connected: boolean;
 }
 
-/** Where a lookup's answer came from: the outcome label of the lookup metrics. */
-export type LookupSource = 'cache' | 'negative-cache' | 'local' | 'network' | 'coalesced' | 'none';
+/**
+ * Where a lookup's answer came from: the outcome label of the lookup metrics. 'store-copy':
+ * main's copy of this node's records, answered without asking the p2p thread.
+ */
+export type LookupSource = 'cache' | 'negative-cache' | 'local' | 'store-copy' | 'network' | 'coalesced' | 'none';
 export type LookupOutcome = 'found' | 'notfound' | 'timeout' | 'error';
 
 export interface LookupResult {
@@ -227,10 +230,44 @@ export interface P2PMetricsSnapshot {
   recordsReceived: number;
   /** DNS resolve durations (seconds) since the previous snapshot, by outcome. */
   dnsResolveSeconds: { ok: number[]; failed: number[] };
+  /** How late the p2p thread's event loop ran its callbacks since the previous snapshot (ms). */
+  eventLoopDelayMs: { p50: number; p99: number; max: number };
+}
+
+/** A provider as main's copy of the p2p thread's record store knows it. */
+export interface FeedPeer {
+  peerId: string;
+  /** Where its registry listens; absent when no usable address is known (main cannot hand it out). */
+  host?: string;
+  registryPort?: number;
+  addrs: string[];
+  /** A live libp2p connection to it right now: the only state main answers on its own. */
+  connected: boolean;
+}
+
+/**
+ * The p2p thread's provider records as they change, so that main answers most lookups without
+ * the thread hop (src/p2p/store-feed.ts -> src/main/store-copy.ts). Keys are the sha-256 of
+ * the content key in hex (src/shared/keys.ts).
+ */
+export interface StoreFeed {
+  kind: 'store';
+  /** The first message of a thread incarnation: main drops the copy it had. */
+  reset: boolean;
+  /** [key hash, provider peer id] pairs that appeared in, or left, the store. */
+  added: Array<[string, string]>;
+  removed: Array<[string, string]>;
+  /** New or changed state of providers named by records. */
+  peers: FeedPeer[];
+  /** Peers no record names any longer: main forgets them. */
+  gone: string[];
+  /** A key absent from the store is absent from the cluster (settled exact view of a meshed cluster). */
+  finalMisses: boolean;
 }
 
 /** Unsolicited worker -> main messages. */
 export type P2PEvent =
+  | StoreFeed
   | { kind: 'started'; status: P2PStatus }
   | { kind: 'status'; status: P2PStatus; metrics: P2PMetricsSnapshot }
   | { kind: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string; fields?: Record<string, unknown> }

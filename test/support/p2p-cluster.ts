@@ -81,7 +81,9 @@ export class P2PNodeProcess {
 
   static async start(o: NodeOptions): Promise<P2PNodeProcess> {
     const dataDir = o.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'peerpull-p2p-')));
-    const child = spawn(process.execPath, [...(process.env.P2P_NODE_ARGS ?? '').split(' ').filter(Boolean), NODE_SCRIPT], {
+    // P2P_NODE_ARGS: node options for the children (e.g. --cpu-prof); with P2P_NODE_ARGS_IP, for
+    // that node only (one profiled node among 30 that are not).
+    const child = spawn(process.execPath, [...((process.env.P2P_NODE_ARGS_IP ?? o.ip) === o.ip ? (process.env.P2P_NODE_ARGS ?? '') : '').split(' ').filter(Boolean), NODE_SCRIPT], {
       env: {
         PATH: process.env.PATH ?? '/usr/bin:/bin',
         PEERPULL_P2P_ADDR: `${o.ip}:${o.p2pPort}`,

@@ -5,6 +5,7 @@
 // Commands: {"id":1,"cmd":"advertise","keys":[..],"wait":true} | withdraw {keys} |
 // find {key,count?,timeoutMs?} | status | stats (rss, cpu, connections) | raw {value} | stop.
 
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { loadConfig } from '../../src/main/config.js';
 import { setLogLevel, setLogSink } from '../../src/main/log.js';
@@ -31,6 +32,18 @@ for (let i = 0; i < 10 && !status; i++) status = await p2p.status().catch(() => 
 send({ event: 'started', status });
 
 let cpuBase = process.cpuUsage();
+// Loop delays since the last 'stats' with reset: main's own, and the worst of the p2p thread's
+// 2-second windows (where a lookup's time goes when neither thread is slow to handle it).
+const mainLoop = monitorEventLoopDelay({ resolution: 5 });
+mainLoop.enable();
+let p2pLoop = { p99: 0, max: 0 };
+let lastWindow: unknown;
+setInterval(() => {
+  const m = p2p.lastMetrics();
+  if (!m || m === lastWindow) return;
+  lastWindow = m;
+  p2pLoop = { p99: Math.max(p2pLoop.p99, m.eventLoopDelayMs.p99), max: Math.max(p2pLoop.max, m.eventLoopDelayMs.max) };
+}, 500).unref();
 
 async function run(m: Record<string, unknown>): Promise<unknown> {
   switch (m.cmd) {
@@ -53,9 +66,14 @@ async function run(m: Record<string, unknown>): Promise<unknown> {
     case 'stats': {
       // CPU of the whole process (both threads) since the last 'stats' with reset.
       const cpu = process.cpuUsage(cpuBase);
-      if (m.reset) cpuBase = process.cpuUsage();
+      const loops = { main: { p99: mainLoop.percentile(99) / 1e6, max: mainLoop.max / 1e6 }, p2p: p2pLoop };
+      if (m.reset) {
+        cpuBase = process.cpuUsage();
+        mainLoop.reset();
+        p2pLoop = { p99: 0, max: 0 };
+      }
       const mem = process.memoryUsage();
-      return { rss: mem.rss, mainHeap: mem.heapTotal, external: mem.external, workerHeap: await p2p.heapStatistics(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system, status: p2p.lastStatus(), metrics: p2p.lastMetrics() };
+      return { loops, rss: mem.rss, mainHeap: mem.heapTotal, external: mem.external, workerHeap: await p2p.heapStatistics(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system, status: p2p.lastStatus(), metrics: p2p.lastMetrics() };
     }
     case 'metrics':
       return registry.metrics();
