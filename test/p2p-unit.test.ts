@@ -188,7 +188,7 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
   state.set('A', { peerId: 'A', host: '10.0.0.1', registryPort: 5000, addrs: ['/ip4/10.0.0.1/tcp/5001'], connected: true });
   state.set('B', { peerId: 'B', host: '10.0.0.2', registryPort: 5000, addrs: ['/ip4/10.0.0.2/tcp/5001'], connected: false });
 
-  const cases: Array<{ name: string; act: () => void; key: string; want: string | undefined; providers?: string[] }> = [
+  const cases: Array<{ name: string; act: () => void; key: string; count?: number; want: string | undefined; providers?: string[] }> = [
     { name: 'nothing fed, view not final: the thread must answer', act: () => {}, key: 'k1', want: undefined },
     { name: 'a connected provider is answered in main', act: () => put('k1', 'A'), key: 'k1', want: 'found', providers: ['A'] },
     { name: 'an unconnected one is left to the thread (it knocks first)', act: () => put('k2', 'B'), key: 'k2', want: undefined },
@@ -213,7 +213,10 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
       want: 'found',
       providers: ['A'],
     },
-    { name: 'a withdrawn record goes, and the miss is not final yet', act: () => del('k1', 'A'), key: 'k1', want: undefined },
+    { name: 'one connected provider of two is too few when two are asked for', act: () => put('k1', 'B'), key: 'k1', want: undefined },
+    { name: 'and enough when one is', act: () => {}, key: 'k1', count: 1, want: 'found', providers: ['A'] },
+    { name: 'a withdrawn record goes', act: () => del('k1', 'B'), key: 'k1', want: 'found', providers: ['A'] },
+    { name: 'and with the last one the miss is not final yet', act: () => del('k1', 'A'), key: 'k1', want: undefined },
     {
       name: 'a final view answers misses in main',
       act: () => {
@@ -228,7 +231,7 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
   for (const c of cases) {
     c.act();
     await settle();
-    const r = copy.answer(c.key, 2);
+    const r = copy.answer(c.key, c.count ?? 2);
     assert.equal(r?.outcome, c.want, c.name);
     if (c.providers) assert.deepEqual(r!.providers.map((p) => p.peerId), c.providers, c.name);
     if (r) assert.equal(r.source, 'store-copy', c.name);

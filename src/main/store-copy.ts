@@ -53,7 +53,10 @@ export class StoreCopy {
       providers.push({ peerId: id, host: p.host, registryPort: p.registryPort, addrs: p.addrs, connected: true });
       if (providers.length >= count) break;
     }
-    return providers.length > 0 ? { providers, source: 'store-copy', outcome: 'found', queried: 0 } : undefined;
+    // As many as the thread would give (the fetch hedges over them), or the thread decides: it
+    // may add unconnected providers once a knock showed them alive.
+    if (providers.length === 0 || providers.length < Math.min(count, set.size)) return undefined;
+    return { providers, source: 'store-copy', outcome: 'found', queried: 0 };
   }
 
   get size(): { keys: number; peers: number } {
