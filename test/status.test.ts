@@ -95,6 +95,9 @@ describe('/status and peerpull status', () => {
     assert.ok(s.p2p.peers >= 1);
     assert.ok(s.p2p.routingTable >= 1);
     assert.equal(s.p2p.bootstrapPeers, 1);
+    // A's records reached B, and B's main thread holds a copy of them (A is the one provider).
+    assert.ok(s.p2p.storeCopy.keys >= 1 && s.p2p.storeCopy.providers === 1, JSON.stringify(s.p2p.storeCopy));
+    assert.equal(s.p2p.storeCopy.finalMisses, false, 'static bootstrap: no exact view, misses go to the thread');
     // B holds its own image: 1 tag + manifest, config, layer (and the index digest if any).
     assert.equal(s.content.kind, 'oci-layout');
     assert.equal(s.content.healthy, true);

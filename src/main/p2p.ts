@@ -220,6 +220,11 @@ export class P2P {
     return this.metrics_;
   }
 
+  /** What main's copy of the thread's records holds (for /status). */
+  storeCopyStats(): { keys: number; providers: number; finalMisses: boolean } {
+    return this.copy.stats();
+  }
+
   /** Called after every (re)start of the p2p thread, once its advertisements were re-sent. */
   onStart(fn: () => void): () => void {
     this.startListeners.add(fn);

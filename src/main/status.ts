@@ -59,6 +59,8 @@ export interface StatusSnapshot {
     bootstrapPeers: number;
     /** How much of the cluster the routing table holds (see P2PStatus.view). */
     view: P2PView | null;
+    /** Main's copy of the thread's provider records (src/main/store-copy.ts): lookups it answers need no thread hop. */
+    storeCopy: { keys: number; providers: number; finalMisses: boolean };
   };
   content: { kind: string; healthy: boolean; digests: number; tags: number };
   mirror: { lastPeerHit: MirrorEvent | null; recentMisses: MirrorEvent[] };
@@ -317,6 +319,7 @@ export class StatusBuilder {
         dnsMembers: p2pStatus?.dnsMembers ?? 0,
         bootstrapPeers: config.bootstrapPeers.length,
         view: p2pStatus?.view ?? null,
+        storeCopy: p2p?.storeCopyStats() ?? { keys: 0, providers: 0, finalMisses: false },
       },
       content: { kind: source.kind, healthy: source.healthy(), digests: source.index.digestCount, tags: source.index.tagCount },
       mirror: { lastPeerHit: mirror?.lastPeerHit ?? null, recentMisses: [...(mirror?.recentMisses ?? [])].reverse() },
@@ -407,6 +410,7 @@ th{font-weight:600;color:#555}.mono,code{font-family:ui-monospace,monospace;font
           ['connected to the cluster', yesNo(s.p2p.ready)],
           ['peers connected', s.p2p.peers > 0 ? esc(s.p2p.peers) : '<span class="bad">0</span>'],
           ['routing table', `${esc(s.p2p.routingTable)}${s.p2p.view ? ` (${esc(VIEW_TEXT[s.p2p.view])})` : ''}`],
+          ['records copied to main', `${esc(s.p2p.storeCopy.keys)} keys, ${esc(s.p2p.storeCopy.providers)} providers${s.p2p.storeCopy.finalMisses ? '; misses answered here' : ''}`],
           ['keys advertised', `${esc(s.p2p.advertisedKeys)}${s.p2p.pendingProvides ? ` (${esc(s.p2p.pendingProvides)} still being published)` : ''}`],
           ['bootstrap DNS', s.p2p.bootstrapDns ? `${esc(s.p2p.bootstrapDns)} (${esc(s.p2p.dnsMembers)} members)` : '(not set)'],
           ['bootstrap peers', esc(s.p2p.bootstrapPeers)],
@@ -467,6 +471,7 @@ export function formatStatusText(s: StatusSnapshot): string {
   else {
     L.push(`  thread         ${s.p2p.running ? 'running' : 'NOT RUNNING'}, ${s.p2p.ready ? 'ready' : 'not ready'}`);
     L.push(`  peers          ${s.p2p.peers} connected, ${s.p2p.routingTable} in the routing table${s.p2p.view ? ` (${VIEW_TEXT[s.p2p.view]})` : ''}`);
+    L.push(`  store copy     ${s.p2p.storeCopy.keys} keys, ${s.p2p.storeCopy.providers} providers${s.p2p.storeCopy.finalMisses ? ', misses answered in main' : ''}`);
     L.push(`  advertised     ${s.p2p.advertisedKeys} keys${s.p2p.pendingProvides ? ` (${s.p2p.pendingProvides} still being published)` : ''}`);
     L.push(`  bootstrap      ${s.p2p.bootstrapDns ? `DNS ${s.p2p.bootstrapDns} (${s.p2p.dnsMembers} members)` : 'no DNS'}, ${s.p2p.bootstrapPeers} static peers`);
   }

@@ -62,4 +62,9 @@ export class StoreCopy {
   get size(): { keys: number; peers: number } {
     return { keys: this.records.size, peers: this.peers.size };
   }
+
+  /** For /status: what the copy holds and whether it answers misses. */
+  stats(): { keys: number; providers: number; finalMisses: boolean } {
+    return { keys: this.records.size, providers: this.peers.size, finalMisses: this.finalMisses };
+  }
 }
