@@ -74,10 +74,11 @@ export function summaryTable(report: StormReport): string {
       c.upstreamImages !== undefined ? `${c.upstreamImages.toFixed(2)}` : '-',
       String(c.peerpull!.failed),
       c.peerpull!.missMs.count ? fmtQ(c.peerpull!.missMs, 'p99') : '-',
+      c.peerpull!.nodeMissMs?.count ? fmtQ(c.peerpull!.nodeMissMs, 'p99') : '-',
       String(c.peerpull!.upstreamBlobGets.max),
     ]);
   const parts = [runs];
-  if (cmp.length) parts.push('', table(['scenario', 'speedup p50', 'speedup p99', 'upstream vs baseline', 'upstream (images)', 'failed', 'miss p99', 'max GETs/blob'], cmp));
+  if (cmp.length) parts.push('', table(['scenario', 'speedup p50', 'speedup p99', 'upstream vs baseline', 'upstream (images)', 'failed', 'miss p99', 'in node', 'max GETs/blob'], cmp));
   const failures = report.runs.flatMap((r) => r.failures.map((f) => `  ${r.label} ${f.node}: [${f.kind}] ${f.error}`));
   if (failures.length) parts.push('', `FAILED PULLS (${failures.length}):`, ...failures.slice(0, 30), ...(failures.length > 30 ? [`  ... ${failures.length - 30} more`] : []));
   return parts.join('\n');
@@ -92,11 +93,11 @@ export function markdownTable(report: StormReport): string {
     .map((c) => {
       const p = c.peerpull!;
       const b = c.baseline;
-      return `| ${c.scenario} | ${p.nodes} | ${fmtBytes(p.imageBytes)} / ${p.layers} | ${b ? `${s(b.pullMs.p50)} / ${s(b.pullMs.p99)}` : '-'} | ${s(p.pullMs.p50)} / ${s(p.pullMs.p99)} | ${c.speedupP50 !== undefined ? fmtRatio(c.speedupP50) : '-'} | ${b ? mb(b.bytes.upstream) : '-'} | ${mb(p.bytes.upstream)} (${(c.upstreamImages ?? 0).toFixed(1)} images) | ${mb(p.bytes.peer)} | ${p.missMs.count ? `${fmtQ(p.missMs, 'p50')} / ${fmtQ(p.missMs, 'p99')}${p.missMs.bucketed ? ` (avg ${fmtMs(p.missMs.avg)})` : ''}` : '-'} | ${p.failed}${b ? ` (baseline ${b.failed})` : ''} |`;
+      return `| ${c.scenario} | ${p.nodes} | ${fmtBytes(p.imageBytes)} / ${p.layers} | ${b ? `${s(b.pullMs.p50)} / ${s(b.pullMs.p99)}` : '-'} | ${s(p.pullMs.p50)} / ${s(p.pullMs.p99)} | ${c.speedupP50 !== undefined ? fmtRatio(c.speedupP50) : '-'} | ${b ? mb(b.bytes.upstream) : '-'} | ${mb(p.bytes.upstream)} (${(c.upstreamImages ?? 0).toFixed(1)} images) | ${mb(p.bytes.peer)} | ${p.missMs.count ? `${fmtQ(p.missMs, 'p50')} / ${fmtQ(p.missMs, 'p99')}${p.missMs.bucketed ? ` (avg ${fmtMs(p.missMs.avg)})` : ''}` : '-'} | ${p.nodeMissMs?.count ? `${fmtQ(p.nodeMissMs, 'p50')} / ${fmtQ(p.nodeMissMs, 'p99')}` : '-'} | ${p.failed}${b ? ` (baseline ${b.failed})` : ''} |`;
     });
   return [
-    '| scenario | nodes | image / layers | baseline p50 / p99 | peerpull p50 / p99 | speedup p50 | upstream bytes, baseline | upstream bytes, peerpull | from peers | mirror 404 p50 / p99 | failed pulls |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    '| scenario | nodes | image / layers | baseline p50 / p99 | peerpull p50 / p99 | speedup p50 | upstream bytes, baseline | upstream bytes, peerpull | from peers | mirror 404 p50 / p99 | miss lookup in the node p50 / p99 | failed pulls |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows,
   ].join('\n');
 }

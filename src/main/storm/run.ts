@@ -76,6 +76,11 @@ export interface RunResult {
   phaseMs: Record<Phase, Summary>;
   /** Time to the mirror's 404s: what peerpull adds before containerd falls back. */
   missMs: Summary;
+  /**
+   * The same misses timed inside the nodes (their lookup histogram, bucketed): without the
+   * puller's own waits for a CPU, which on one machine running every node include everyone's.
+   */
+  nodeMissMs: Summary;
   mirrorErrors: number;
   bytes: {
     /** Counted by the upstream server (body bytes it sent). */
@@ -232,6 +237,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
     pullMs: summarize(okPulls.map((p) => p.totalMs)),
     phaseMs,
     missMs,
+    nodeMissMs: histogramSummary(counters.missLookup),
     mirrorErrors: pulls.reduce((a, p) => a + p.mirrorErrors, 0),
     bytes: {
       upstream: spec.upstreamServer ? up.bytes : viaUpstream,
