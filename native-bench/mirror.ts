@@ -6,6 +6,8 @@
 //   - miss-to-404 latency for content nobody has (p50/p99; target p99 < 30 ms).
 //
 //   npm run build && node_modules/.bin/node dist/native-bench/mirror.js [--nodes 10] [--blob-mib 256] [--json]
+//     [--threads]          also print CPU-s per GiB of every thread of node 1 (holder) and node 2 (proxy)
+//     [--cpu-prof <dir>]   run nodes 1 and 2 under `node --cpu-prof` (one .cpuprofile per thread, written at exit)
 //
 // PEERPULL_* variables in the environment are passed to every node. All processes are stopped by
 // PID and the temp dir removed, also on Ctrl-C or failure.
@@ -19,7 +21,8 @@ import { promisify } from 'node:util';
 import { request } from 'undici';
 import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
 import { cleanupAll, start, stop, tempDir } from './children.js';
-import { cpuSeconds } from './proc.js';
+import { readFileSync, readdirSync } from 'node:fs';
+import { clockTicks, cpuSeconds } from './proc.js';
 import { PEERPULL_CLI } from './servers.js';
 import { Dnsmasq } from '../test/support/dnsmasq.js';
 
@@ -32,10 +35,12 @@ interface Options {
   rounds: number;
   samples: number;
   json: boolean;
+  threads: boolean;
+  cpuProf: string;
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { nodes: 10, blobMiB: 256, rounds: 3, samples: 300, json: false };
+  const o: Options = { nodes: 10, blobMiB: 256, rounds: 3, samples: 300, json: false, threads: false, cpuProf: '' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const num = () => {
@@ -48,6 +53,11 @@ function parseOptions(argv: string[]): Options {
     else if (a === '--rounds') o.rounds = Math.floor(num());
     else if (a === '--samples') o.samples = Math.floor(num());
     else if (a === '--json') o.json = true;
+    else if (a === '--threads') o.threads = true;
+    else if (a === '--cpu-prof') {
+      o.cpuProf = path.resolve(argv[++i] ?? '');
+      if (!argv[i]) throw new Error('--cpu-prof needs a directory');
+    }
     else throw new Error(`unknown option ${a} (see the header of native-bench/mirror.ts)`);
   }
   return o;
@@ -94,6 +104,26 @@ async function ttfb(url: string): Promise<{ ms: number; status: number }> {
   return { ms, status: r.statusCode };
 }
 
+/** CPU seconds of every thread of a process, by "comm/tid" (threads that exited meanwhile are lost). */
+function threadCpu(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const raw = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const comm = raw.slice(raw.indexOf('(') + 1, raw.lastIndexOf(')'));
+      const rest = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
+      out.set(`${comm}/${tid}`, (Number(rest[11]) + Number(rest[12])) / clockTicks());
+    } catch {
+      // The thread exited between the listing and the read.
+    }
+  }
+  return out;
+}
+
+function addDelta(into: Map<string, number>, before: Map<string, number>, after: Map<string, number>): void {
+  for (const [k, v] of after) into.set(k, (into.get(k) ?? 0) + v - (before.get(k) ?? 0));
+}
+
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor(s.length * p))]!;
@@ -124,7 +154,7 @@ async function main(): Promise<void> {
     const store = i === 0 ? holder : path.join(root, `store-${i}`);
     if (i > 0) await generateImage(store, { name: `docker.io/library/own-${i}:1`, layerSizes: [1024] });
     children.push(
-      start(process.execPath, [PEERPULL_CLI, 'serve'], {
+      start(process.execPath, [...(o.cpuProf && i < 2 ? ['--cpu-prof', `--cpu-prof-dir=${path.join(o.cpuProf, `node-${i + 1}`)}`] : []), PEERPULL_CLI, 'serve'], {
         env: {
           PATH: process.env.PATH ?? '/usr/bin:/bin',
           PEERPULL_STORE: `oci-layout:${store}`,
@@ -167,14 +197,24 @@ async function main(): Promise<void> {
   const cpu = () => cpuSeconds(children[0]!.pid!) + cpuSeconds(children[1]!.pid!);
   let localCpu = 0;
   let peerCpu = 0;
+  // Per thread, by node: where each path's CPU goes (--threads).
+  const threads = () => [threadCpu(children[0]!.pid!), threadCpu(children[1]!.pid!)];
+  const localThreads = [new Map<string, number>(), new Map<string, number>()];
+  const peerThreads = [new Map<string, number>(), new Map<string, number>()];
   await curlMiBps(url(0, blobPath)); // warm page cache
   for (let r = 0; r < o.rounds; r++) {
+    let t0 = threads();
     let c0 = cpu();
     local.push(await curlMiBps(url(0, blobPath)));
     localCpu += cpu() - c0;
+    let t1 = threads();
+    for (const n of [0, 1]) addDelta(localThreads[n]!, t0[n]!, t1[n]!);
+    t0 = threads();
     c0 = cpu();
     peer.push(await curlMiBps(url(1, blobPath)));
     peerCpu += cpu() - c0;
+    t1 = threads();
+    for (const n of [0, 1]) addDelta(peerThreads[n]!, t0[n]!, t1[n]!);
   }
   const gib = (o.rounds * layer.size) / 2 ** 30;
 
@@ -210,6 +250,18 @@ async function main(): Promise<void> {
     missTo404Ms: { p50: median(misses), p99: pct(misses, 0.99), max: Math.max(...misses), samples: misses.length, wrongStatus: missWrong, target: 30 },
   };
   await Promise.all(children.map((c) => stop(c)));
+  if (o.threads) {
+    const lines = ['CPU-s per GiB by thread (node 1 holds the blob, node 2 proxies it):', '| node | thread | local path | peer path |', '|---|---|--:|--:|'];
+    for (const n of [0, 1]) {
+      const names = [...new Set([...localThreads[n]!.keys(), ...peerThreads[n]!.keys()])];
+      const rows = names.map((k) => ({ k, l: (localThreads[n]!.get(k) ?? 0) / gib, p: (peerThreads[n]!.get(k) ?? 0) / gib })).filter((r) => r.l >= 0.005 || r.p >= 0.005);
+      rows.sort((a, b) => b.p + b.l - (a.p + a.l));
+      for (const r of rows) lines.push(`| ${n + 1} | ${r.k} | ${r.l.toFixed(3)} | ${r.p.toFixed(3)} |`);
+      const sum = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0) / gib;
+      lines.push(`| ${n + 1} | all threads | ${sum(localThreads[n]!).toFixed(3)} | ${sum(peerThreads[n]!).toFixed(3)} |`);
+    }
+    process.stderr.write(lines.join('\n') + '\n\n');
+  }
   if (o.json) {
     process.stdout.write(JSON.stringify(results, null, 2) + '\n');
     return;
