@@ -60,18 +60,21 @@ export class Credit {
 }
 
 /**
- * Copies pieces of any size into fresh `chunkSize` buffers and posts each full one as a transfer.
- * The piece is copied during push(), so callers may reuse their buffer (a socket's read buffer)
- * as soon as push() returns, even when it returns a promise.
+ * Cuts a byte stream into `chunkSize` chunks and posts each full one as a transfer, while it holds
+ * credit. Bytes come in two ways: push() copies a piece (the caller may reuse its buffer at once),
+ * or a reader fills space() in place and commit()s it: a socket reads straight into the chunk that
+ * is then transferred, so those bytes are never copied in user space.
+ * A chunk being filled (the last space() handed out) is never posted before it is full, and a new
+ * one is taken as soon as it is, so a region handed to a reader is never detached under it.
  */
 export class ChunkSender {
   private current: Uint8Array | null = null;
   private filled = 0;
-  /** Full chunks waiting for credit. */
+  /** Full chunks waiting for credit (with holdBack, the last one also waits for more bytes). */
   private readonly ready: Uint8Array[] = [];
   /** Bytes posted to main so far. */
   sent = 0;
-  private copied = 0;
+  private accepted_ = 0;
 
   /**
    * `holdBack`: a full chunk is posted only once more bytes follow it, so the body's last byte stays
@@ -84,13 +87,38 @@ export class ChunkSender {
     private readonly holdBack = false,
   ) {}
 
-  /** Bytes accepted by push() so far, posted or not. */
+  /** Bytes accepted by push() and commit() so far, posted or not. */
   get accepted(): number {
-    return this.copied;
+    return this.accepted_;
   }
 
   get cancelled(): boolean {
     return this.credit.isCancelled;
+  }
+
+  /** Where up to `max` (> 0) next bytes may be written in place, then commit()ted. */
+  space(max: number): Uint8Array {
+    if (!this.current) {
+      this.current = this.credit.buffer(this.chunkSize);
+      this.filled = 0;
+    }
+    return this.current.subarray(this.filled, this.filled + Math.min(max, this.chunkSize - this.filled));
+  }
+
+  /**
+   * `n` bytes were written at the start of the last space(). Returns like push(): true to go on,
+   * false when cancelled, or a promise (of the same) while full chunks wait for credit.
+   */
+  commit(n: number): boolean | Promise<boolean> {
+    if (this.credit.isCancelled) return false;
+    if (!this.current || this.filled + n > this.chunkSize) throw new Error(`commit of ${n} bytes past the chunk (${this.filled} of ${this.chunkSize} filled)`);
+    this.filled += n;
+    this.accepted_ += n;
+    if (this.filled === this.chunkSize) {
+      this.ready.push(this.current);
+      this.current = null;
+    }
+    return this.settle();
   }
 
   /**
@@ -101,44 +129,43 @@ export class ChunkSender {
     if (this.credit.isCancelled) return false;
     let off = 0;
     while (off < piece.length) {
-      if (this.current && this.filled === this.chunkSize) {
-        this.ready.push(this.current);
+      const room = this.space(piece.length - off);
+      room.set(off === 0 && room.length === piece.length ? piece : piece.subarray(off, off + room.length));
+      off += room.length;
+      this.filled += room.length;
+      if (this.filled === this.chunkSize) {
+        this.ready.push(this.current!);
         this.current = null;
       }
-      if (!this.current) {
-        this.current = this.credit.buffer(this.chunkSize);
-        this.filled = 0;
-      }
-      const n = Math.min(piece.length - off, this.chunkSize - this.filled);
-      this.current.set(n === piece.length && off === 0 ? piece : piece.subarray(off, off + n), this.filled);
-      this.filled += n;
-      off += n;
     }
-    this.copied += piece.length;
-    if (!this.holdBack && this.current && this.filled === this.chunkSize) {
-      this.ready.push(this.current);
-      this.current = null;
-    }
-    this.postReady();
-    if (this.ready.length === 0) return true;
-    return this.drain();
+    this.accepted_ += piece.length;
+    return this.settle();
   }
 
   /** Posts everything left, waiting for credit; false when cancelled. */
   async flush(): Promise<boolean> {
     if (this.current && this.filled > 0) {
-      this.ready.push(this.filled === this.chunkSize ? this.current : this.current.subarray(0, this.filled));
+      // A short last chunk is a view: post a copy of exactly its size, so the buffer a reader may
+      // still point into is never the one transferred.
+      this.ready.push(this.current.slice(0, this.filled));
       this.current = null;
     }
-    return this.drain();
+    return this.drain(true);
   }
 
-  private postReady(): void {
-    while (this.ready.length > 0 && this.credit.tryTake()) this.post(this.ready.shift()!);
+  /** How many ready chunks may go now: with holdBack, the newest full one waits until bytes follow it. */
+  private postable(final: boolean): number {
+    return this.holdBack && !final && !(this.current && this.filled > 0) ? this.ready.length - 1 : this.ready.length;
   }
 
-  private async drain(): Promise<boolean> {
-    while (this.ready.length > 0) {
+  private settle(): boolean | Promise<boolean> {
+    while (this.postable(false) > 0 && this.credit.tryTake()) this.post(this.ready.shift()!);
+    if (this.postable(false) <= 0) return true;
+    return this.drain(false);
+  }
+
+  private async drain(final: boolean): Promise<boolean> {
+    while (this.postable(final) > 0) {
       if (!(await this.credit.take())) return false;
       this.post(this.ready.shift()!);
     }
@@ -146,9 +173,9 @@ export class ChunkSender {
   }
 
   private post(chunk: Uint8Array): void {
-    // A short last chunk is a view: transfer a buffer of exactly its size.
+    // Every chunk is a whole buffer here (full ones, or flush()'s copy of a short last one).
     const n = chunk.byteLength; // read before the transfer detaches the buffer
-    const ab = n === chunk.buffer.byteLength ? (chunk.buffer as ArrayBuffer) : chunk.slice().buffer;
+    const ab = chunk.buffer as ArrayBuffer;
     this.port.postMessage({ type: 'chunk', data: ab } satisfies StreamFromWorker, [ab]);
     this.sent += n;
   }

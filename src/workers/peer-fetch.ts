@@ -18,7 +18,7 @@ import type {
 import { PEER_HOP_HEADER } from '../shared/messages.js';
 import { isDigest, isManifestMediaType, type Digest } from '../shared/oci.js';
 import { ChunkSender, Credit } from './channel.js';
-import { peerRequest, type PeerResponse } from './peer-http.js';
+import { peerRequest, type BodySink, type PeerResponse } from './peer-http.js';
 
 /** Largest manifest accepted from a peer (registries cap manifests at 4 MiB). */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -189,16 +189,29 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
     post({ type: 'open', peer: open });
     const total = open.end - open.start;
     let current: { peer: PeerTarget; res: PeerResponse } = { peer: first.peer, res: first.value.res };
+    const check = (n: number) => {
+      if (sender.accepted + n > total) throw new Error(`sent more than the ${total} bytes it announced`);
+    };
+    // The socket reads straight into the sender's chunks; only bytes that came with the headers are copied.
+    const sink: BodySink = {
+      push(piece) {
+        check(piece.length);
+        hash?.update(piece);
+        return sender.push(piece);
+      },
+      space: (max) => sender.space(Math.min(max, total - sender.accepted)),
+      filled(view) {
+        check(view.length);
+        hash?.update(view);
+        return sender.commit(view.length);
+      },
+    };
     const tried = new Set<string>([first.peer.peerId]);
     for (;;) {
       let error = '';
       servedBy.add(current.peer.peerId);
       try {
-        await current.res.read((piece) => {
-          if (sender.accepted + piece.length > total) throw new Error(`sent more than the ${total} bytes it announced`);
-          hash?.update(piece);
-          return sender.push(piece);
-        });
+        await current.res.read(sink);
         if (sender.accepted === total) break;
         error = `body ended at ${sender.accepted} of ${total} bytes`;
       } catch (err) {
