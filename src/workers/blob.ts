@@ -3,6 +3,7 @@
 // many chunks as the main thread has granted credit for, so a slow client never makes the process
 // buffer more than credits x chunkSize for its transfer.
 
+import { readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { MessagePort } from 'node:worker_threads';
 import type { BlobLocation, ReadBlobTask, ReadSmallResult, ReadSmallTask, StreamFromWorker } from '../shared/messages.js';
@@ -41,20 +42,38 @@ async function openFile(path: string, size: number): Promise<FileHandle> {
   }
 }
 
+/**
+ * A read that took longer than this was not served from the page cache: the transfer goes on with
+ * asynchronous reads, so a cold file blocks this thread's other transfers for one read at most.
+ */
+const SLOW_READ_MS = 2;
+
 async function streamFile(task: ReadBlobTask, path: string, port: MessagePort, credit: Credit): Promise<number> {
   const fh = await openFile(path, task.size);
   let sent = 0;
+  // Content a node serves was usually just pulled, so it is in the page cache. Reading it here
+  // (readSync) costs the copy only; an asynchronous read also hands every chunk to libuv's
+  // threadpool and back, two thread wake-ups per chunk: a local serve measured ~0.68 CPU-s per GiB
+  // with them and ~0.55 without (mirror bench, 256 KiB chunks).
+  let sync = true;
   try {
     port.postMessage({ type: 'open' } satisfies StreamFromWorker);
     let pos = task.start;
     while (pos < task.end) {
-      if (!(await credit.take())) return sent;
+      if (!credit.tryTake() && !(await credit.take())) return sent;
       const n = Math.min(task.chunkSize, task.end - pos);
       // Transferred (detached here), never copied; main gives it back with the next credit.
       const buf = credit.buffer(n);
       let filled = 0;
       while (filled < n) {
-        const { bytesRead } = await fh.read(buf, filled, n - filled, pos + filled);
+        let bytesRead: number;
+        if (sync) {
+          const t0 = performance.now();
+          bytesRead = readSync(fh.fd, buf, filled, n - filled, pos + filled);
+          if (performance.now() - t0 > SLOW_READ_MS) sync = false;
+        } else {
+          ({ bytesRead } = await fh.read(buf, filled, n - filled, pos + filled));
+        }
         if (bytesRead === 0) throw new Error(`content file ${path} ended at ${pos + filled}, expected ${task.end}`);
         filled += bytesRead;
       }
