@@ -121,8 +121,8 @@ export type PeerManifestResult = PeerFetchReport &
   ({ ok: true; body: ArrayBuffer; mediaType: string; digest: Digest } | { ok: false; error: string });
 
 /** Main -> worker, on the transfer port. */
-/** `buf`: a chunk buffer the main thread is done with, transferred back for reuse. */
-export type StreamToWorker = { type: 'credit'; n: number; buf?: ArrayBuffer } | { type: 'cancel' };
+/** `bufs`: chunk buffers the main thread is done with, transferred back for reuse. */
+export type StreamToWorker = { type: 'credit'; n: number; bufs?: ArrayBuffer[] } | { type: 'cancel' };
 
 // ============================================================================================
 // p2p thread (owner: p2p thread). Main <-> the libp2p Worker, over the Worker's own port.

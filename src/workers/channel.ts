@@ -19,7 +19,7 @@ export class Credit {
     port.on('message', (m: StreamToWorker) => {
       if (m.type === 'credit') {
         this.available += m.n;
-        if (m.buf) this.free.push(m.buf);
+        if (m.bufs) this.free.push(...m.bufs);
       }
       else if (m.type === 'cancel') this.cancelled = true;
       this.wake?.();

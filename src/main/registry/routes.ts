@@ -285,6 +285,7 @@ export class Registry {
     const { chunkSize, streamCredits: credits } = this.deps.config;
     this.pipe(res, inc, digest, range ? 206 : 200, {
       run: (port) => this.deps.pool.readBlob({ location, size: entry.size, start, end, chunkSize, credits, port }),
+      credits,
       total: end - start,
       writeHead,
     }, {
@@ -341,6 +342,7 @@ export class Registry {
         run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...mirror.policy() })),
         writeHead,
         headOnly: head,
+        credits,
       }, {
         from: 'peers',
         fallback: (o) => {

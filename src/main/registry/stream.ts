@@ -16,6 +16,8 @@ export interface StreamOptions {
   writeHead(res: HttpResponse, peer?: PeerOpen): void;
   /** HEAD: writeHead ends the response; the body is not wanted and the source is cancelled. */
   headOnly?: boolean;
+  /** The credits the source starts with: written chunks go back in batches of half of them. */
+  credits?: number;
 }
 
 export type StreamOutcome =
@@ -59,9 +61,18 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
   };
   // A written chunk's buffer goes back to the worker with its credit, to be read into again: a
   // transfer allocates `credits` buffers once, not one zero-filled buffer per chunk for the GC.
+  // They go back in batches of half the credits: each message wakes the pool thread, which mostly
+  // still holds credit then. The source never starves for it: while it holds none, every credit is
+  // here, queued (and about to be written) or written (at least a batch).
+  const batch = Math.max(1, Math.floor((opts.credits ?? 1) / 2));
+  let back: ArrayBuffer[] = [];
   const giveBack = (ab: ArrayBuffer) => {
+    back.push(ab);
+    if (back.length < batch) return;
+    const bufs = back;
+    back = [];
     try {
-      port.postMessage({ type: 'credit', n: 1, buf: ab } satisfies StreamToWorker, [ab]);
+      port.postMessage({ type: 'credit', n: bufs.length, bufs } satisfies StreamToWorker, bufs);
     } catch {
       // Port already closed: the worker has finished.
     }
