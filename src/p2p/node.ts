@@ -11,7 +11,7 @@ import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify, type Identify } from '@libp2p/identify';
 import type { PeerId, PrivateKey } from '@libp2p/interface';
-import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht';
+import { kadDHT, MessageType, passthroughMapper, type KadDHT, type QueryEvent } from '@libp2p/kad-dht';
 import { ping, type Ping } from '@libp2p/ping';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { preSharedKey } from '@libp2p/pnet';
@@ -60,6 +60,15 @@ const EXACT_VIEW_SETTLE_MS = 5000;
 const MESH_RETRY_MS = 10_000;
 /** How long a lookup waits for a knock on an unverified provider (a refusal takes < 1 ms). */
 const SCREEN_WAIT_MS = 50;
+/**
+ * Connected peers closest to a key that a network lookup asks first, directly (see
+ * networkProviders): one round trip on a warm connection, no dial, no handshake.
+ */
+const DIRECT_ASKS = 3;
+/** How long the DHT query waits for the first direct answers. */
+const DIRECT_GRACE_MS = 300;
+/** Dials at once to let an unconnected peer into the routing table (see the constructor). */
+const TABLE_DIALS = 1;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
 const MISS_QUORUM = 2;
 /** Advertise calls arriving within this window go out as one batch. */
@@ -91,13 +100,22 @@ interface DhtProviders {
   addProvider(cid: CID, provider: PeerId): Promise<void>;
   removeProvider(cid: CID, provider: PeerId): Promise<void>;
 }
+interface DhtKBucket {
+  /** Decides whether a peer not in the table yet may enter it (kad-dht: ping it, dialling if need be). */
+  verify(contact: { peerId: PeerId }, options?: { signal?: AbortSignal }): Promise<boolean>;
+}
 interface DhtRoutingTable {
   size: number;
   addEventListener(type: 'peer:add', fn: (e: CustomEvent<PeerId>) => void): void;
+  kb: DhtKBucket;
+}
+interface DhtNetwork {
+  sendRequest(to: PeerId, msg: { type: MessageType; key: Uint8Array }, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>;
 }
 interface DhtInternals {
   providers: DhtProviders;
   routingTable: DhtRoutingTable;
+  network: DhtNetwork;
 }
 function dhtInternals(dht: KadDHT): DhtInternals {
   const d = dht as unknown as Partial<DhtInternals>;
@@ -105,9 +123,11 @@ function dhtInternals(dht: KadDHT): DhtInternals {
     typeof d.providers?.getProviders !== 'function' ||
     typeof d.providers.removeProvider !== 'function' ||
     typeof d.routingTable?.size !== 'number' ||
-    typeof d.routingTable.addEventListener !== 'function'
+    typeof d.routingTable.addEventListener !== 'function' ||
+    typeof d.routingTable.kb?.verify !== 'function' ||
+    typeof d.network?.sendRequest !== 'function'
   ) {
-    throw new Error('@libp2p/kad-dht internals changed: providers store or routing table not found (pinned version 16.4.5 expected)');
+    throw new Error('@libp2p/kad-dht internals changed: providers store, routing table or network not found (pinned version 16.4.5 expected)');
   }
   return d as DhtInternals;
 }
@@ -167,6 +187,8 @@ export class P2PNode {
   private catchUpTimer: NodeJS.Timeout | undefined;
   /** Peers added to the routing table since the last catch-up. */
   private readonly newPeers = new Set<string>();
+  /** Members that died since the last catch-up: their place among a key's holders passes on. */
+  private departed: Array<{ id: PeerId; kadId: Uint8Array }> = [];
   private readonly selfKadId: Uint8Array;
   /**
    * Cluster peers this node knows: identified over a connection with our DHT protocol, or in
@@ -199,6 +221,26 @@ export class P2PNode {
     private readonly onStatus: (s: P2PStatus, m: P2PMetricsSnapshot) => void,
   ) {
     this.dht = dhtInternals(node.services.dht);
+    // kad-dht offers every peer named in any DHT answer (up to 20 per answer) to its routing
+    // table, and a peer enters only after a ping, which dials it when unconnected: a handshake
+    // on both sides, identify, and at the connection bound the eviction of another connection.
+    // Measured at N=50 (bound 12) that turned each lookup into a burst of dials, and the hosts'
+    // event loops fell seconds behind during churn. Connected peers are pinged over their
+    // connection as before; unconnected ones one at a time, the rest turned away (named again
+    // by a later answer, they get their turn), so the table still fills beyond our connections.
+    const kb = this.dht.routingTable.kb;
+    const verify = kb.verify;
+    let verifyDials = 0;
+    kb.verify = async (contact, options) => {
+      if (node.getConnections(contact.peerId).length > 0) return verify.call(kb, contact, options);
+      if (verifyDials >= TABLE_DIALS) return false;
+      verifyDials++;
+      try {
+        return await verify.call(kb, contact, options);
+      } finally {
+        verifyDials--;
+      }
+    };
     this.selfKadId = kadIdOf(node.peerId.toMultihash().bytes);
     this.lookups = new Lookups({
       local: (k) => this.localProviders(k),
@@ -212,7 +254,13 @@ export class P2PNode {
     });
     this.liveness.onDeath((id) => {
       this.lookups.forgetPeer(id);
-      if (this.members.delete(id)) this.cachedView = undefined;
+      const m = this.members.get(id);
+      if (m && this.members.delete(id)) {
+        this.cachedView = undefined;
+        // Our records it held must move to whoever is now among each key's holders.
+        this.departed.push(m);
+        this.scheduleCatchUp();
+      }
       this.log('info', 'peer considered dead: no longer returned as a provider', { peer: id });
     });
     this.bootstrapper = new Bootstrapper({
@@ -764,6 +812,34 @@ export class P2PNode {
     const waitingSet = new Set(waiting.map((w) => w.cid.toString()));
     const others = [...this.advertised.keys()].filter((c) => !waitingSet.has(c)).map((c) => CID.parse(c));
     if (fresh.size > 0 && others.length > 0) await this.pushRecords(others, fresh);
+    const gone = this.departed;
+    this.departed = [];
+    if (gone.length > 0 && others.length > 0) await this.rehome(others, gone);
+  }
+
+  /**
+   * Holders died: for each of our keys they held, the members that moved up into its holder
+   * set get the record now, not at the next reprovide (which may be minutes away, and each
+   * death meanwhile leaves the key with one holder fewer).
+   */
+  private async rehome(cids: CID[], gone: Array<{ id: PeerId; kadId: Uint8Array }>): Promise<void> {
+    const count = this.holderCount() + HOLDER_MARGIN;
+    const affected: CID[] = [];
+    const movedUp = new Set<string>();
+    for (const cid of cids) {
+      const target = kadIdOf(cid.multihash.bytes);
+      const now = this.closestMembers(target, count);
+      if (now.length < count) continue; // every member already holds it
+      // How many of the dead were closer than the farthest holder now: that many moved up.
+      const last = this.kadIdOfPeer(now[now.length - 1]);
+      const moved = gone.filter((g) => compareDistance(g.kadId, last, target) < 0).length;
+      if (moved === 0) continue;
+      affected.push(cid);
+      for (const peer of now.slice(now.length - moved)) movedUp.add(peer.toString());
+    }
+    // One message per peer; a peer that moved up for one key and already held another gets
+    // that one again, which costs it nothing.
+    if (affected.length > 0) await this.pushRecords(affected, movedUp);
   }
 
   /**
@@ -850,6 +926,29 @@ export class P2PNode {
       this.log('debug', 'lookup without providers', { key, outcome: r.outcome, source: r.source, ms: Math.round(performance.now() - t0), routingTable: this.dht.routingTable.size, peers: this.node.getConnections().length });
     }
     return r;
+  }
+
+  /**
+   * What this node knew when a lookup of `key` failed: for the scale harness's failure
+   * breakdown (which view, whether it holds the key's records, how many holders it thinks dead).
+   */
+  async diagnose(key: string): Promise<Record<string, unknown>> {
+    const cid = keyToCid(key);
+    const target = kadIdOf(cid.multihash.bytes);
+    const holders = this.holdersOf(target);
+    const records = (await this.dht.providers.getProviders(cid)).filter((id) => !id.equals(this.node.peerId)).length;
+    return {
+      view: this.view(),
+      settled: this.settledExact(),
+      holder: this.isRecordHolder(cid.toString()),
+      members: this.members.size,
+      dnsOthers: this.dnsOthers.length,
+      routingTable: this.dht.routingTable.size,
+      connections: this.node.getConnections().length,
+      records,
+      holdersDead: holders.filter((h) => this.liveness.isDead(h.toString())).length,
+      deadKnown: this.liveness.deadCount,
+    };
   }
 
   reportFailure(peerId: string): void {
@@ -954,31 +1053,139 @@ export class P2PNode {
     return compareDistance(this.selfKadId, this.kadIdOfPeer(holders[holders.length - 1]), target) < 0;
   }
 
+  /** The connected cluster peers closest to a Kademlia id, nearest first. */
+  private connectedClosest(target: Uint8Array, count: number): PeerId[] {
+    const seen = new Set<string>();
+    const list: Array<{ id: PeerId; kadId: Uint8Array }> = [];
+    for (const conn of this.node.getConnections()) {
+      const key = conn.remotePeer.toString();
+      const m = this.members.get(key);
+      if (!m || seen.has(key)) continue;
+      seen.add(key);
+      list.push(m);
+    }
+    list.sort((a, b) => compareDistance(a.kadId, b.kadId, target));
+    return list.slice(0, count).map((m) => m.id);
+  }
+
+  /**
+   * Providers from the network: first the few connected peers closest to the key, asked
+   * directly (a warm connection: one round trip, no dial), then, if they had nothing or have not
+   * answered within DIRECT_GRACE_MS, kad-dht's query, which dials its way to the key's closest
+   * peers. Each of its hops costs a dial and a handshake on both sides; on busy nodes (the scale
+   * test, N=50 during churn) those used up the 3 s deadline after 1-5 answers.
+   */
   private async *networkProviders(c: string, signal: AbortSignal, stats: { queried: number }): AsyncIterable<ProviderPeer[]> {
+    const cid = CID.parse(c);
+    const target = kadIdOf(cid.multihash.bytes);
     // With a complete view, the record holders are known: when enough of them answer "none",
     // nobody has the key, and the query (which would go on to ask every other peer) ends.
     // Only with an exact, settled view: a 'near' one may name holders a new publisher has not
     // reached yet, and two of those saying "none" would be a wrong miss.
-    const holders = this.settledExact() ? this.holdersOf(kadIdOf(CID.parse(c).multihash.bytes)) : undefined;
+    const holders = this.settledExact() ? this.holdersOf(target) : undefined;
     const holderIds = holders ? new Set(holders.map(String)) : undefined;
     const quorum = holders ? Math.min(MISS_QUORUM, holders.length) : Infinity;
     let negatives = 0;
-    for await (const ev of this.node.services.dht.findProviders(CID.parse(c), { signal })) {
-      if (ev.name === 'PEER_RESPONSE') {
-        if (ev.from.equals(this.node.peerId)) continue;
-        stats.queried++;
-        if (ev.providers.length === 0 && holderIds?.has(ev.from.toString()) && ++negatives >= quorum) return;
-        continue;
-      }
-      if (ev.name !== 'PROVIDER') continue;
+    const batches: ProviderPeer[][] = [];
+    let wake: (() => void) | undefined;
+    const notify = () => {
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
+    let finalMiss = false;
+    let running = 0;
+    let failure: Error | undefined;
+    const answered = new Set<string>();
+    const take = (from: PeerId, providers: Array<{ id: PeerId; multiaddrs: Multiaddr[] }>) => {
       const batch: ProviderPeer[] = [];
-      for (const info of ev.providers) {
+      for (const info of providers) {
         if (info.id.equals(this.node.peerId)) continue;
         const p = this.toProvider(info.id, info.multiaddrs);
         if (p) batch.push(p);
       }
-      const screened = await this.screen(batch);
-      if (screened.length > 0) yield screened;
+      if (batch.length > 0) batches.push(batch);
+      notify();
+    };
+    const response = (from: PeerId, providers: Array<{ id: PeerId; multiaddrs: Multiaddr[] }>) => {
+      if (from.equals(this.node.peerId)) return;
+      const id = from.toString();
+      // The DHT query may ask a peer we asked directly: one answer counts once.
+      if (answered.has(id)) return;
+      answered.add(id);
+      stats.queried++;
+      if (providers.length > 0) take(from, providers);
+      else if (holderIds?.has(id) && ++negatives >= quorum) {
+        finalMiss = true;
+        notify();
+      }
+    };
+    const track = (work: Promise<void>) => {
+      running++;
+      void work.then(
+        () => {},
+        (err: Error) => {
+          if (!signal.aborted) failure ??= err;
+        },
+      ).finally(() => {
+        running--;
+        notify();
+      });
+    };
+    const ask = (peer: PeerId, done?: () => void) =>
+      track(
+        (async () => {
+          try {
+            for await (const ev of this.dht.network.sendRequest(peer, { type: MessageType.GET_PROVIDERS, key: cid.multihash.bytes }, { signal })) {
+              if (ev.name === 'PEER_RESPONSE') response(ev.from, ev.providers);
+            }
+          } finally {
+            done?.();
+          }
+        })(),
+      );
+    const first = this.connectedClosest(target, DIRECT_ASKS);
+    let firstPending = first.length;
+    for (const peer of first) ask(peer, () => firstPending--);
+    let queryStarted = false;
+    const startQuery = () => {
+      if (queryStarted || signal.aborted || finalMiss) return;
+      queryStarted = true;
+      track(
+        (async () => {
+          for await (const ev of this.node.services.dht.findProviders(cid, { signal })) {
+            if (ev.name === 'PEER_RESPONSE') response(ev.from, ev.providers);
+            // A peer's providers came with its PEER_RESPONSE; only our own store's come as PROVIDER alone.
+            else if (ev.name === 'PROVIDER' && ev.from.equals(this.node.peerId)) take(ev.from, ev.providers);
+            if (finalMiss) return;
+          }
+        })(),
+      );
+    };
+    const grace = setTimeout(startQuery, first.length > 0 ? DIRECT_GRACE_MS : 0);
+    const onAbort = () => notify();
+    signal.addEventListener('abort', onAbort);
+    try {
+      for (;;) {
+        while (batches.length > 0) {
+          const screened = await this.screen(batches.shift()!);
+          if (screened.length > 0) yield screened;
+        }
+        if (finalMiss || signal.aborted) return;
+        // The nearest connected peers had nothing: no need to wait out the grace period.
+        if (firstPending === 0 && !queryStarted) {
+          startQuery();
+          continue;
+        }
+        if (running === 0) {
+          if (failure) throw failure;
+          return;
+        }
+        await new Promise<void>((resolve) => (wake = resolve));
+      }
+    } finally {
+      clearTimeout(grace);
+      signal.removeEventListener('abort', onAbort);
     }
   }
 
@@ -988,7 +1195,11 @@ export class P2PNode {
     // Unconnected: find out in the background, with the addresses the record came with (the
     // peer store may know none). Dead ones are probed again too, more slowly, so a verdict
     // that was wrong (a busy peer) heals itself.
-    if (!connected) {
+    // A knock that just answered (screen) or is under way says as much as a dial would, and a
+    // dial costs a handshake on both sides plus, at the bound, another peer's connection.
+    const seen = this.verifiedAt.get(p.peerId);
+    const fresh = seen !== undefined && Date.now() - seen < this.cfg.deadPeerTimeoutMs / 3;
+    if (!connected && !fresh && !this.knocks.has(p.peerId)) {
       const addrs = p.addrs.flatMap((a) => {
         const ma = multiaddr(a);
         const t = parseTcpAddr(ma);
