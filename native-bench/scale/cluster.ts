@@ -195,6 +195,12 @@ export class ScaleCluster {
     return h.call<FindResult>({ type: 'find', ip, key, count, deadlineMs }, 30_000);
   }
 
+  /** The nodes (every live host) whose stores hold a record for `key`. */
+  async holders(key: string): Promise<string[]> {
+    const lists = await Promise.all(this.liveHosts().map((h) => h.call<string[]>({ type: 'holders', key })));
+    return lists.flat();
+  }
+
   /** Advertises per node, every host at once; `wait`: until the records reached the DHT. */
   async advertise(items: Map<string, string[]>, wait: boolean, timeoutMs = 600_000): Promise<number> {
     const t0 = Date.now();

@@ -172,6 +172,19 @@ async function handle(req: HostRequest): Promise<unknown> {
       // Hops: present once the node reports how many peers a network query asked.
       const queried = (r as { queried?: unknown }).queried;
       if (typeof queried === 'number') out.queried = queried;
+      if (r.outcome !== 'found') {
+        const h = hostedOrThrow(req.ip);
+        out.diag = await h.node.diagnose(req.key).catch((err: Error) => ({ error: err.message }));
+        out.diag.connectedIps = h.libp2p.getConnections().flatMap((c) => remoteIp(c) ?? []);
+      }
+      return out;
+    }
+    case 'holders': {
+      const out: string[] = [];
+      for (const h of hosted.values()) {
+        const d = await h.node.diagnose(req.key);
+        if ((d.records as number) > 0) out.push(h.spec.ip);
+      }
       return out;
     }
     case 'stop': {

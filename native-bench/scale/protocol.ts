@@ -15,7 +15,9 @@ export type HostRequest =
   | { type: 'snapshot'; resetCounters: boolean }
   | { type: 'advertise'; items: Array<{ ip: string; keys: string[] }>; wait: boolean }
   | { type: 'find'; ip: string; key: string; count: number; deadlineMs: number }
-  | { type: 'stop'; ips: string[] };
+  | { type: 'stop'; ips: string[] }
+  /** Which of the host's nodes hold a provider record for `key` (failure analysis). */
+  | { type: 'holders'; key: string };
 
 export interface NodeSnapshot {
   ip: string;
@@ -57,6 +59,8 @@ export interface FindResult {
   ms: number;
   /** Peers the network query asked (0 when answered locally), when the node reports it. */
   queried?: number;
+  /** The node's own account of a lookup that found nothing (P2PNode.diagnose). */
+  diag?: Record<string, unknown>;
 }
 
 export type HostReply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: string };

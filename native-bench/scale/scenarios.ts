@@ -131,11 +131,17 @@ export interface ScaleResult {
     deadReturnedBySource: Record<string, number>;
     windowMs: number;
     lookups: LookupStats;
+    /** Lookups of live content that failed: when (ms after the kill), where, and what the node knew. */
+    failures: Array<{ atMs: number; ip: string; shared: boolean; outcome: string; source: string; ms: number; queried?: number; providers: number; diag?: Record<string, unknown> }>;
     replacementsReadyMs: Distribution;
     replacementsAllReady: boolean;
     replacementLookups: LookupStats;
     connectionsMaxAfter: number;
     hostLoopDelayP99Ms: number[];
+    /** CPU of the hosts per node over the churn window (survivors, replacements and lookups). */
+    cpuSecondsPerNodePerMinute: number;
+    /** Connections opened per node per minute over the churn window. */
+    dialsPerNodePerMinute: number;
   };
   partition?: {
     sideA: number;
@@ -502,11 +508,25 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
               deadBySource[rec.r.source] = (deadBySource[rec.r.source] ?? 0) + 1;
               deadLast = Math.max(deadLast ?? 0, rec.at - tKill);
             }
-          } else churnRecs.push(rec);
+          } else {
+            churnRecs.push(rec);
+            // Who held the key's records when the lookup failed, and how many of them the asker was connected to.
+            if (!rec.ok && rec.r?.diag) {
+              const d = rec.r.diag;
+              void c.holders(rec.spec.key).then((hs) => {
+                const conn = new Set(d.connectedIps as string[]);
+                d.holders = hs.length;
+                d.holdersConnected = hs.filter((ip) => conn.has(ip)).length;
+                d.connectedReplacements = [...conn].filter((ip) => replacementIps.includes(ip)).length;
+                delete d.connectedIps;
+              }, () => {});
+            }
+          }
         },
       );
       await replStart;
       const churnSnaps = await c.snapshot(true);
+      const churnMs = Date.now() - tKill;
       const repl = await waitReady(c, new Set(replacementIps), o.readyTimeoutMs, log);
       // The replacements' content must be found by the old nodes.
       const replKeys = new Map(replacementIps.map((ip) => [ip, [newKey()]]));
@@ -533,11 +553,17 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         deadReturnedBySource: deadBySource,
         windowMs,
         lookups: lookupStats(churnRecs),
+        failures: churnRecs
+          .filter((x) => !x.ok)
+          .slice(0, 50)
+          .map((x) => ({ atMs: x.at - tKill, ip: x.spec.ip, shared: shared.has(x.spec.key), outcome: x.r?.outcome ?? 'ipc-error', source: x.r?.source ?? '-', ms: Math.round(x.r?.ms ?? NaN), queried: x.r?.queried, providers: x.r?.providers.length ?? 0, diag: x.r?.diag })),
         replacementsReadyMs: distribution(repl.nodes.map((x) => x.readyAfterMs ?? Infinity)),
         replacementsAllReady: repl.all,
         replacementLookups: lookupStats(replRecs),
         connectionsMaxAfter: Math.max(...after.map((x) => x.connections)),
         hostLoopDelayP99Ms: churnSnaps.map((s) => Math.round(s.loopDelayP99Ms)),
+        cpuSecondsPerNodePerMinute: churnSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / (churnMs / 60_000),
+        dialsPerNodePerMinute: churnSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / (churnMs / 60_000),
       };
       log(`  dead returned last at ${deadLast ?? '-'} ms (${deadReturned}/${deadLookups}); live lookups ${result.churn.lookups.ok}/${result.churn.lookups.total}; replacements ready=${repl.all}, found ${result.churn.replacementLookups.ok}/${replRecs.length}`);
       for (const [ip, ks] of replKeys) {
