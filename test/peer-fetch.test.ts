@@ -93,11 +93,11 @@ async function runFetch(providers: PeerTarget[], digest: string, opts: Partial<P
   const chunks: Buffer[] = [];
   const out: Partial<Collected> = { ended: false };
   port1.on('message', (m: StreamFromWorker) => {
-    if (m.type === 'open') out.open = m.peer;
-    else if (m.type === 'chunk') {
-      chunks.push(Buffer.from(m.data));
+    if (m instanceof ArrayBuffer) {
+      chunks.push(Buffer.from(m));
       port1.postMessage({ type: 'credit', n: 1 });
-    } else if (m.type === 'end') out.ended = true;
+    } else if (m.type === 'open') out.open = m.peer;
+    else if (m.type === 'end') out.ended = true;
     else if (m.type === 'error') {
       out.error = m.error;
       if (m.status) out.errorStatus = m.status;

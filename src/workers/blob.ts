@@ -77,7 +77,7 @@ async function streamFile(task: ReadBlobTask, path: string, port: MessagePort, c
         if (bytesRead === 0) throw new Error(`content file ${path} ended at ${pos + filled}, expected ${task.end}`);
         filled += bytesRead;
       }
-      port.postMessage({ type: 'chunk', data: buf.buffer } satisfies StreamFromWorker, [buf.buffer]);
+      port.postMessage(buf.buffer satisfies StreamFromWorker, [buf.buffer]);
       pos += n;
       sent += n;
     }

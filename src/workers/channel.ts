@@ -17,10 +17,10 @@ export class Credit {
   constructor(initial: number, port: MessagePort) {
     this.available = initial;
     port.on('message', (m: StreamToWorker) => {
-      if (m.type === 'credit') {
-        this.available += m.n;
-        if (m.bufs) this.free.push(...m.bufs);
-      }
+      if (Array.isArray(m)) {
+        this.available += m.length;
+        this.free.push(...m);
+      } else if (m.type === 'credit') this.available += m.n;
       else if (m.type === 'cancel') this.cancelled = true;
       this.wake?.();
     });
@@ -176,7 +176,7 @@ export class ChunkSender {
     // Every chunk is a whole buffer here (full ones, or flush()'s copy of a short last one).
     const n = chunk.byteLength; // read before the transfer detaches the buffer
     const ab = chunk.buffer as ArrayBuffer;
-    this.port.postMessage({ type: 'chunk', data: ab } satisfies StreamFromWorker, [ab]);
+    this.port.postMessage(ab satisfies StreamFromWorker, [ab]);
     this.sent += n;
   }
 }

@@ -72,7 +72,7 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
     const bufs = back;
     back = [];
     try {
-      port.postMessage({ type: 'credit', n: bufs.length, bufs } satisfies StreamToWorker, bufs);
+      port.postMessage(bufs satisfies StreamToWorker, bufs);
     } catch {
       // Port already closed: the worker has finished.
     }
@@ -132,6 +132,11 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
 
   port.on('message', (m: StreamFromWorker) => {
     if (finished) return;
+    if (m instanceof ArrayBuffer) {
+      queue.push(m);
+      if (!stalled) res.cork(pump);
+      return;
+    }
     switch (m.type) {
       case 'open':
         if (m.peer) total = m.peer.end - m.peer.start;
@@ -147,10 +152,6 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
         });
         // A finished uWS response must not be touched again.
         if (!finished) res.onWritable(onWritable);
-        break;
-      case 'chunk':
-        queue.push(m.data);
-        if (!stalled) res.cork(pump);
         break;
       case 'end':
         // Every byte is queued; the last tryEnd completes the response.
