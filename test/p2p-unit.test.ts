@@ -227,6 +227,25 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
       want: 'notfound',
     },
     { name: 'but never a key whose providers only the thread may screen', act: () => {}, key: 'k2', want: undefined },
+    {
+      name: 'unless the thread found them all dead',
+      act: () => {
+        state.set('B', { ...state.get('B')!, dead: true });
+        feed.peerChanged('B');
+      },
+      key: 'k2',
+      want: 'notfound',
+    },
+    {
+      name: 'and a dead provider that reconnects is answered again',
+      act: () => {
+        state.set('B', { ...state.get('B')!, dead: false, connected: true });
+        feed.peerChanged('B');
+      },
+      key: 'k2',
+      want: 'found',
+      providers: ['B'],
+    },
   ];
   for (const c of cases) {
     c.act();
@@ -237,6 +256,7 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
     if (r) assert.equal(r.source, 'store-copy', c.name);
   }
   // Peers no record names are forgotten; changes are batched, not one message each.
+  state.set('B', { ...state.get('B')!, connected: false });
   assert.deepEqual(copy.size, { keys: 1, peers: 1 });
   const before = posted;
   for (let i = 0; i < 100; i++) put(`bulk${i}`, 'A');

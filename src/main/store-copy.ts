@@ -5,7 +5,8 @@
 //
 // The copy answers only what it can answer as well as the thread: providers we hold a live
 // connection to (the thread's liveness rules put those first and never doubt them), and misses
-// when the thread says its store is final for every key. Anything else (unconnected providers,
+// when the thread says its store is final for every key (a key whose every provider the thread
+// found dead is such a miss too). Anything else (unconnected providers,
 // which the thread knocks on first; misses that need the network) goes to the thread.
 
 import { keyHashHex } from '../shared/keys.js';
@@ -47,14 +48,19 @@ export class StoreCopy {
     const set = this.records.get(keyHashHex(key));
     if (!set) return this.finalMisses ? { providers: [], source: 'store-copy', outcome: 'notfound', queried: 0 } : undefined;
     const providers: ProviderPeer[] = [];
+    let dead = 0;
     for (const id of set) {
       const p = this.peers.get(id);
+      if (p?.dead && !p.connected) dead++;
       if (!p?.connected || p.host === undefined || p.registryPort === undefined) continue;
       providers.push({ peerId: id, host: p.host, registryPort: p.registryPort, addrs: p.addrs, connected: true });
       if (providers.length >= count) break;
     }
     // As many as the thread would give (the fetch hedges over them), or the thread decides: it
     // may add unconnected providers once a knock showed them alive.
+    // Every record names a node the thread found dead (a killed holder whose records have not
+    // expired yet): with a final view, nobody has it.
+    if (providers.length === 0 && dead === set.size && this.finalMisses) return { providers: [], source: 'store-copy', outcome: 'notfound', queried: 0 };
     if (providers.length === 0 || providers.length < Math.min(count, set.size)) return undefined;
     return { providers, source: 'store-copy', outcome: 'found', queried: 0 };
   }

@@ -248,6 +248,8 @@ export interface FeedPeer {
   addrs: string[];
   /** A live libp2p connection to it right now: the only state main answers on its own. */
   connected: boolean;
+  /** The thread's liveness checks found it dead: it is not handed out. */
+  dead?: boolean;
 }
 
 /**
