@@ -85,6 +85,8 @@ interface Collected {
   errorStatus?: number;
   ended: boolean;
   report: PeerFetchReport;
+  /** Byte length of each chunk posted, in order. */
+  chunkSizes: number[];
 }
 
 /** Runs fetchBlob in this thread, acting as the main thread: collects chunks and grants credit. */
@@ -121,7 +123,7 @@ async function runFetch(providers: PeerTarget[], digest: string, opts: Partial<P
   await new Promise((r) => setImmediate(r));
   await new Promise((r) => setTimeout(r, 20));
   port1.close();
-  return { ...(out as Collected), body: Buffer.concat(chunks), report };
+  return { ...(out as Collected), body: Buffer.concat(chunks), report, chunkSizes: chunks.map((c) => c.length) };
 }
 
 function sha(b: Buffer): string {
@@ -227,6 +229,41 @@ describe('peer fetch: hedging, resume, faults', () => {
       assert.equal(second.error, undefined);
       assert.equal(sha(second.body), digest);
       assert.deepEqual(second.report.failedPeers, []);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  test('bodies read in place: whole chunks only, held back and verified, and the connection reused after them', async () => {
+    // The socket reads straight into chunk buffers that are then transferred: bodies that end on a
+    // chunk boundary, and a connection reused after them, must still carry exactly the right bytes.
+    let connections = 0;
+    const server = http.createServer((req, res) => {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (!m) return res.writeHead(200, { 'content-length': blob.length, 'docker-content-digest': digest }).end(blob);
+      const [start, last] = [Number(m[1]), Number(m[2])];
+      res.writeHead(206, { 'content-length': last + 1 - start, 'content-range': `bytes ${start}-${last}/${blob.length}`, 'docker-content-digest': digest });
+      res.end(blob.subarray(start, last + 1));
+    });
+    server.on('connection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const target = { peerId: 'in-place', host: '127.0.0.1', port: (server.address() as AddressInfo).port };
+    try {
+      assert.equal(blob.length % 5, 0, 'the test blob splits into 5 whole chunks');
+      const whole = await runFetch([target], digest, { chunkSize: blob.length / 5, verify: true });
+      assert.equal(whole.error, undefined, whole.error);
+      assert.ok(whole.ended);
+      assert.deepEqual(whole.chunkSizes, Array(5).fill(blob.length / 5));
+      assert.equal(sha(whole.body), digest);
+      const ranged = await runFetch([target], digest, { range: 'bytes=0-1048575' });
+      assert.equal(ranged.error, undefined, ranged.error);
+      assert.deepEqual(ranged.chunkSizes, Array(16).fill(64 * 1024));
+      assert.ok(ranged.body.equals(blob.subarray(0, 1048576)));
+      const again = await runFetch([target], digest);
+      assert.equal(again.error, undefined, again.error);
+      assert.equal(sha(again.body), digest);
+      assert.equal(connections, 1, 'one kept-alive connection served all three');
     } finally {
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
