@@ -62,8 +62,9 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
   // A written chunk's buffer goes back to the worker with its credit, to be read into again: a
   // transfer allocates `credits` buffers once, not one zero-filled buffer per chunk for the GC.
   // They go back in batches of half the credits: each message wakes the pool thread, which mostly
-  // still holds credit then. The source never starves for it: while it holds none, every credit is
-  // here, queued (and about to be written) or written (at least a batch).
+  // still holds credit then. The source never starves for it: while it holds none, all its credits
+  // are here, and fewer than a batch are written and held back, so some chunk is still queued, and
+  // writing it (as fast as the client takes it) completes the batch.
   const batch = Math.max(1, Math.floor((opts.credits ?? 1) / 2));
   let back: ArrayBuffer[] = [];
   const giveBack = (ab: ArrayBuffer) => {
