@@ -14,7 +14,8 @@ describe('config', () => {
     assert.deepEqual(c.metricsAddr, { host: '', port: 9090 });
     assert.deepEqual(c.store, { kind: 'containerd' });
     assert.equal(c.containerdNamespace, 'k8s.io');
-    assert.equal(c.chunkSize, 256 * 1024);
+    assert.equal(c.chunkSize, 1024 * 1024);
+    assert.equal(c.streamCredits, 1);
     assert.ok(c.workers >= 2 && c.workers <= 4);
   });
 

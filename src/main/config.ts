@@ -268,10 +268,13 @@ export const settings = {
     sizeIn(0, 1024 ** 3),
   ),
   workers: setting('WORKERS', '0', 'Threads in the pool that moves blob bytes; 0 = one per core, between 2 and 4.', parseWorkers),
-  chunkSize: setting('CHUNK_SIZE', '256Ki', 'Size of one chunk handed from a pool thread to the front end.', sizeIn(4096, 16 * 1024 ** 2)),
+  // 1 MiB x 1 in flight, the same memory per transfer as 256 KiB x 4: each chunk costs ~65 us of
+  // thread wake-ups and messages, and the peer path at N=10 went from 0.48-0.55x to 0.69-0.72x of
+  // a local serve (native-bench/mirror.js, alternated in one session).
+  chunkSize: setting('CHUNK_SIZE', '1Mi', 'Size of one chunk handed from a pool thread to the front end.', sizeIn(4096, 16 * 1024 ** 2)),
   streamCredits: setting(
     'STREAM_CREDITS',
-    '4',
+    '1',
     'Chunks one transfer may have in flight between pool and client; bounds memory per slow client to credits x chunk size.',
     intIn(1, 64),
   ),
