@@ -235,13 +235,25 @@ describe('a 50-node cluster of real p2p stacks', () => {
     assert.ok(ch.connectionsMaxAfter <= soft, brief);
   });
 
-  // Issue 7's targets for lookups under churn. Not met yet (measured on a quiet machine: 79% of
-  // lookups of live content found in the minute after 10% died, and 22% of the replacements'
-  // keys answered "not found"), so reported as a todo rather than failing the suite.
-  test('lookups stay successful through churn, and new nodes\' content is found', { todo: 'lookups after churn: see README, Scale (issue 7)' }, () => {
+  // A lookup during churn may time out on a busy machine (a load effect: 3 s deadline), but it
+  // must not answer "not found" for content live nodes hold (a wrong answer containerd would act
+  // on). Seen: 0 of 240 in most runs, 1 of 489 once; the bound leaves room for that.
+  test('lookups of live content during churn do not answer "not found"', () => {
     assert.ok(result?.churn, 'the cluster scenario ran');
     const ch = result.churn;
-    assert.ok(ch.lookups.successRate >= 0.95, `during churn: ${JSON.stringify(ch.lookups)}`);
+    const wrong = ch.lookups.byOutcome.notfound ?? 0;
+    assert.ok(wrong <= Math.ceil(ch.lookups.total * 0.01), `wrong misses during churn: ${JSON.stringify(ch.lookups)}`);
+  });
+
+  // Issue 7's targets for lookups under churn, not met yet. N=50, bound 12, 02:10-02:50 UTC on
+  // a machine shared with other benchmarks (load average 3-20): lookups of live content in the
+  // 25 s after 10% died 40-96% found (every failure a timeout at the 3 s deadline, with hosts'
+  // event loops 0.3-3 s late), steady state 48-100%; replacements' keys 80-100%. See README,
+  // Scale (issue 7).
+  test('lookups stay successful through churn, and new nodes\' content is found', { todo: 'churn lookups 40-96% found on a shared 2-core machine; target 99.9%' }, () => {
+    assert.ok(result?.churn, 'the cluster scenario ran');
+    const ch = result.churn;
+    assert.ok(ch.lookups.successRate >= 0.999, `during churn: ${JSON.stringify(ch.lookups)}`);
     assert.ok(ch.replacementLookups.successRate >= 0.95, `replacements: ${JSON.stringify(ch.replacementLookups)}`);
   });
 });

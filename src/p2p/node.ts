@@ -16,7 +16,7 @@ import { ping, type Ping } from '@libp2p/ping';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { preSharedKey } from '@libp2p/pnet';
 import { tcp } from '@libp2p/tcp';
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import { isMultiaddr, multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { CID } from 'multiformats/cid';
 import type {
@@ -32,7 +32,7 @@ import type {
 import { Bootstrapper, DnsMembers } from './bootstrap.js';
 import { IndexedMemoryDatastore } from './datastore.js';
 import { keyToCid } from '../shared/keys.js';
-import { Liveness } from './liveness.js';
+import { Liveness, possiblyTruncated } from './liveness.js';
 import { Lookups } from './lookup.js';
 import { hostsOf, isLoopback, parseTcpAddr, registryAnnounceFilter, registryEndpoint } from './peer-addr.js';
 import { StoreFeed } from './store-feed.js';
@@ -67,6 +67,14 @@ const SCREEN_WAIT_MS = 50;
 const DIRECT_ASKS = 3;
 /** How long the DHT query waits for the first direct answers. */
 const DIRECT_GRACE_MS = 300;
+/**
+ * Beyond the mesh, each record also goes to the members whose IP hashes closest to the key
+ * (ipHolders): every node reads the same DNS answer, so provider and asker agree on these
+ * holders without sharing a view of peer ids, and a lookup asks them in one hop.
+ */
+const IP_HOLDERS = 6;
+/** Of those, how many a lookup asks first. */
+const IP_ASKS = 3;
 /** Dials at once to let an unconnected peer into the routing table (see the constructor). */
 const TABLE_DIALS = 1;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
@@ -198,6 +206,12 @@ export class P2PNode {
   private readonly members = new Map<string, { id: PeerId; kadId: Uint8Array; ips: string[] }>();
   /** The other IPs of the last DNS answer. */
   private dnsOthers: string[] = [];
+  /** Every IP of the last DNS answer (ours included), when it was complete; see ipHolders. */
+  private dnsAll: string[] = [];
+  /** Kademlia positions of IPs (sha2-256 of the address text). */
+  private readonly ipKadIds = new Map<string, Uint8Array>();
+  /** Which member announced which IP (identify's listen addresses). */
+  private readonly peerByIp = new Map<string, string>();
   private meshRunning = false;
   /** IPs of the DNS answer that belong to another cluster (seen at identify), with when. */
   private readonly foreignIps = new Map<string, number>();
@@ -286,6 +300,9 @@ export class P2PNode {
           const cutoff = Date.now() - 10 * cfg.bootstrapIntervalMs;
           for (const [ip, t] of this.foreignIps) if (t < cutoff) this.foreignIps.delete(ip);
           this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip) && !this.foreignIps.has(ip));
+          const before = this.dnsAll;
+          this.dnsAll = ips && !possiblyTruncated(ips) ? ips.filter((ip) => !this.foreignIps.has(ip)) : [];
+          if (this.dnsAll.length > 0) void this.ipRehome(before, this.dnsAll);
           this.cachedView = undefined;
           setImmediate(() => void this.meshDial());
         }
@@ -560,6 +577,8 @@ export class P2PNode {
   private addMember(id: PeerId, ips: string[] = []): void {
     const key = id.toString();
     if (id.equals(this.node.peerId)) return;
+    if (this.peerByIp.size > 20_000) this.peerByIp.clear();
+    for (const ip of ips) this.peerByIp.set(ip, key);
     const m = this.members.get(key);
     if (m) {
       if (ips.length > 0) {
@@ -651,7 +670,7 @@ export class P2PNode {
     // that arrive); queries would only load it. A big cluster needs them.
     const queryToo = this.view() === 'partial' && !this.meshEligible();
     try {
-      const reached = await this.pushRecords(jobs.map((j) => j.cid));
+      const [reached] = await Promise.all([this.pushRecords(jobs.map((j) => j.cid)), this.pushToIpHolders(jobs.map((j) => j.cid))]);
       for (const j of jobs) {
         const c = j.cid.toString();
         if ((reached.get(c) ?? 0) > 0) this.unpublished.delete(c);
@@ -1053,6 +1072,112 @@ export class P2PNode {
     return compareDistance(this.selfKadId, this.kadIdOfPeer(holders[holders.length - 1]), target) < 0;
   }
 
+  /**
+   * The IPs of the DNS answer whose hash is closest to a key, nearest first (ours excluded):
+   * record holders every node computes alike from the same answer. Empty in a meshed cluster
+   * (every member holds everything there), without DNS, or with an answer that may be cut.
+   */
+  private ipHolders(target: Uint8Array, count: number): string[] {
+    if (this.dnsAll.length === 0 || this.meshEligible()) return [];
+    const kadOf = (ip: string) => {
+      let k = this.ipKadIds.get(ip);
+      if (!k) {
+        if (this.ipKadIds.size > 20_000) this.ipKadIds.clear();
+        this.ipKadIds.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
+      }
+      return k;
+    };
+    // The `count` nearest by insertion into a short sorted list: no sort of the whole answer
+    // per key (a reprovide of 1,000 keys in a 1,000-node cluster).
+    const best: Array<{ ip: string; k: Uint8Array }> = [];
+    for (const ip of this.dnsAll) {
+      const k = kadOf(ip);
+      if (best.length === count && compareDistance(k, best[count - 1].k, target) >= 0) continue;
+      let i = best.length;
+      while (i > 0 && compareDistance(k, best[i - 1].k, target) < 0) i--;
+      best.splice(i, 0, { ip, k });
+      if (best.length > count) best.pop();
+    }
+    const self = this.selfIps();
+    return best.flatMap((r) => (self.has(r.ip) ? [] : [r.ip]));
+  }
+
+  /** A peer id for an IP if a member announced it, else the bare address (the dial learns the id). */
+  private ipTarget(ip: string): PeerId | Multiaddr {
+    const id = this.peerByIp.get(ip);
+    const m = id ? this.members.get(id) : undefined;
+    if (m && m.ips.includes(ip)) return m.id;
+    return multiaddr(`/ip${ip.includes(':') ? 6 : 4}/${ip}/tcp/${this.cfg.listenPort}`);
+  }
+
+  /** Sends our records for `cids` to their IP holders (only those in `onlyIps` when given). */
+  private async pushToIpHolders(cids: CID[], onlyIps?: ReadonlySet<string>): Promise<void> {
+    const byIp = new Map<string, CID[]>();
+    for (const cid of cids) {
+      for (const ip of this.ipHolders(kadIdOf(cid.multihash.bytes), IP_HOLDERS)) {
+        if (onlyIps && !onlyIps.has(ip)) continue;
+        let list = byIp.get(ip);
+        if (!list) byIp.set(ip, (list = []));
+        list.push(cid);
+      }
+    }
+    if (byIp.size === 0) return;
+    const proto = provideProtocol(this.cfg.cluster);
+    let todo = [...byIp];
+    // As in pushRecords: a busy holder gets two more tries, a little later (a holder left
+    // without our record cannot answer the lookups that ask it).
+    for (let attempt = 1; todo.length > 0 && !this.stopped; attempt++) {
+      const failed: typeof todo = [];
+      let next = 0;
+      const sender = async (): Promise<void> => {
+        while (next < todo.length && !this.stopped) {
+          const [ip, list] = todo[next++];
+          try {
+            for (let i = 0; i < list.length; i += MAX_BATCH) {
+              const stream = await this.node.dialProtocol(this.ipTarget(ip), proto, { signal: AbortSignal.timeout(5000) });
+              await sendRecords(stream, list.slice(i, i + MAX_BATCH), AbortSignal.timeout(10_000));
+              this.counters.batchesSent++;
+            }
+          } catch (err) {
+            this.counters.batchesFailed++;
+            failed.push([ip, list]);
+            this.log('debug', 'record batch to IP holder not delivered', { ip, records: list.length, attempt, error: (err as Error).message });
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(PROVIDE_CONCURRENCY, todo.length) }, sender));
+      if (failed.length === 0 || attempt >= 3) break;
+      await new Promise((r) => setTimeout(r, 1000 * attempt).unref());
+      // Only to IPs still listed: a departed one is no holder any more.
+      const listed = new Set(this.dnsAll);
+      todo = failed.filter(([ip]) => listed.has(ip));
+    }
+  }
+
+  /** The DNS answer changed: IPs that became holders of our keys get those records now. */
+  private async ipRehome(before: string[], after: string[]): Promise<void> {
+    if (this.advertised.size === 0 || this.stopped) return;
+    const cids = [...this.advertised.keys()].map((c) => CID.parse(c));
+    // The first usable answer: records published before it reached no IP holder.
+    if (before.length === 0) return this.pushToIpHolders(cids);
+    const old = new Set(before);
+    const added = after.filter((ip) => !old.has(ip));
+    const gone = before.some((ip) => !after.includes(ip));
+    if (added.length === 0 && !gone) return;
+    // A departure moves the next IP up into each key's holders; an arrival may be a holder itself.
+    // Sending to the current holders that were not holders under the old answer covers both.
+    const saved = this.dnsAll;
+    const movedIn = new Set<string>();
+    for (const cid of cids) {
+      const target = kadIdOf(cid.multihash.bytes);
+      this.dnsAll = before;
+      const prev = new Set(this.ipHolders(target, IP_HOLDERS));
+      this.dnsAll = saved;
+      for (const ip of this.ipHolders(target, IP_HOLDERS)) if (!prev.has(ip)) movedIn.add(ip);
+    }
+    if (movedIn.size > 0) await this.pushToIpHolders(cids, movedIn);
+  }
+
   /** The connected cluster peers closest to a Kademlia id, nearest first. */
   private connectedClosest(target: Uint8Array, count: number): PeerId[] {
     const seen = new Set<string>();
@@ -1145,8 +1270,28 @@ export class P2PNode {
         })(),
       );
     const first = this.connectedClosest(target, DIRECT_ASKS);
-    let firstPending = first.length;
+    const byIp = this.ipHolders(target, IP_ASKS).map((ip) => this.ipTarget(ip));
+    let firstPending = first.length + byIp.length;
     for (const peer of first) ask(peer, () => firstPending--);
+    for (const t of byIp) {
+      if (!isMultiaddr(t)) {
+        if (!first.some((p) => p.equals(t))) ask(t, () => firstPending--);
+        else firstPending--;
+        continue;
+      }
+      // Not known by id yet: the dial by address learns it.
+      track(
+        this.node.dial(t, { signal }).then(
+          (conn) => {
+            if (!answered.has(conn.remotePeer.toString())) ask(conn.remotePeer, () => firstPending--);
+            else firstPending--;
+          },
+          () => {
+            firstPending--;
+          },
+        ),
+      );
+    }
     let queryStarted = false;
     const startQuery = () => {
       if (queryStarted || signal.aborted || finalMiss) return;
