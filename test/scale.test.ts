@@ -245,12 +245,12 @@ describe('a 50-node cluster of real p2p stacks', () => {
     assert.ok(wrong <= Math.ceil(ch.lookups.total * 0.01), `wrong misses during churn: ${JSON.stringify(ch.lookups)}`);
   });
 
-  // Issue 7's targets for lookups under churn, not met yet. N=50, bound 12, 02:10-02:50 UTC on
-  // a machine shared with other benchmarks (load average 3-20): lookups of live content in the
-  // 25 s after 10% died 40-96% found (every failure a timeout at the 3 s deadline, with hosts'
-  // event loops 0.3-3 s late), steady state 48-100%; replacements' keys 80-100%. See README,
-  // Scale (issue 7).
-  test('lookups stay successful through churn, and new nodes\' content is found', { todo: 'churn lookups 40-96% found on a shared 2-core machine; target 99.9%' }, () => {
+  // Issue 7's targets for lookups under churn, not met yet. N=50, bound 12, 3 s deadline, 25 s
+  // after 10% died: on a quiet machine (load 1-2, 03:12 and 03:32 UTC) 238 of 242 and 239 of 246
+  // lookups of live content found (97-98%; before: 93%), under other benchmarks' load (10-30)
+  // 69-92%. Every failure is a timeout: hosts' event loops run 0.3-1.7 s late while the dead
+  // are found out and replaced. See README, Scale (issue 7).
+  test('lookups stay successful through churn, and new nodes\' content is found', { todo: 'churn lookups 97-98% found on a quiet machine (timeouts); target 99.9%' }, () => {
     assert.ok(result?.churn, 'the cluster scenario ran');
     const ch = result.churn;
     assert.ok(ch.lookups.successRate >= 0.999, `during churn: ${JSON.stringify(ch.lookups)}`);

@@ -1110,6 +1110,16 @@ export class P2PNode {
     return multiaddr(`/ip${ip.includes(':') ? 6 : 4}/${ip}/tcp/${this.cfg.listenPort}`);
   }
 
+  /**
+   * Closes a connection opened only to push records to an IP holder when we are above the
+   * connection bound: libp2p prunes only connections without streams, and nodes stayed above
+   * it (19 at a bound of 12 in the scale test).
+   */
+  private releaseIfOver(peer: PeerId): void {
+    if (this.node.getConnections().length <= this.cfg.maxConnections) return;
+    for (const conn of this.node.getConnections(peer)) void conn.close().catch(() => {});
+  }
+
   /** Sends our records for `cids` to their IP holders (only those in `onlyIps` when given). */
   private async pushToIpHolders(cids: CID[], onlyIps?: ReadonlySet<string>): Promise<void> {
     const byIp = new Map<string, CID[]>();
@@ -1132,12 +1142,16 @@ export class P2PNode {
       const sender = async (): Promise<void> => {
         while (next < todo.length && !this.stopped) {
           const [ip, list] = todo[next++];
+          const target = this.ipTarget(ip);
+          const warm = !isMultiaddr(target) && this.node.getConnections(target).length > 0;
           try {
+            const conn = await this.node.dial(target, { signal: AbortSignal.timeout(5000) });
             for (let i = 0; i < list.length; i += MAX_BATCH) {
-              const stream = await this.node.dialProtocol(this.ipTarget(ip), proto, { signal: AbortSignal.timeout(5000) });
+              const stream = await conn.newStream(proto, { signal: AbortSignal.timeout(5000) });
               await sendRecords(stream, list.slice(i, i + MAX_BATCH), AbortSignal.timeout(10_000));
               this.counters.batchesSent++;
             }
+            if (!warm) this.releaseIfOver(conn.remotePeer);
           } catch (err) {
             this.counters.batchesFailed++;
             failed.push([ip, list]);
@@ -1270,7 +1284,13 @@ export class P2PNode {
         })(),
       );
     const first = this.connectedClosest(target, DIRECT_ASKS);
-    const byIp = this.ipHolders(target, IP_ASKS).map((ip) => this.ipTarget(ip));
+    // Unconnected IP holders only below the connection bound: above it libp2p keeps the new
+    // connection (its pruning spares connections with streams), and closing it again made the
+    // peers re-dial (peer lost: bootstrap, probes). At the bound the DHT query goes on instead.
+    const roomy = this.node.getConnections().length < this.cfg.maxConnections;
+    const byIp = this.ipHolders(target, IP_ASKS)
+      .map((ip) => this.ipTarget(ip))
+      .filter((t) => roomy || (!isMultiaddr(t) && this.node.getConnections(t).length > 0));
     let firstPending = first.length + byIp.length;
     for (const peer of first) ask(peer, () => firstPending--);
     for (const t of byIp) {
