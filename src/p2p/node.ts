@@ -268,6 +268,7 @@ export class P2PNode {
     });
     this.liveness.onDeath((id) => {
       this.lookups.forgetPeer(id);
+      this.feed?.peerChanged(id);
       const m = this.members.get(id);
       if (m && this.members.delete(id)) {
         this.cachedView = undefined;
@@ -566,7 +567,8 @@ export class P2PNode {
       // Not in the peer store (yet): main cannot hand it out, this thread's lookups may.
     }
     const p = this.toProvider(id, addrs);
-    return { peerId, host: p?.host, registryPort: p?.registryPort, addrs: p?.addrs ?? [], connected: this.node.getConnections(id).length > 0 };
+    const connected = this.node.getConnections(id).length > 0;
+    return { peerId, host: p?.host, registryPort: p?.registryPort, addrs: p?.addrs ?? [], connected, dead: !connected && this.liveness.isDead(peerId) };
   }
 
   /** An exact view held long enough for peers to have sent us their records. */
@@ -1409,7 +1411,10 @@ export class P2PNode {
       this.verifiedAt.set(peerId, Date.now());
       if (this.verifiedAt.size > 10_000) this.verifiedAt.clear();
       this.strikes.delete(peerId);
+      const wasDead = this.liveness.isDead(peerId);
       this.liveness.markAlive(peerId);
+      // Main's copy must not go on treating it as dead (it answers misses for dead providers).
+      if (wasDead) this.feed?.peerChanged(peerId);
       return;
     }
     // A knock that times out says little (a full accept queue on a busy peer): no strike. Only
