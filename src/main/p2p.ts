@@ -262,25 +262,25 @@ export class P2P {
   /** findProviders with where the answer came from (diagnostics, the doctor command). */
   async lookup(key: string, opts: { count?: number; timeoutMs?: number } = {}): Promise<LookupResult> {
     const t0 = process.hrtime.bigint();
-    const deadlineMs = Math.max(1, opts.timeoutMs ?? this.config.lookupTimeoutMs);
-    let result: LookupResult | undefined;
-    if (!this.worker) {
-      result = { providers: [], source: 'none', outcome: 'error' };
-    } else if ((result = this.copy.answer(key, opts.count ?? 2))) {
-      // Answered from main's copy of the thread's records: no thread hop.
-    } else {
-      try {
-        result = (await this.request({ type: 'findProviders', key, count: opts.count ?? 2, deadlineMs }, deadlineMs + LOOKUP_SLACK_MS)) as LookupResult;
-      } catch (err) {
-        this.log.debug('lookup failed', { key, error: err });
-        result = { providers: [], source: 'none', outcome: (err as Error).message.includes('timed out') ? 'timeout' : 'error' };
-      }
-    }
+    const count = opts.count ?? 2;
+    const result: LookupResult = !this.worker
+      ? { providers: [], source: 'none', outcome: 'error' }
+      : // main's copy of the thread's records first: an answer there needs no thread hop
+        (this.copy.answer(key, count) ?? (await this.askThread(key, count, Math.max(1, opts.timeoutMs ?? this.config.lookupTimeoutMs))));
     const cluster = this.config.cluster;
     lookups.inc({ cluster, outcome: result.outcome, source: result.source });
     lookupDuration.observe({ cluster, outcome: result.outcome }, Number(process.hrtime.bigint() - t0) / 1e9);
     if (result.queried !== undefined) lookupQueried.observe({ cluster }, result.queried);
     return result;
+  }
+
+  private async askThread(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
+    try {
+      return (await this.request({ type: 'findProviders', key, count, deadlineMs }, deadlineMs + LOOKUP_SLACK_MS)) as LookupResult;
+    } catch (err) {
+      this.log.debug('lookup failed', { key, error: err });
+      return { providers: [], source: 'none', outcome: (err as Error).message.includes('timed out') ? 'timeout' : 'error' };
+    }
   }
 
   /** A fetch from this peer failed: it is not offered again until it proves alive. */

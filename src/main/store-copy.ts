@@ -46,31 +46,35 @@ export class StoreCopy {
   /** The answer, or undefined when only the p2p thread can give it. */
   answer(key: string, count: number): LookupResult | undefined {
     const set = this.records.get(keyHashHex(key));
-    if (!set) return this.finalMisses ? { providers: [], source: 'store-copy', outcome: 'notfound', queried: 0 } : undefined;
+    if (!set) return this.finalMisses ? miss() : undefined;
     const providers: ProviderPeer[] = [];
     let dead = 0;
     for (const id of set) {
       const p = this.peers.get(id);
-      if (p?.dead && !p.connected) dead++;
-      if (!p?.connected || p.host === undefined || p.registryPort === undefined) continue;
+      if (!p?.connected) {
+        if (p?.dead) dead++;
+        continue;
+      }
+      if (p.host === undefined || p.registryPort === undefined) continue;
       providers.push({ peerId: id, host: p.host, registryPort: p.registryPort, addrs: p.addrs, connected: true });
       if (providers.length >= count) break;
     }
-    // As many as the thread would give (the fetch hedges over them), or the thread decides: it
-    // may add unconnected providers once a knock showed them alive.
     // Every record names a node the thread found dead (a killed holder whose records have not
     // expired yet): with a final view, nobody has it.
-    if (providers.length === 0 && dead === set.size && this.finalMisses) return { providers: [], source: 'store-copy', outcome: 'notfound', queried: 0 };
+    if (providers.length === 0 && dead === set.size && this.finalMisses) return miss();
+    // As many as the thread would give (the fetch hedges over them), or the thread decides: it
+    // may add unconnected providers once a knock showed them alive.
     if (providers.length === 0 || providers.length < Math.min(count, set.size)) return undefined;
     return { providers, source: 'store-copy', outcome: 'found', queried: 0 };
-  }
-
-  get size(): { keys: number; peers: number } {
-    return { keys: this.records.size, peers: this.peers.size };
   }
 
   /** For /status: what the copy holds and whether it answers misses. */
   stats(): { keys: number; providers: number; finalMisses: boolean } {
     return { keys: this.records.size, providers: this.peers.size, finalMisses: this.finalMisses };
   }
+}
+
+/** A fresh object each time: callers own the result they get. */
+function miss(): LookupResult {
+  return { providers: [], source: 'store-copy', outcome: 'notfound', queried: 0 };
 }

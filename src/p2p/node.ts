@@ -1238,7 +1238,7 @@ export class P2PNode {
     let running = 0;
     let failure: Error | undefined;
     const answered = new Set<string>();
-    const take = (from: PeerId, providers: Array<{ id: PeerId; multiaddrs: Multiaddr[] }>) => {
+    const take = (providers: Array<{ id: PeerId; multiaddrs: Multiaddr[] }>) => {
       const batch: ProviderPeer[] = [];
       for (const info of providers) {
         if (info.id.equals(this.node.peerId)) continue;
@@ -1255,7 +1255,7 @@ export class P2PNode {
       if (answered.has(id)) return;
       answered.add(id);
       stats.queried++;
-      if (providers.length > 0) take(from, providers);
+      if (providers.length > 0) take(providers);
       else if (holderIds?.has(id) && ++negatives >= quorum) {
         finalMiss = true;
         notify();
@@ -1323,7 +1323,7 @@ export class P2PNode {
           for await (const ev of this.node.services.dht.findProviders(cid, { signal })) {
             if (ev.name === 'PEER_RESPONSE') response(ev.from, ev.providers);
             // A peer's providers came with its PEER_RESPONSE; only our own store's come as PROVIDER alone.
-            else if (ev.name === 'PROVIDER' && ev.from.equals(this.node.peerId)) take(ev.from, ev.providers);
+            else if (ev.name === 'PROVIDER' && ev.from.equals(this.node.peerId)) take(ev.providers);
             if (finalMiss) return;
           }
         })(),

@@ -31,7 +31,6 @@ export class StoreFeed {
   private final = false;
   private scheduled = false;
   private running = false;
-  private rescheduleAfterRun = false;
   private stopped = false;
 
   constructor(private readonly d: StoreFeedDeps) {}
@@ -93,10 +92,8 @@ export class StoreFeed {
 
   private async flush(): Promise<void> {
     this.scheduled = false;
-    if (this.running || this.stopped) {
-      if (this.running) this.rescheduleAfterRun = true;
-      return;
-    }
+    // A flush still awaiting peer states schedules the next one when it ends.
+    if (this.running || this.stopped) return;
     this.running = true;
     try {
       const ids = [...this.dirty];
@@ -119,10 +116,7 @@ export class StoreFeed {
       this.d.post(m);
     } finally {
       this.running = false;
-      if (this.rescheduleAfterRun || this.dirty.size > 0 || this.added.length > 0 || this.removed.length > 0) {
-        this.rescheduleAfterRun = false;
-        this.schedule();
-      }
+      if (this.dirty.size > 0 || this.added.length > 0 || this.removed.length > 0 || this.d.finalMisses() !== this.final) this.schedule();
     }
   }
 }
