@@ -56,6 +56,12 @@ const recordBatches = new Counter({
   registers: [registry],
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
+const heartbeats = new Counter({
+  name: 'peerpull_p2p_heartbeats_total',
+  help: 'Connection heartbeat pings by outcome (failed: no answer within the timeout, and the connection was closed).',
+  labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
 const lookupQueried = new Histogram({
   name: 'peerpull_p2p_lookup_peers_queried',
   help: 'Peers that answered a lookup\'s DHT query (0: answered from this node\'s own records or cache).',
@@ -164,7 +170,7 @@ export class P2P {
   private startedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
   private metrics_: P2PMetricsSnapshot | undefined;
-  private counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0 };
+  private counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0, heartbeatsOk: 0, heartbeatsFailed: 0 };
   private readonly startListeners = new Set<() => void>();
   private firstStart: { resolve(): void; reject(e: Error): void } | undefined;
   /** The p2p thread's provider records, so most lookups are answered here (src/main/store-copy.ts). */
@@ -337,7 +343,7 @@ export class P2P {
     });
     this.worker = w;
     this.startedAt = Date.now();
-    this.counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0 };
+    this.counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0, heartbeatsOk: 0, heartbeatsFailed: 0 };
     let fatal: string | undefined;
     w.on('message', (m: P2PFromWorker) => {
       if (m.kind === 'reply') {
@@ -425,8 +431,18 @@ export class P2P {
     add(bootstrapAttempts, 'failed', m.bootstrapAttempts.failed, base.failed);
     add(recordBatches, 'ok', m.recordBatches.ok, base.batchesOk);
     add(recordBatches, 'failed', m.recordBatches.failed, base.batchesFailed);
+    add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeatsOk);
+    add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeatsFailed);
     if (m.recordsReceived > base.received) recordsReceived.inc({ cluster }, m.recordsReceived - base.received);
-    this.counterBase = { ok: m.bootstrapAttempts.ok, failed: m.bootstrapAttempts.failed, batchesOk: m.recordBatches.ok, batchesFailed: m.recordBatches.failed, received: m.recordsReceived };
+    this.counterBase = {
+      ok: m.bootstrapAttempts.ok,
+      failed: m.bootstrapAttempts.failed,
+      batchesOk: m.recordBatches.ok,
+      batchesFailed: m.recordBatches.failed,
+      received: m.recordsReceived,
+      heartbeatsOk: m.heartbeats.ok,
+      heartbeatsFailed: m.heartbeats.failed,
+    };
     for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);
     for (const s of m.dnsResolveSeconds.failed) dnsResolve.observe({ cluster, outcome: 'failed' }, s);
     loopDelay.set({ cluster, quantile: '0.5' }, m.eventLoopDelayMs.p50 / 1000);

@@ -233,6 +233,8 @@ export interface P2PMetricsSnapshot {
   /** Provider-record batches this node sent (delivered or not) and records it took from peers. */
   recordBatches: { ok: number; failed: number };
   recordsReceived: number;
+  /** Connection heartbeat pings answered and failed (a failure closes the connection). */
+  heartbeats: { ok: number; failed: number };
   /** DNS resolve durations (seconds) since the previous snapshot, by outcome. */
   dnsResolveSeconds: { ok: number[]; failed: number[] };
   /** How late the p2p thread's event loop ran its callbacks since the previous snapshot (ms). */
