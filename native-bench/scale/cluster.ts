@@ -189,6 +189,15 @@ export class ScaleCluster {
     return Promise.all(this.liveHosts().map((h) => h.call<HostSnapshot>({ type: 'snapshot', resetCounters })));
   }
 
+  /** Starts a CPU profile in every live host, or stops them, writing `<dir>/idle-<host>.cpuprofile`. */
+  async profile(action: 'start' | 'stop', dir = ''): Promise<string[]> {
+    if (action === 'start') {
+      await Promise.all(this.liveHosts().map((h) => h.call({ type: 'profile', action })));
+      return [];
+    }
+    return Promise.all(this.liveHosts().map((h) => h.call<{ file: string }>({ type: 'profile', action, file: path.join(dir, `idle-${h.name}.cpuprofile`) }).then((r) => r.file)));
+  }
+
   find(ip: string, key: string, count = 2, deadlineMs = 500): Promise<FindResult> {
     const h = this.hostOf.get(ip);
     if (!h) return Promise.reject(new Error(`unknown node ${ip}`));

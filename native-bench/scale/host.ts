@@ -4,6 +4,8 @@
 // loop delay so an overloaded host shows in the figures instead of posing as a slow network.
 // Driven by the orchestrator over IPC (protocol.ts).
 
+import { writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Connection } from '@libp2p/interface';
@@ -121,6 +123,7 @@ function nodeSnapshot(h: Hosted): NodeSnapshot {
 }
 
 let cpuBase = process.cpuUsage();
+let profiler: Session | undefined;
 
 async function handle(req: HostRequest): Promise<unknown> {
   switch (req.type) {
@@ -186,6 +189,21 @@ async function handle(req: HostRequest): Promise<unknown> {
         if ((d.records as number) > 0) out.push(h.spec.ip);
       }
       return out;
+    }
+    case 'profile': {
+      if (req.action === 'start') {
+        profiler = new Session();
+        profiler.connect();
+        await profiler.post('Profiler.enable');
+        await profiler.post('Profiler.start');
+        return {};
+      }
+      if (!profiler) throw new Error('no profile running');
+      const { profile } = await profiler.post('Profiler.stop');
+      profiler.disconnect();
+      profiler = undefined;
+      await writeFile(req.file, JSON.stringify(profile));
+      return { file: req.file };
     }
     case 'stop': {
       await Promise.all(

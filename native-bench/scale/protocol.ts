@@ -17,7 +17,9 @@ export type HostRequest =
   | { type: 'find'; ip: string; key: string; count: number; deadlineMs: number }
   | { type: 'stop'; ips: string[] }
   /** Which of the host's nodes hold a provider record for `key` (failure analysis). */
-  | { type: 'holders'; key: string };
+  | { type: 'holders'; key: string }
+  /** CPU profile of a window (the inspector): start, then stop writing it to `file`. */
+  | { type: 'profile'; action: 'start' } | { type: 'profile'; action: 'stop'; file: string };
 
 export interface NodeSnapshot {
   ip: string;

@@ -327,9 +327,13 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     log('steady state: settling, idle CPU, advertising, lookups');
     await sleep(5000);
     await c.snapshot(true);
+    // PEERPULL_SCALE_IDLE_PROFILE=<dir>: a CPU profile of each host over the idle window only.
+    const profileDir = process.env.PEERPULL_SCALE_IDLE_PROFILE;
+    if (profileDir) await c.profile('start');
     const tIdle = Date.now();
     await sleep(15_000);
     const idleSnaps = await c.snapshot(true);
+    if (profileDir) log(`  idle profiles: ${(await c.profile('stop', profileDir)).join(' ')}`);
     const idleMinutes = (Date.now() - tIdle) / 60_000;
     const idleCpu = idleSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / idleMinutes;
     const idleDials = idleSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / idleMinutes;
