@@ -155,6 +155,52 @@ describe('bootstrap with another cluster behind the same name', () => {
   });
 });
 
+describe('bootstrap rounds under failure', () => {
+  test('a round dials at most twice its target; the next round starts with candidates not yet tried', async () => {
+    const members = ips(0, 30);
+    const target = bootstrapCount(members.length - 1, 64);
+    const rounds: string[][] = [];
+    let done!: () => void;
+    const finished = new Promise<void>((r) => (done = r));
+    const b = new Bootstrapper({
+      seed: 'peer-self',
+      selfIps: () => new Set([members[0]]),
+      p2pPort: 7001,
+      maxConnections: 64,
+      intervalMs: 60_000,
+      dns: { hostname: 'x', resolve: async () => members } as unknown as DnsMembers,
+      staticPeers: [],
+      connectedIps: () => new Set(),
+      connectionCount: () => 0,
+      // Every dial fails, as in a cluster too busy to answer.
+      dial: async (a) => {
+        rounds.at(-1)!.push(a.split('/')[2]);
+        throw new Error('ETIMEDOUT');
+      },
+      onDnsAnswer: () => {
+        rounds.push([]);
+        if (rounds.length === 4) done();
+      },
+      onAttempt: () => {},
+      log: () => {},
+    });
+    const keepAlive = setInterval(() => {}, 1000);
+    b.start();
+    await finished;
+    b.stop();
+    clearInterval(keepAlive);
+    const [first, second, third] = rounds;
+    assert.equal(first.length, 2 * target, 'the first round spends its budget');
+    assert.equal(second.length, 2 * target);
+    assert.deepEqual(second.filter((ip) => first.includes(ip)), [], 'untried candidates come before failed ones');
+    // 29 candidates, 28 tried: the third round starts with the last one nobody tried yet.
+    const untried = members.slice(1).filter((ip) => !first.includes(ip) && !second.includes(ip));
+    assert.equal(untried.length, members.length - 1 - 4 * target);
+    assert.deepEqual(third.slice(0, untried.length), untried);
+    assert.equal(third.length, 2 * target);
+  });
+});
+
 describe('bootstrap DNS past one UDP message', () => {
   test('1,000 A records arrive whole (TCP retry); past 64 KiB the answer is cut and flagged, or refused', async () => {
     const name = 'big.scale.test';

@@ -261,13 +261,19 @@ async function waitReady(c: ScaleCluster, ips: Set<string>, timeoutMs: number, l
   const deadline = Date.now() + timeoutMs;
   let lastLog = 0;
   for (;;) {
-    const nodes = allNodes(await c.snapshot()).filter((x) => ips.has(x.ip));
+    const snaps = await c.snapshot();
+    const nodes = allNodes(snaps).filter((x) => ips.has(x.ip));
     const ready = nodes.filter((x) => x.readyAfterMs !== undefined).length;
     if (ready === ips.size) return { nodes, all: true };
     if (Date.now() > deadline) return { nodes, all: false };
     if (Date.now() - lastLog > 10_000) {
       lastLog = Date.now();
-      log(`  ${ready}/${ips.size} ready`);
+      // Why the rest are not: no DNS answer yet, no connection, or connected with an empty table.
+      const waiting = nodes.filter((x) => x.readyAfterMs === undefined);
+      const noDns = waiting.filter((x) => x.dnsMembers === 0).length;
+      const noConn = waiting.filter((x) => x.dnsMembers > 0 && x.connections === 0).length;
+      const loops = snaps.map((s) => Math.round(s.loopDelayP99Ms)).join('/');
+      log(`  ${ready}/${ips.size} ready; waiting: ${noDns} without DNS answer, ${noConn} unconnected, ${waiting.length - noDns - noConn} with an empty routing table; host loop p99 ${loops} ms`);
     }
     await sleep(1000);
   }

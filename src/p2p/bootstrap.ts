@@ -12,6 +12,9 @@ import { createHash } from 'node:crypto';
 import { Resolver } from 'node:dns/promises';
 import { isIPv4, isIPv6 } from 'node:net';
 
+/** Bootstrap dials in flight at once; the ring successors come first. */
+const BOOTSTRAP_PARALLEL_DIALS = 4;
+
 /** Successors in the sorted ring each node dials and keeps connected. */
 export const RING_LINKS = 2;
 
@@ -138,6 +141,8 @@ export class Bootstrapper {
   private target = 0;
   /** IPs found to run another cluster (or no DHT), with when: dialled last, until forgotten. */
   private readonly foreign = new Map<string, number>();
+  /** Addresses whose last bootstrap dial failed, with when: tried after the others next round. */
+  private readonly failed = new Map<string, number>();
 
   constructor(private readonly d: BootstrapDeps) {}
 
@@ -200,6 +205,14 @@ export class Bootstrapper {
     return [...order.filter((ip) => !this.foreign.has(ip)), ...order.filter((ip) => this.foreign.has(ip))];
   }
 
+  /** Recently failed addresses last, in their order: a round's budget goes to fresh candidates. */
+  private failedLast(addrs: string[]): string[] {
+    if (this.failed.size === 0) return addrs;
+    const cutoff = Date.now() - 4 * this.d.intervalMs;
+    for (const [a, t] of this.failed) if (t < cutoff) this.failed.delete(a);
+    return [...addrs.filter((a) => !this.failed.has(a)), ...addrs.filter((a) => this.failed.has(a))];
+  }
+
   private async round(): Promise<void> {
     const self = this.d.selfIps();
     let selected: string[] = [];
@@ -244,20 +257,28 @@ export class Bootstrapper {
     }
     if (addrs.length === 0) return;
     this.d.log('debug', 'bootstrap dialling', { candidates: addrs.length, members: this.members });
-    // In chunks of the target size, in order, until enough connections stand.
-    const chunk = Math.max(1, this.target);
-    for (let i = 0; i < addrs.length; i += chunk) {
-      if (i > 0 && this.d.connectionCount() >= Math.max(1, this.target)) break;
-      await Promise.all(
-        addrs.slice(i, i + chunk).map(async (a) => {
-          try {
-            await this.d.dial(a);
-            this.d.onAttempt(true, a);
-          } catch (err) {
-            this.d.onAttempt(false, a, err as Error);
-          }
-        }),
-      );
-    }
+    // In order, a few at a time, until enough connections stand, and at most twice the target
+    // per round: the rest of the list waits for the next round. At a cold start of 1,000 nodes
+    // on two cores, dialling the whole list in chunks of the target (the failed dials of a
+    // saturated cluster time out, and each one cost its peer a handshake) kept the hosts'
+    // event loops 10-17 s behind, so more dials timed out: a congestion collapse.
+    const order = this.failedLast(addrs);
+    const budget = Math.min(order.length, Math.max(1, this.target) * 2);
+    let next = 0;
+    const dialer = async (): Promise<void> => {
+      while (next < budget && !this.stopped) {
+        if (this.d.connectionCount() >= Math.max(1, this.target)) return;
+        const a = order[next++];
+        try {
+          await this.d.dial(a);
+          this.failed.delete(a);
+          this.d.onAttempt(true, a);
+        } catch (err) {
+          this.failed.set(a, Date.now());
+          this.d.onAttempt(false, a, err as Error);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(BOOTSTRAP_PARALLEL_DIALS, budget) }, dialer));
   }
 }
