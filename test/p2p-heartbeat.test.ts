@@ -33,7 +33,7 @@ describe('connection heartbeats', { timeout: 120_000 }, () => {
             PEERPULL_BOOTSTRAP_DNS: NAME,
             PEERPULL_DNS_SERVERS: dns.server,
             PEERPULL_BOOTSTRAP_INTERVAL: '1s',
-            // Pings every second, a ping unanswered for 1.5 s fails.
+            // Pings every 1.5 s; a ping unanswered for 1.2 s fails.
             PEERPULL_DEAD_PEER_TIMEOUT: '3s',
           },
         }),
@@ -66,7 +66,7 @@ describe('connection heartbeats', { timeout: 120_000 }, () => {
     const before = sample(await a.call<string>('metrics'), 'peerpull_p2p_heartbeats_total', 'outcome="failed"');
     process.kill(b.pid, 'SIGSTOP');
     try {
-      // Interval 1 s + timeout 1.5 s: a few seconds; 20 s leaves room for a busy machine.
+      // Interval 1.5 s + timeout 1.2 s: a few seconds; 20 s leaves room for a busy machine.
       await waitFor('A to drop its connection to the frozen B', async () => (await a.status()).peers === 0, 20_000, 250);
       // The thread's counters reach main's metrics with its next status push (every 2 s).
       await waitFor('the failed heartbeat to be counted', async () => sample(await a.call<string>('metrics'), 'peerpull_p2p_heartbeats_total', 'outcome="failed"') > before, 10_000);

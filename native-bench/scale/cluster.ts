@@ -189,13 +189,13 @@ export class ScaleCluster {
     return Promise.all(this.liveHosts().map((h) => h.call<HostSnapshot>({ type: 'snapshot', resetCounters })));
   }
 
-  /** Starts a CPU profile in every live host, or stops them, writing `<dir>/idle-<host>.cpuprofile`. */
-  async profile(action: 'start' | 'stop', dir = ''): Promise<string[]> {
+  /** Starts a CPU profile in every live host, or stops them, writing `<dir>/<phase>-<host>.cpuprofile`. */
+  async profile(action: 'start' | 'stop', dir = '', phase = ''): Promise<string[]> {
     if (action === 'start') {
       await Promise.all(this.liveHosts().map((h) => h.call({ type: 'profile', action })));
       return [];
     }
-    return Promise.all(this.liveHosts().map((h) => h.call<{ file: string }>({ type: 'profile', action, file: path.join(dir, `idle-${h.name}.cpuprofile`) }).then((r) => r.file)));
+    return Promise.all(this.liveHosts().map((h) => h.call<{ file: string }>({ type: 'profile', action, file: path.join(dir, `${phase}-${h.name}.cpuprofile`) }).then((r) => r.file)));
   }
 
   find(ip: string, key: string, count = 2, deadlineMs = 500): Promise<FindResult> {

@@ -28,6 +28,8 @@ interface Hosted {
 
 const hosted = new Map<string, Hosted>();
 const dialsByTarget = new Map<string, number>();
+/** Connections closed since the last reset, by who closed them (this side or the remote). */
+let closes = 0;
 const problems: string[] = [];
 const counts = { warnings: 0, errors: 0 };
 const baseRss = process.memoryUsage().rss;
@@ -94,6 +96,7 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
     const ip = remoteIp(e.detail);
     if (ip) dialsByTarget.set(ip, (dialsByTarget.get(ip) ?? 0) + 1);
   });
+  libp2p.addEventListener('connection:close', () => closes++);
   hosted.set(spec.ip, { spec, node, libp2p, startedAt: t0, readyAfterMs: undefined });
 }
 
@@ -145,6 +148,7 @@ async function handle(req: HostRequest): Promise<unknown> {
         baseRssBytes: baseRss,
         heapUsedBytes: mem.heapUsed,
         cpuSeconds: (cpu.user + cpu.system) / 1e6,
+        connectionCloses: closes,
         loopDelayP99Ms: loop.percentile(99) / 1e6,
         loopDelayMaxMs: loop.max / 1e6,
         warnings: counts.warnings,
@@ -153,6 +157,7 @@ async function handle(req: HostRequest): Promise<unknown> {
       };
       if (req.resetCounters) {
         dialsByTarget.clear();
+        closes = 0;
         loop.reset();
         cpuBase = process.cpuUsage();
       }

@@ -46,6 +46,8 @@ export interface HostSnapshot {
   baseRssBytes: number;
   heapUsedBytes: number;
   cpuSeconds: number;
+  /** Connection closes seen by the host's nodes since the last reset (each close counts at both ends). */
+  connectionCloses: number;
   /** Event loop delay p99 since the last reset: above ~100 ms the host itself is the bottleneck. */
   loopDelayP99Ms: number;
   loopDelayMaxMs: number;

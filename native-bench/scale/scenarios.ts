@@ -100,6 +100,8 @@ export interface ScaleResult {
     overBound: number;
     advertiseMs: number;
     lookups: LookupStats;
+    /** The first failed lookups, each with the asking node's account and who held the record. */
+    failures: Array<Record<string, unknown>>;
     memory: { perNodeMiB: number; heapPerNodeMiB: number; hostBaseMiB: number };
     hostLoopDelayP99Ms: number[];
     /** CPU of the hosts per node while nothing but upkeep runs (pings, DNS, table refresh). */
@@ -333,16 +335,18 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     log('steady state: settling, idle CPU, advertising, lookups');
     await sleep(5000);
     await c.snapshot(true);
-    // PEERPULL_SCALE_IDLE_PROFILE=<dir>: a CPU profile of each host over the idle window only.
-    const profileDir = process.env.PEERPULL_SCALE_IDLE_PROFILE;
+    // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the idle and the lookup windows.
+    const profileDir = process.env.PEERPULL_SCALE_PROFILE;
     if (profileDir) await c.profile('start');
     const tIdle = Date.now();
     await sleep(15_000);
     const idleSnaps = await c.snapshot(true);
-    if (profileDir) log(`  idle profiles: ${(await c.profile('stop', profileDir)).join(' ')}`);
+    if (profileDir) log(`  idle profiles: ${(await c.profile('stop', profileDir, 'idle')).join(' ')}`);
     const idleMinutes = (Date.now() - tIdle) / 60_000;
     const idleCpu = idleSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / idleMinutes;
     const idleDials = idleSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / idleMinutes;
+    const idleCloses = idleSnaps.reduce((t, s) => t + s.connectionCloses, 0) / o.n / idleMinutes;
+    log(`  idle: ${idleCpu.toFixed(3)} CPU-s, ${idleDials.toFixed(2)} connections opened and ${idleCloses.toFixed(2)} closes seen per node per minute`);
     const owner = new Map<string, string>(); // key -> ip
     const keysOf = new Map<string, string[]>();
     for (const ip of ips) {
@@ -364,7 +368,9 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const peerIdOf = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
     const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
     const allKeys = [...owner.keys()];
+    const steadyFailures: Array<Record<string, unknown>> = [];
     await c.snapshot(true);
+    if (profileDir) await c.profile('start');
     const t0 = Date.now();
     const steadyRecs = await lookupStream(
       c,
@@ -377,8 +383,26 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       o.lookupRate,
       { count: o.steadyLookups },
       o.lookupDeadlineMs,
+      (rec) => {
+        // A failure's anatomy: who held the record, and whether the asker's IP holders did.
+        if (rec.ok || !rec.r?.diag || steadyFailures.length >= 20) return;
+        const d = rec.r.diag;
+        const entry: Record<string, unknown> = { ip: rec.spec.ip, ms: Math.round(rec.r.ms), source: rec.r.source, queried: rec.r.queried, ...d };
+        steadyFailures.push(entry);
+        void c.holders(rec.spec.key).then((hs) => {
+          const conn = new Set(d.connectedIps as string[]);
+          const ipH = (d.ipHolders as string[] | undefined) ?? [];
+          entry.holders = hs.length;
+          entry.holdersConnected = hs.filter((ip) => conn.has(ip)).length;
+          entry.ipHoldersHolding = ipH.filter((ip) => hs.includes(ip)).length;
+          entry.ipHoldersConnected = ipH.filter((ip) => conn.has(ip)).length;
+          delete entry.connectedIps;
+          delete entry.ipHolders;
+        }, () => {});
+      },
     );
     const steadySecs = (Date.now() - t0) / 1000;
+    if (profileDir) log(`  lookup profiles: ${(await c.profile('stop', profileDir, 'lookups')).join(' ')}`);
     const steadySnaps = await c.snapshot(true);
     const steadyNodes = allNodes(steadySnaps);
     const totalNodes = steadyNodes.length;
@@ -390,6 +414,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       overBound: steadyNodes.filter((x) => x.connections > o.maxConnections).length,
       advertiseMs,
       lookups: lookupStats(steadyRecs),
+      failures: steadyFailures,
       memory: {
         perNodeMiB: steadySnaps.reduce((t, s) => t + (s.rssBytes - s.baseRssBytes), 0) / totalNodes / 1048576,
         heapPerNodeMiB: steadySnaps.reduce((t, s) => t + s.heapUsedBytes, 0) / totalNodes / 1048576,

@@ -412,7 +412,7 @@ export const settings = {
   deadPeerTimeout: setting(
     'DEAD_PEER_TIMEOUT',
     '20s',
-    'Bound on how long a node that died keeps being returned as a provider: connections are probed at a third of this, and a provider that cannot be reached is dropped.',
+    'Bound on how long a node that died keeps being returned as a provider: connections are pinged every half of this, and a provider that cannot be reached is dropped.',
     durationIn(1500, 600_000),
   ),
   lookupTimeout: setting('LOOKUP_TIMEOUT', '500ms', 'Deadline of a provider lookup when the caller gives none; a miss answers no later than this.', durationIn(10, 60_000)),

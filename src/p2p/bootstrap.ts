@@ -45,10 +45,21 @@ export function sortAddresses(ips: Iterable<string>): string[] {
     .map((x) => x.ip);
 }
 
-function rendezvous(ips: string[], seed: string): string[] {
+/**
+ * Addresses ordered by a hash of (seed, address): a spread that differs per node. `ranks` keeps
+ * the hashes between rounds (each round ranks the whole DNS answer again): the first 48 bits as
+ * a number, so 1,000 of them cost tens of KB.
+ */
+function rendezvous(ips: string[], seed: string, ranks = new Map<string, number>()): string[] {
+  if (ranks.size > 2 * ips.length + 1024) ranks.clear(); // departed pods' addresses
+  const rankOf = (ip: string) => {
+    let r = ranks.get(ip);
+    if (r === undefined) ranks.set(ip, (r = createHash('sha256').update(seed).update('\0').update(ip).digest().readUIntBE(0, 6)));
+    return r;
+  };
   return ips
-    .map((ip) => ({ ip, rank: createHash('sha256').update(seed).update('\0').update(ip).digest('hex') }))
-    .sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0))
+    .map((ip) => ({ ip, rank: rankOf(ip) }))
+    .sort((a, b) => a.rank - b.rank || (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0))
     .map((r) => r.ip);
 }
 
@@ -58,7 +69,7 @@ function rendezvous(ips: string[], seed: string): string[] {
  * A node whose own address is not in the answer (not listed yet, or an answer cut at the DNS
  * message size) takes a position derived from `seed`: any position keeps it connected.
  */
-export function selectRing(sorted: string[], self: ReadonlySet<string>, seed: string, count: number): string[] {
+export function selectRing(sorted: string[], self: ReadonlySet<string>, seed: string, count: number, ranks?: Map<string, number>): string[] {
   const others = sorted.filter((ip) => !self.has(ip));
   if (others.length === 0 || count <= 0) return [];
   const listed = sorted.filter((ip) => self.has(ip)).map(ipKey);
@@ -73,7 +84,7 @@ export function selectRing(sorted: string[], self: ReadonlySet<string>, seed: st
   const ring: string[] = [];
   for (let i = 0; i < Math.min(RING_LINKS, others.length); i++) ring.push(others[(at + i) % others.length]);
   const inRing = new Set(ring);
-  return [...ring, ...rendezvous(others.filter((ip) => !inRing.has(ip)), seed)].slice(0, Math.max(count, 0));
+  return [...ring, ...rendezvous(others.filter((ip) => !inRing.has(ip)), seed, ranks)].slice(0, Math.max(count, 0));
 }
 
 export class DnsResolveError extends Error {
@@ -143,6 +154,8 @@ export class Bootstrapper {
   private readonly foreign = new Map<string, number>();
   /** Addresses whose last bootstrap dial failed, with when: tried after the others next round. */
   private readonly failed = new Map<string, number>();
+  /** Rendezvous ranks of the addresses seen, kept between rounds. */
+  private readonly ranks = new Map<string, number>();
 
   constructor(private readonly d: BootstrapDeps) {}
 
@@ -227,7 +240,7 @@ export class Bootstrapper {
         this.target = bootstrapCount(members, this.d.maxConnections);
         // The whole list in this node's order: the first `target` are the choice, the rest are
         // fallbacks for when those cannot be reached (another cluster on the name, dead pods).
-        selected = this.foreignLast(selectRing(ips, self, this.d.seed, others.length));
+        selected = this.foreignLast(selectRing(ips, self, this.d.seed, others.length, this.ranks));
         this.resolvedOnce = true;
       } catch (err) {
         this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false);

@@ -44,8 +44,8 @@ export class Heartbeat {
 
   start(): void {
     if (this.timer) return;
-    // Ten ticks per interval: pings are spread, and a connection is pinged at most a tenth late.
-    this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(this.o.intervalMs / 10)));
+    // Five ticks per interval: pings are spread, and a connection is pinged at most a fifth late.
+    this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(this.o.intervalMs / 5)));
     this.timer.unref();
   }
 
