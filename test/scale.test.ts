@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Bootstrapper, DnsMembers, RING_LINKS, bootstrapCount, selectRing, sortAddresses } from '../src/p2p/bootstrap.js';
+import { Bootstrapper, DnsMembers, RING_LINKS, type BootstrapDeps, bootstrapCount, selectRing, sortAddresses } from '../src/p2p/bootstrap.js';
 import { DNS_MESSAGE_CAPACITY, Liveness, possiblyTruncated } from '../src/p2p/liveness.js';
 import { DEFAULTS, runScale, type ScaleResult } from '../native-bench/scale/scenarios.js';
 import { Dnsmasq } from './support/dnsmasq.js';
@@ -111,6 +111,21 @@ describe('bootstrap selection at 1,000 nodes: one component, no hot spot', () =>
   });
 });
 
+/** A bootstrapper whose DNS lists `members`, at `self`; the test supplies dialling and counting. */
+function bootstrapperFor(members: string[], self: string, rest: Pick<BootstrapDeps, 'connectionCount' | 'dial' | 'onDnsAnswer' | 'onAttempt' | 'log'>): Bootstrapper {
+  return new Bootstrapper({
+    seed: 'peer-self',
+    selfIps: () => new Set([self]),
+    p2pPort: 7001,
+    maxConnections: 64,
+    intervalMs: 60_000,
+    dns: { hostname: 'x', resolve: async () => members } as unknown as DnsMembers,
+    staticPeers: [],
+    connectedIps: () => new Set(),
+    ...rest,
+  });
+}
+
 describe('bootstrap with another cluster behind the same name', () => {
   test('addresses marked foreign are dialled only after every other candidate', async () => {
     const members = ips(0, 10);
@@ -119,15 +134,7 @@ describe('bootstrap with another cluster behind the same name', () => {
       const dialled: string[] = [];
       let done!: () => void;
       const finished = new Promise<void>((r) => (done = r));
-      const b = new Bootstrapper({
-        seed: 'peer-self',
-        selfIps: () => new Set([self]),
-        p2pPort: 7001,
-        maxConnections: 64,
-        intervalMs: 60_000,
-        dns: { hostname: 'x', resolve: async () => members } as unknown as DnsMembers,
-        staticPeers: [],
-        connectedIps: () => new Set(),
+      const b = bootstrapperFor(members, self, {
         connectionCount: () => dialled.length,
         dial: async (a) => {
           dialled.push(a.split('/')[2]);
@@ -162,15 +169,7 @@ describe('bootstrap rounds under failure', () => {
     const rounds: string[][] = [];
     let done!: () => void;
     const finished = new Promise<void>((r) => (done = r));
-    const b = new Bootstrapper({
-      seed: 'peer-self',
-      selfIps: () => new Set([members[0]]),
-      p2pPort: 7001,
-      maxConnections: 64,
-      intervalMs: 60_000,
-      dns: { hostname: 'x', resolve: async () => members } as unknown as DnsMembers,
-      staticPeers: [],
-      connectedIps: () => new Set(),
+    const b = bootstrapperFor(members, members[0], {
       connectionCount: () => 0,
       // Every dial fails, as in a cluster too busy to answer.
       dial: async (a) => {
