@@ -255,6 +255,27 @@ function lookupStats(recs: LookupRecord[]): LookupStats {
   return stats;
 }
 
+/**
+ * Completes a failed lookup's diagnosis (the asker's account, P2PNode.diagnose) in the background:
+ * how many nodes held the key, how many of those and of its IP holders the asker was connected
+ * to, and how many IP holders held it. The raw address lists are dropped.
+ */
+function annotateFailure(c: ScaleCluster, key: string, d: Record<string, unknown>, extra?: (connected: Set<string>) => Record<string, number>): void {
+  void c.holders(key).then((hs) => {
+    const conn = new Set((d.connectedIps as string[] | undefined) ?? []);
+    const ipH = (d.ipHolders as string[] | undefined) ?? [];
+    Object.assign(d, {
+      holders: hs.length,
+      holdersConnected: hs.filter((ip) => conn.has(ip)).length,
+      ipHoldersHolding: ipH.filter((ip) => hs.includes(ip)).length,
+      ipHoldersConnected: ipH.filter((ip) => conn.has(ip)).length,
+      ...extra?.(conn),
+    });
+    delete d.connectedIps;
+    delete d.ipHolders;
+  }, () => {});
+}
+
 function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
   return snaps.flatMap((s) => s.nodes);
 }
@@ -389,16 +410,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         const d = rec.r.diag;
         const entry: Record<string, unknown> = { ip: rec.spec.ip, ms: Math.round(rec.r.ms), source: rec.r.source, queried: rec.r.queried, ...d };
         steadyFailures.push(entry);
-        void c.holders(rec.spec.key).then((hs) => {
-          const conn = new Set(d.connectedIps as string[]);
-          const ipH = (d.ipHolders as string[] | undefined) ?? [];
-          entry.holders = hs.length;
-          entry.holdersConnected = hs.filter((ip) => conn.has(ip)).length;
-          entry.ipHoldersHolding = ipH.filter((ip) => hs.includes(ip)).length;
-          entry.ipHoldersConnected = ipH.filter((ip) => conn.has(ip)).length;
-          delete entry.connectedIps;
-          delete entry.ipHolders;
-        }, () => {});
+        annotateFailure(c, rec.spec.key, entry);
       },
     );
     const steadySecs = (Date.now() - t0) / 1000;
@@ -548,13 +560,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
             // Who held the key's records when the lookup failed, and how many of them the asker was connected to.
             if (!rec.ok && rec.r?.diag) {
               const d = rec.r.diag;
-              void c.holders(rec.spec.key).then((hs) => {
-                const conn = new Set(d.connectedIps as string[]);
-                d.holders = hs.length;
-                d.holdersConnected = hs.filter((ip) => conn.has(ip)).length;
-                d.connectedReplacements = [...conn].filter((ip) => replacementIps.includes(ip)).length;
-                delete d.connectedIps;
-              }, () => {});
+              annotateFailure(c, rec.spec.key, d, (conn) => ({ connectedReplacements: replacementIps.filter((ip) => conn.has(ip)).length }));
             }
           }
         },

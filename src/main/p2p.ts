@@ -56,6 +56,9 @@ const recordBatches = new Counter({
   registers: [registry],
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
+/** The cumulative counters of a metrics snapshot. */
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats'>;
+const NO_COUNTS: ThreadCounters = { bootstrapAttempts: { ok: 0, failed: 0 }, recordBatches: { ok: 0, failed: 0 }, recordsReceived: 0, heartbeats: { ok: 0, failed: 0 } };
 const heartbeats = new Counter({
   name: 'peerpull_p2p_heartbeats_total',
   help: 'Connection heartbeat pings by outcome (failed: no answer within the timeout, and the connection was closed).',
@@ -170,7 +173,8 @@ export class P2P {
   private startedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
   private metrics_: P2PMetricsSnapshot | undefined;
-  private counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0, heartbeatsOk: 0, heartbeatsFailed: 0 };
+  /** The thread's cumulative counters at the previous snapshot (zero for a new incarnation). */
+  private counterBase: ThreadCounters = NO_COUNTS;
   private readonly startListeners = new Set<() => void>();
   private firstStart: { resolve(): void; reject(e: Error): void } | undefined;
   /** The p2p thread's provider records, so most lookups are answered here (src/main/store-copy.ts). */
@@ -343,7 +347,7 @@ export class P2P {
     });
     this.worker = w;
     this.startedAt = Date.now();
-    this.counterBase = { ok: 0, failed: 0, batchesOk: 0, batchesFailed: 0, received: 0, heartbeatsOk: 0, heartbeatsFailed: 0 };
+    this.counterBase = NO_COUNTS;
     let fatal: string | undefined;
     w.on('message', (m: P2PFromWorker) => {
       if (m.kind === 'reply') {
@@ -427,22 +431,14 @@ export class P2P {
     const add = (c: Counter<'cluster' | 'outcome'>, outcome: string, now: number, before: number) => {
       if (now > before) c.inc({ cluster, outcome }, now - before);
     };
-    add(bootstrapAttempts, 'ok', m.bootstrapAttempts.ok, base.ok);
-    add(bootstrapAttempts, 'failed', m.bootstrapAttempts.failed, base.failed);
-    add(recordBatches, 'ok', m.recordBatches.ok, base.batchesOk);
-    add(recordBatches, 'failed', m.recordBatches.failed, base.batchesFailed);
-    add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeatsOk);
-    add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeatsFailed);
-    if (m.recordsReceived > base.received) recordsReceived.inc({ cluster }, m.recordsReceived - base.received);
-    this.counterBase = {
-      ok: m.bootstrapAttempts.ok,
-      failed: m.bootstrapAttempts.failed,
-      batchesOk: m.recordBatches.ok,
-      batchesFailed: m.recordBatches.failed,
-      received: m.recordsReceived,
-      heartbeatsOk: m.heartbeats.ok,
-      heartbeatsFailed: m.heartbeats.failed,
-    };
+    add(bootstrapAttempts, 'ok', m.bootstrapAttempts.ok, base.bootstrapAttempts.ok);
+    add(bootstrapAttempts, 'failed', m.bootstrapAttempts.failed, base.bootstrapAttempts.failed);
+    add(recordBatches, 'ok', m.recordBatches.ok, base.recordBatches.ok);
+    add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
+    add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
+    add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
+    if (m.recordsReceived > base.recordsReceived) recordsReceived.inc({ cluster }, m.recordsReceived - base.recordsReceived);
+    this.counterBase = m;
     for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);
     for (const s of m.dnsResolveSeconds.failed) dnsResolve.observe({ cluster, outcome: 'failed' }, s);
     loopDelay.set({ cluster, quantile: '0.5' }, m.eventLoopDelayMs.p50 / 1000);

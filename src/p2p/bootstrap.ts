@@ -12,6 +12,17 @@ import { createHash } from 'node:crypto';
 import { Resolver } from 'node:dns/promises';
 import { isIPv4, isIPv6 } from 'node:net';
 
+/**
+ * `list` with the entries marked within `maxAgeMs` moved to the end, each part in its order;
+ * older marks are forgotten.
+ */
+function markedLast(list: string[], marks: Map<string, number>, maxAgeMs: number): string[] {
+  if (marks.size === 0) return list;
+  const cutoff = Date.now() - maxAgeMs;
+  for (const [k, t] of marks) if (t < cutoff) marks.delete(k);
+  return [...list.filter((x) => !marks.has(x)), ...list.filter((x) => marks.has(x))];
+}
+
 /** Bootstrap dials in flight at once; the ring successors come first. */
 const BOOTSTRAP_PARALLEL_DIALS = 4;
 
@@ -211,21 +222,6 @@ export class Bootstrapper {
     }
   }
 
-  private foreignLast(order: string[]): string[] {
-    if (this.foreign.size === 0) return order;
-    const cutoff = Date.now() - 10 * this.d.intervalMs;
-    for (const [ip, t] of this.foreign) if (t < cutoff) this.foreign.delete(ip);
-    return [...order.filter((ip) => !this.foreign.has(ip)), ...order.filter((ip) => this.foreign.has(ip))];
-  }
-
-  /** Recently failed addresses last, in their order: a round's budget goes to fresh candidates. */
-  private failedLast(addrs: string[]): string[] {
-    if (this.failed.size === 0) return addrs;
-    const cutoff = Date.now() - 4 * this.d.intervalMs;
-    for (const [a, t] of this.failed) if (t < cutoff) this.failed.delete(a);
-    return [...addrs.filter((a) => !this.failed.has(a)), ...addrs.filter((a) => this.failed.has(a))];
-  }
-
   private async round(): Promise<void> {
     const self = this.d.selfIps();
     let selected: string[] = [];
@@ -240,7 +236,7 @@ export class Bootstrapper {
         this.target = bootstrapCount(members, this.d.maxConnections);
         // The whole list in this node's order: the first `target` are the choice, the rest are
         // fallbacks for when those cannot be reached (another cluster on the name, dead pods).
-        selected = this.foreignLast(selectRing(ips, self, this.d.seed, others.length, this.ranks));
+        selected = markedLast(selectRing(ips, self, this.d.seed, others.length, this.ranks), this.foreign, 10 * this.d.intervalMs);
         this.resolvedOnce = true;
       } catch (err) {
         this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false);
@@ -275,7 +271,8 @@ export class Bootstrapper {
     // on two cores, dialling the whole list in chunks of the target (the failed dials of a
     // saturated cluster time out, and each one cost its peer a handshake) kept the hosts'
     // event loops 10-17 s behind, so more dials timed out: a congestion collapse.
-    const order = this.failedLast(addrs);
+    // Recently failed addresses last: a round's budget goes to fresh candidates.
+    const order = markedLast(addrs, this.failed, 4 * this.d.intervalMs);
     const budget = Math.min(order.length, Math.max(1, this.target) * 2);
     let next = 0;
     const dialer = async (): Promise<void> => {

@@ -27,7 +27,7 @@ export interface HeartbeatOptions {
   onUnsupported: (conn: Connection) => void;
 }
 
-export function muxerOf(conn: Connection): PingableMuxer | undefined {
+function muxerOf(conn: Connection): PingableMuxer | undefined {
   const m = (conn as unknown as { muxer?: Partial<PingableMuxer> }).muxer;
   return m && typeof m.ping === 'function' ? (m as PingableMuxer) : undefined;
 }

@@ -220,10 +220,9 @@ export class P2PNode {
   private readonly foreignIps = new Map<string, number>();
   /** Records a holder did not take after several tries: peer id -> CIDs, retried every few seconds. */
   private readonly undelivered = new Map<string, Map<string, CID>>();
-  private redelivering = false;
   /** The same for IP holders (pushToIpHolders): IP -> CIDs. */
   private readonly undeliveredIp = new Map<string, Map<string, CID>>();
-  private redeliveringIp = false;
+  private readonly redelivering = { peers: false, ips: false };
   private readonly meshFailures = new Map<string, number>();
   private lastReady = false;
   /** Since when the routing table has held every DNS member (see view()). */
@@ -760,12 +759,7 @@ export class P2PNode {
       if (failed.length === 0) break;
       if (attempt >= 3) {
         // Still failing: handed to the status timer, which tries again while the peer is a member.
-        for (const b of failed) {
-          const id = b.peer.toString();
-          let set = this.undelivered.get(id);
-          if (!set) this.undelivered.set(id, (set = new Map()));
-          for (const cid of b.cids) set.set(cid.toString(), cid);
-        }
+        for (const b of failed) keepUndelivered(this.undelivered, b.peer.toString(), b.cids);
         break;
       }
       await new Promise((r) => setTimeout(r, 1000 * attempt).unref());
@@ -775,20 +769,28 @@ export class P2PNode {
     return reached;
   }
 
-  private async redeliver(): Promise<void> {
-    this.redelivering = true;
+  /**
+   * Records holders did not take after several tries: one more round, in the background. Peer
+   * holders (by id) and IP holders (by IP) drain side by side, each one round at a time.
+   */
+  private async redeliver(which: 'peers' | 'ips'): Promise<void> {
+    const map = which === 'peers' ? this.undelivered : this.undeliveredIp;
+    if (map.size === 0 || this.redelivering[which]) return;
+    this.redelivering[which] = true;
     try {
-      const todo = [...this.undelivered];
-      this.undelivered.clear();
-      for (const [id, cids] of todo) {
-        const m = this.members.get(id);
-        if (!m || this.stopped) continue;
-        // Only what we still advertise.
+      const todo = [...map];
+      map.clear();
+      for (const [holder, cids] of todo) {
+        if (this.stopped) return;
         const list = [...cids.values()].filter((cid) => this.advertised.has(cid.toString()));
-        if (list.length > 0) await this.pushRecords(list, new Set([id]));
+        if (list.length === 0) continue;
+        // pushToIpHolders sends each only while `holder` is still among its IP holders; a peer
+        // gets them only while it is a member (a dead one is no holder any more).
+        if (which === 'ips') await this.pushToIpHolders(list, new Set([holder]));
+        else if (this.members.has(holder)) await this.pushRecords(list, new Set([holder]));
       }
     } finally {
-      this.redelivering = false;
+      this.redelivering[which] = false;
     }
   }
 
@@ -1098,8 +1100,8 @@ export class P2PNode {
    * record holders every node computes alike from the same answer. Empty in a meshed cluster
    * (every member holds everything there), without DNS, or with an answer that may be cut.
    */
-  private ipHolders(target: Uint8Array, count: number): string[] {
-    if (this.dnsAll.length === 0 || this.meshEligible()) return [];
+  private ipHolders(target: Uint8Array, count: number, answer: readonly string[] = this.dnsAll): string[] {
+    if (answer.length === 0 || this.meshEligible()) return [];
     const kadOf = (ip: string) => {
       let k = this.ipKadIds.get(ip);
       if (!k) {
@@ -1111,7 +1113,7 @@ export class P2PNode {
     // The `count` nearest by insertion into a short sorted list: no sort of the whole answer
     // per key (a reprovide of 1,000 keys in a 1,000-node cluster).
     const best: Array<{ ip: string; k: Uint8Array }> = [];
-    for (const ip of this.dnsAll) {
+    for (const ip of answer) {
       const k = kadOf(ip);
       if (best.length === count && compareDistance(k, best[count - 1].k, target) >= 0) continue;
       let i = best.length;
@@ -1189,31 +1191,10 @@ export class P2PNode {
         // Still not taken (at a cold start of hundreds of nodes, a holder can be busy for a
         // minute): left to the status timer's redelivery, every few seconds, until it is.
         // Measured at N = 300: failed lookups found the record on 0-5 of the key's 6 IP holders.
-        for (const [ip, list] of todo) {
-          let set = this.undeliveredIp.get(ip);
-          if (!set) this.undeliveredIp.set(ip, (set = new Map()));
-          for (const cid of list) set.set(cid.toString(), cid);
-        }
+        for (const [ip, list] of todo) keepUndelivered(this.undeliveredIp, ip, list);
         break;
       }
       await new Promise((r) => setTimeout(r, 1000 * attempt).unref());
-    }
-  }
-
-  /** Records for IP holders that did not take them: one more round, in the background. */
-  private async redeliverIp(): Promise<void> {
-    this.redeliveringIp = true;
-    try {
-      const todo = [...this.undeliveredIp];
-      this.undeliveredIp.clear();
-      for (const [ip, cids] of todo) {
-        if (this.stopped) return;
-        const list = [...cids.values()].filter((cid) => this.advertised.has(cid.toString()));
-        // pushToIpHolders sends each only if `ip` is still among its holders.
-        if (list.length > 0) await this.pushToIpHolders(list, new Set([ip]));
-      }
-    } finally {
-      this.redeliveringIp = false;
     }
   }
 
@@ -1229,14 +1210,11 @@ export class P2PNode {
     if (added.length === 0 && !gone) return;
     // A departure moves the next IP up into each key's holders; an arrival may be a holder itself.
     // Sending to the current holders that were not holders under the old answer covers both.
-    const saved = this.dnsAll;
     const movedIn = new Set<string>();
     for (const cid of cids) {
       const target = kadIdOf(cid.multihash.bytes);
-      this.dnsAll = before;
-      const prev = new Set(this.ipHolders(target, IP_HOLDERS));
-      this.dnsAll = saved;
-      for (const ip of this.ipHolders(target, IP_HOLDERS)) if (!prev.has(ip)) movedIn.add(ip);
+      const prev = new Set(this.ipHolders(target, IP_HOLDERS, before));
+      for (const ip of this.ipHolders(target, IP_HOLDERS, after)) if (!prev.has(ip)) movedIn.add(ip);
     }
     if (movedIn.size > 0) await this.pushToIpHolders(cids, movedIn);
   }
@@ -1594,8 +1572,8 @@ export class P2PNode {
   private pushStatus(): void {
     if (this.stopped) return;
     if (this.meshEligible() && this.view() !== 'exact') void this.meshDial();
-    if (this.undelivered.size > 0 && !this.redelivering) void this.redeliver();
-    if (this.undeliveredIp.size > 0 && !this.redeliveringIp) void this.redeliverIp();
+    void this.redeliver('peers');
+    void this.redeliver('ips');
     // Pruning walks every IP DNS ever listed (1,000 at 1,000 nodes): once a minute is plenty.
     if (this.statusTicks++ % 30 === 0) this.liveness.prune(this.cfg.providerTtlMs);
     this.feed?.tick();
@@ -1619,6 +1597,13 @@ const threadLoop = {
   readAt: 0,
   last: { p50: 0, p99: 0, max: 0 },
 };
+
+/** Adds CIDs a holder (`key`: peer id or IP) did not take to `map`, for redeliver(). */
+function keepUndelivered(map: Map<string, Map<string, CID>>, key: string, cids: CID[]): void {
+  let set = map.get(key);
+  if (!set) map.set(key, (set = new Map()));
+  for (const cid of cids) set.set(cid.toString(), cid);
+}
 
 const peerIdCache = new Map<string, PeerId>();
 /** PeerId objects from strings, cached: lookups check liveness per provider on the hot path. */
