@@ -4,13 +4,16 @@
 // seeing each blob a bounded number of times.
 
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
 import { LocalCluster } from '../src/main/storm/cluster.js';
-import { pullImage } from '../src/main/storm/pull.js';
+import { LayoutSink, pullImage } from '../src/main/storm/pull.js';
 import { UpstreamRegistry } from '../src/main/storm/upstream.js';
 import { startPeerpull, type PeerpullProcess } from './support/peerpull.js';
 import { alive, startStorm } from './support/storm-run.js';
@@ -100,6 +103,59 @@ describe('storm verifies every digest', () => {
       await upstream.close();
     }
   });
+});
+
+describe('a mirror that breaks mid-blob', () => {
+  // A real server misbehaving on purpose: it answers the big layer with its full Content-Length,
+  // sends the first 2.5 MiB and closes the connection; everything else is a 404. containerd keeps
+  // the partial ingest and asks the next host for the rest; so does storm, with either client.
+  for (const simpleUpstream of [false, true]) {
+    test(`the pull resumes from the upstream with a Range and the stored blob hashes right (${simpleUpstream ? "peerpull's client" : 'undici'} for the upstream)`, async () => {
+      const root = await mkdtemp(path.join(os.tmpdir(), 'peerpull-storm-resume-'));
+      const layout = path.join(root, 'upstream');
+      const img = await generateImage(layout, { name: 'storm.local/t/resume:1', layerSizes: [5 * 1024 * 1024, 1000] });
+      const big = img.manifests[0]!.layers[0]!;
+      const bigBytes = await readFile(path.join(layout, 'blobs', 'sha256', big.digest.slice(7)));
+      const sent = 2.5 * 1024 * 1024;
+      const mirror = http.createServer((req, res) => {
+        if (req.method === 'GET' && req.url?.includes(`/blobs/${big.digest}`)) {
+          res.writeHead(200, { 'Content-Length': String(big.size), 'Content-Type': 'application/octet-stream' });
+          res.write(bigBytes.subarray(0, sent), () => res.socket?.destroy());
+          return;
+        }
+        res.writeHead(404, { 'Content-Length': '0' }).end();
+      });
+      await new Promise<void>((r) => mirror.listen(0, '127.0.94.2', r));
+      const upstream = new UpstreamRegistry({ layout });
+      await upstream.start();
+      try {
+        const sink = await LayoutSink.create(path.join(root, 'node'));
+        const r = await pullImage({
+          node: 'n',
+          image: img.name,
+          mirror: `http://127.0.94.2:${(mirror.address() as AddressInfo).port}`,
+          upstream: upstream.url,
+          simpleUpstream,
+          sink,
+        });
+        assert.equal(r.ok, true, r.error);
+        assert.equal(r.mirrorErrors, 1, 'the broken transfer is counted once');
+        assert.ok(r.bytes.mirror > 2 * 1024 * 1024 && r.bytes.mirror <= sent, `bytes from the mirror: ${r.bytes.mirror}`);
+        // The upstream sent only the rest of the big layer (plus manifest, config, small layer).
+        assert.equal(upstream.stats.blobGets[big.digest], 1);
+        assert.ok(upstream.stats.bytes < big.size - r.bytes.mirror + 64 * 1024, `upstream sent ${upstream.stats.bytes}`);
+        assert.equal(r.bytes.upstream, upstream.stats.bytes);
+        const stored = await readFile(sink.blobPath(big.digest));
+        assert.equal(stored.length, big.size);
+        assert.equal(`sha256:${createHash('sha256').update(stored).digest('hex')}`, big.digest);
+      } finally {
+        await upstream.close();
+        await new Promise((r) => mirror.close(r));
+        mirror.closeAllConnections();
+        await rm(root, { recursive: true, force: true });
+      }
+    });
+  }
 });
 
 describe('the local cluster cleans up', () => {

@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Agent, request, type Dispatcher } from 'undici';
+import { peerRequest, type BodySink } from '../../workers/peer-http.js';
 
 export const ACCEPT_MANIFESTS = [
   'application/vnd.docker.distribution.manifest.v2+json',
@@ -138,60 +139,204 @@ export class LayoutSink {
   }
 }
 
+const BATCH = 1 << 20;
+
 /**
- * A blob file written in batches of about 1 MiB (one writev each), one batch in flight while the
- * next arrives. A write stream costs a write per received chunk: that was 0.13 of the puller's 0.3
- * CPU-s per 100 MB, on a machine where the puller shares 2 cores with the nodes it measures.
+ * One blob on its way into the store: every byte is hashed as it arrives and written in 1 MiB
+ * batches from two buffers (one filling while the other is written), so a transfer allocates
+ * nothing per chunk. The simple client reads the socket straight into these buffers
+ * (space/filled); undici's chunks are copied in (push). Without a store it only hashes. More than
+ * `limit` bytes is a size mismatch, raised as the bytes arrive.
  */
-class BlobWriter {
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
+class BlobReceiver implements BodySink {
+  received = 0;
+  /** Told of every piece's length as it arrives (set per host asked). */
+  onBytes: (n: number) => void = () => {};
+  private readonly hash = createHash('sha256');
+  private readonly bufs: Buffer[];
+  private cur = 0;
+  private fill = 0;
   private pos = 0;
-  private inflight: Promise<void> = Promise.resolve();
+  /** Each buffer's write in progress, if any. */
+  private readonly writes: (Promise<void> | null)[] = [null, null];
   private failed: Error | null = null;
+
   private constructor(
-    private readonly fh: FileHandle,
-    readonly file: string,
-  ) {}
-
-  static async open(file: string): Promise<BlobWriter> {
-    return new BlobWriter(await open(file, 'w'), file);
+    private readonly fh: FileHandle | null,
+    readonly file: string | null,
+    private readonly limit: number,
+    private readonly what: string,
+  ) {
+    this.bufs = fh ? [Buffer.allocUnsafe(BATCH), Buffer.allocUnsafe(BATCH)] : [Buffer.allocUnsafe(256 * 1024)];
   }
 
-  async write(chunk: Buffer): Promise<void> {
-    if (this.failed) throw this.failed;
-    this.pending.push(chunk);
-    this.pendingBytes += chunk.length;
-    if (this.pendingBytes >= 1 << 20) await this.flush();
+  static async open(file: string | null, limit: number, what: string): Promise<BlobReceiver> {
+    return new BlobReceiver(file ? await open(file, 'w') : null, file, limit, what);
   }
 
-  private async flush(): Promise<void> {
-    if (this.pendingBytes === 0) return;
-    const batch = this.pending;
-    const at = this.pos;
-    this.pos += this.pendingBytes;
-    this.pending = [];
-    this.pendingBytes = 0;
-    await this.inflight;
-    // Kept as a rejection-free promise: a failure surfaces on the next write or at close.
-    this.inflight = this.fh.writev(batch, at).then(
-      () => undefined,
-      (err: Error) => void (this.failed ??= err),
-    );
+  digest(): string {
+    return `sha256:${this.hash.digest('hex')}`;
   }
 
-  async close(): Promise<void> {
-    await this.flush();
-    await this.inflight;
+  space(max: number): Uint8Array {
+    const b = this.bufs[this.cur]!;
+    const at = this.fh ? this.fill : 0;
+    return b.subarray(at, Math.min(b.length, at + max));
+  }
+
+  filled(view: Uint8Array): boolean | Promise<boolean> {
+    this.take(view);
+    if (!this.fh) return true;
+    this.fill += view.length;
+    return this.fill === BATCH ? this.rotate() : true;
+  }
+
+  push(piece: Uint8Array): boolean | Promise<boolean> {
+    if (!this.fh) {
+      this.take(piece);
+      return true;
+    }
+    let off = 0;
+    while (off < piece.length) {
+      const n = Math.min(BATCH - this.fill, piece.length - off);
+      const part = piece.subarray(off, off + n);
+      this.take(part);
+      this.bufs[this.cur]!.set(part, this.fill);
+      this.fill += n;
+      off += n;
+      if (this.fill === BATCH) {
+        const r = this.rotate();
+        // The caller keeps `piece` until the promise settles (undici's chunk is ours; the simple
+        // client's socket is paused meanwhile).
+        if (r !== true) return off < piece.length ? r.then((ok) => ok && this.push(piece.subarray(off))) : r;
+      }
+    }
+    return true;
+  }
+
+  /** Writes what is left and closes the file. */
+  async finish(): Promise<void> {
+    if (!this.fh) return;
+    if (this.fill > 0) this.startWrite(this.cur, this.fill);
+    await Promise.all(this.writes);
     await this.fh.close();
     if (this.failed) throw this.failed;
   }
 
   async discard(): Promise<void> {
-    await this.inflight;
+    if (!this.fh) return;
+    await Promise.all(this.writes);
     await this.fh.close().catch(() => undefined);
-    await rm(this.file, { force: true }).catch(() => undefined);
+    await rm(this.file!, { force: true }).catch(() => undefined);
   }
+
+  private take(view: Uint8Array): void {
+    this.received += view.length;
+    if (this.received > this.limit) throw new PullError('size-mismatch', `${this.what}: more than the ${this.limit} bytes described`);
+    this.hash.update(view);
+    this.onBytes(view.length);
+  }
+
+  /** The current buffer is full: write it, and go on in the other one once its own write is done. */
+  private rotate(): true | Promise<boolean> {
+    this.startWrite(this.cur, BATCH);
+    this.cur ^= 1;
+    this.fill = 0;
+    if (this.failed) throw this.failed;
+    const pending = this.writes[this.cur];
+    return pending
+      ? pending.then(() => {
+          if (this.failed) throw this.failed;
+          return true;
+        })
+      : true;
+  }
+
+  private startWrite(i: number, len: number): void {
+    const buf = this.bufs[i]!;
+    const at = this.pos;
+    this.pos += len;
+    const fh = this.fh!;
+    const run = async () => {
+      for (let done = 0; done < len; ) done += (await fh.write(buf, done, len - done, at + done)).bytesWritten;
+    };
+    // Kept rejection-free: a failure surfaces on the next rotation or at finish().
+    const p: Promise<void> = run().then(
+      () => {
+        if (this.writes[i] === p) this.writes[i] = null;
+      },
+      (err: Error) => {
+        this.failed ??= err;
+        if (this.writes[i] === p) this.writes[i] = null;
+      },
+    );
+    this.writes[i] = p;
+  }
+}
+
+/** One host's answer to one request, whichever client asked. */
+interface Answer {
+  status: number;
+  /** Lower-case names. */
+  headers: Record<string, string>;
+  /** Streams the body into the receiver; rejects if it breaks or the receiver refuses it. */
+  stream(into: BlobReceiver): Promise<void>;
+  /** The whole body (small: manifests), refusing more than `limit` bytes. */
+  whole(limit: number): Promise<Buffer>;
+  /** Drops the body. */
+  drop(): Promise<void>;
+}
+
+async function askUndici(url: string, method: 'HEAD' | 'GET', headers: Record<string, string>, dispatcher: Dispatcher, signal: AbortSignal | undefined): Promise<Answer> {
+  const res = await request(url, { method, headers, dispatcher, ...(signal ? { signal } : {}) });
+  const h: Record<string, string> = {};
+  for (const [k, v] of Object.entries(res.headers)) h[k] = Array.isArray(v) ? v.join(', ') : String(v);
+  return {
+    status: res.statusCode,
+    headers: h,
+    async stream(into) {
+      for await (const c of res.body) {
+        const r = into.push(c as Buffer);
+        if (r !== true && !(await r)) throw new Error('receiver stopped');
+      }
+    },
+    async whole(limit) {
+      const parts: Buffer[] = [];
+      let n = 0;
+      for await (const c of res.body) {
+        n += (c as Buffer).length;
+        if (n > limit) throw new PullError('size-mismatch', `${url}: more than the ${limit} bytes described`);
+        parts.push(c as Buffer);
+      }
+      return Buffer.concat(parts);
+    },
+    drop: () => res.body.dump().catch(() => undefined),
+  };
+}
+
+const NEVER = new AbortController().signal;
+
+/** The client peerpull's pool threads use for peers: plain HTTP/1.1, Content-Length bodies only. */
+async function askSimple(base: string, pathAndQuery: string, method: 'HEAD' | 'GET', headers: Record<string, string>, signal: AbortSignal | undefined): Promise<Answer> {
+  const u = new URL(base);
+  const res = await peerRequest({
+    host: u.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: Number(u.port || 80),
+    method,
+    path: pathAndQuery,
+    headers,
+    signal: signal ?? NEVER,
+    headersTimeoutMs: 60_000,
+    idleTimeoutMs: 60_000,
+  });
+  return {
+    status: res.status,
+    headers: Object.fromEntries(res.headers),
+    stream: (into) => res.read(into),
+    whole: (limit) => res.readAll(limit),
+    // Answers to HEAD and small bodies (404s) are read, so that the connection stays warm.
+    drop: () => (method === 'HEAD' || res.contentLength <= 64 * 1024 ? res.readAll(64 * 1024).then(() => undefined, () => undefined) : Promise.resolve(res.discard())),
+  };
 }
 
 export interface PullOptions {
@@ -208,6 +353,14 @@ export interface PullOptions {
   /** Parallel blob downloads (containerd's max_concurrent_downloads, default 3). */
   concurrency?: number;
   dispatcher?: Dispatcher;
+  /**
+   * The upstream speaks the plain HTTP peerpull speaks (no TLS, no redirects, Content-Length
+   * bodies): storm's own upstream. The mirror (a peerpull node) always does. Such hosts are asked
+   * with peerpull's own peer client (workers/peer-http.ts), which reads blobs straight into the
+   * receiver's buffers: undici's per-chunk buffers made the puller the largest CPU user of a
+   * rolling wave on 2 cores. Any other upstream (a real registry) is asked with undici.
+   */
+  simpleUpstream?: boolean;
   /** Called with every body chunk's size as it arrives. */
   onBytes?: (n: number, host: HostKind) => void;
   signal?: AbortSignal;
@@ -244,101 +397,102 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
     const ns = `?ns=${encodeURIComponent(ref.registry)}`;
     const url = (base: string, kind: 'manifests' | 'blobs', r: string) => `${base}/v2/${ref.repository}/${kind}/${r}${ns}`;
 
+    const simple = (host: HostKind, base: string) => base.startsWith('http://') && (host === 'mirror' || opts.simpleUpstream === true);
+    const ask = (host: HostKind, base: string, kind: 'manifests' | 'blobs', r: string, method: 'HEAD' | 'GET', headers: Record<string, string>) =>
+      simple(host, base)
+        ? askSimple(base, `/v2/${ref.repository}/${kind}/${r}${ns}`, method, headers, opts.signal)
+        : askUndici(url(base, kind, r), method, headers, dispatcher, opts.signal);
+
     // One request through the host list, as containerd's resolver/fetcher walks hosts.toml.
     const fetchOne = async (kind: 'manifests' | 'blobs', r: string, method: 'HEAD' | 'GET', expect?: Descriptor): Promise<{ headers: Record<string, string>; body: Buffer | null }> => {
       let lastErr: Error | null = null;
-      let offset = 0; // bytes of a blob already received from a host that broke mid-body
-      const keep = kind === 'manifests';
-      // Blobs hash as they stream; manifests (small, may start over) hash once whole.
-      const hash = expect && !keep ? createHash('sha256') : null;
-      const small: Buffer[] = [];
-      let out: BlobWriter | null = null;
-      if (expect && opts.sink && !keep) out = await BlobWriter.open(opts.sink.tmpPath());
+      // Blobs hash as they stream (into the store, when there is one); a host that breaks
+      // mid-body leaves its bytes in the receiver and the next one is asked for the rest, as
+      // containerd keeps a partial ingest. Manifests (small, may start over) hash once whole.
+      const blob = expect && kind === 'blobs' ? await BlobReceiver.open(opts.sink ? opts.sink.tmpPath() : null, expect.size, r) : null;
+      let kept = false;
       try {
         for (const [host, base] of hosts) {
           const reqStarted = performance.now();
           result.requests++;
+          const offset = blob?.received ?? 0;
           const headers: Record<string, string> = {};
           if (kind === 'manifests') headers.accept = expect?.mediaType ? `${expect.mediaType}, ${ACCEPT_MANIFESTS}` : ACCEPT_MANIFESTS;
           if (offset > 0) headers.range = `bytes=${offset}-`;
-          let res: Dispatcher.ResponseData;
+          let res: Answer;
           try {
-            res = await request(url(base, kind, r), { method, headers, dispatcher, ...(opts.signal ? { signal: opts.signal } : {}) });
+            res = await ask(host, base, kind, r, method, headers);
           } catch (err) {
             if (opts.signal?.aborted) throw new PullError('aborted', 'aborted');
             lastErr = err as Error;
             if (host === 'mirror') result.mirrorErrors++;
             continue;
           }
-          if (res.statusCode === 404) {
-            await res.body.dump().catch(() => undefined);
+          if (res.status === 404) {
+            await res.drop();
             if (host === 'mirror') result.mirrorMissMs.push(performance.now() - reqStarted);
             lastErr = new PullError('not-found', `${kind}/${r}: 404 from ${host}`);
             continue;
           }
-          const ok = offset > 0 ? res.statusCode === 206 : res.statusCode === 200;
+          const ok = offset > 0 ? res.status === 206 : res.status === 200;
           if (!ok) {
-            await res.body.dump().catch(() => undefined);
+            await res.drop();
             if (host === 'mirror') {
               result.mirrorErrors++;
-              lastErr = new PullError('http', `${kind}/${r}: HTTP ${res.statusCode} from mirror`);
+              lastErr = new PullError('http', `${kind}/${r}: HTTP ${res.status} from mirror`);
               continue;
             }
-            throw new PullError('http', `${kind}/${r}: HTTP ${res.statusCode} from ${host}`);
+            throw new PullError('http', `${kind}/${r}: HTTP ${res.status} from ${host}`);
           }
-          const h: Record<string, string> = {};
-          for (const [k, v] of Object.entries(res.headers)) h[k] = Array.isArray(v) ? v.join(', ') : String(v);
           if (method === 'HEAD') {
-            await res.body.dump().catch(() => undefined);
-            return { headers: h, body: null };
+            await res.drop();
+            return { headers: res.headers, body: null };
           }
+          let body: Buffer | null = null;
           try {
-            for await (const c of res.body) {
-              const chunk = c as Buffer;
-              hash?.update(chunk);
-              offset += chunk.length;
-              result.bytes[host] += chunk.length;
-              opts.onBytes?.(chunk.length, host);
-              if (keep) small.push(chunk);
-              else if (out) await out.write(chunk);
-              if (expect && offset > expect.size) throw new PullError('size-mismatch', `${r}: more than the ${expect.size} bytes described`);
+            if (blob) {
+              blob.onBytes = (n) => {
+                result.bytes[host] += n;
+                opts.onBytes?.(n, host);
+              };
+              await res.stream(blob);
+            } else {
+              body = await res.whole(expect?.size ?? 16 * 1024 * 1024);
+              result.bytes[host] += body.length;
+              opts.onBytes?.(body.length, host);
             }
           } catch (err) {
             if (err instanceof PullError) throw err;
             if (opts.signal?.aborted) throw new PullError('aborted', 'aborted');
-            // Broken mid-body: containerd keeps the partial ingest and goes on from that offset.
+            // Broken mid-body: go on from this offset with the next host.
             lastErr = err as Error;
             if (host === 'mirror') result.mirrorErrors++;
-            if (keep) {
-              offset = 0; // manifests are tiny: the next host sends it whole
-              small.length = 0;
-            }
             continue;
           }
           if (expect) {
-            if (offset !== expect.size) throw new PullError('size-mismatch', `${r}: got ${offset} bytes from ${host}, descriptor says ${expect.size}`);
-            const got = `sha256:${hash ? hash.digest('hex') : createHash('sha256').update(Buffer.concat(small)).digest('hex')}`;
+            const size = blob ? blob.received : body!.length;
+            if (size !== expect.size) throw new PullError('size-mismatch', `${r}: got ${size} bytes from ${host}, descriptor says ${expect.size}`);
+            const got = blob ? blob.digest() : `sha256:${createHash('sha256').update(body!).digest('hex')}`;
             if (got !== expect.digest) throw new PullError('digest-mismatch', `${r}: content from ${host} hashes to ${got}`);
           }
-          if (out) {
-            const w = out;
-            out = null;
+          if (blob?.file) {
+            kept = true;
             try {
-              await w.close();
-              await rename(w.file, opts.sink!.blobPath(expect!.digest));
+              await blob.finish();
+              await rename(blob.file, opts.sink!.blobPath(expect!.digest));
             } catch (err) {
-              await w.discard();
+              await rm(blob.file, { force: true }).catch(() => undefined);
               throw err;
             }
-          } else if (keep && expect && opts.sink) {
-            await writeFile(opts.sink.blobPath(expect.digest), Buffer.concat(small));
+          } else if (body && expect && opts.sink) {
+            await writeFile(opts.sink.blobPath(expect.digest), body);
           }
-          return { headers: h, body: keep ? Buffer.concat(small) : null };
+          return { headers: res.headers, body };
         }
         if (lastErr instanceof PullError) throw lastErr;
         throw new PullError('network', `${kind}/${r}: ${lastErr?.message ?? 'no host answered'}`);
       } finally {
-        if (out) await out.discard();
+        if (blob && !kept) await blob.discard();
       }
     };
 

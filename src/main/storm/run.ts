@@ -169,6 +169,8 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
             image: spec.image,
             ...(t.mirror ? { mirror: t.mirror } : {}),
             ...(spec.upstream ? { upstream: spec.upstream } : {}),
+            // storm's own upstream speaks the plain HTTP of peerpull's peer client.
+            ...(spec.upstreamServer ? { simpleUpstream: true } : {}),
             ...(t.sink ? { sink: t.sink } : {}),
             ...(spec.platform ? { platform: spec.platform } : {}),
             ...(spec.signal ? { signal: spec.signal } : {}),
