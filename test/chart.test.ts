@@ -274,6 +274,7 @@ describe('chart: default values', () => {
     assert.deepEqual(c.ports, [
       { name: 'registry', containerPort: 5000, hostPort: 5000, protocol: 'TCP' },
       { name: 'p2p', containerPort: 5001, protocol: 'TCP' },
+      { name: 'p2p-udp', containerPort: 5001, protocol: 'UDP' },
       { name: 'metrics', containerPort: 9090, protocol: 'TCP' },
     ]);
     assert.deepEqual(c.startupProbe.httpGet, { path: '/livez', port: 'registry' });
@@ -398,7 +399,7 @@ describe('chart: non-default values', () => {
     assert.deepEqual(config.dnsServers, ['10.96.0.10']);
     assert.equal(config.mirrorDialTimeout, 500);
     assert.equal(config.lookupTimeout, 300);
-    assert.deepEqual(c.ports.map((p: Obj) => [p.name, p.containerPort, p.hostPort]), [['registry', 5050, 5050], ['p2p', 5051, undefined], ['metrics', 9191, undefined]]);
+    assert.deepEqual(c.ports.map((p: Obj) => [p.name, p.containerPort, p.hostPort]), [['registry', 5050, 5050], ['p2p', 5051, undefined], ['p2p-udp', 5051, undefined], ['metrics', 9191, undefined]]);
     assert.equal(pod.volumes.find((v: Obj) => v.name === 'cluster-key').secret.secretName, 'my-key');
     assert.deepEqual(pod.nodeSelector, { 'topology.kubernetes.io/region': 'eu-west' });
     assert.equal(c.resources.limits.memory, '256Mi');
@@ -427,6 +428,7 @@ describe('chart: non-default values', () => {
     assert.deepEqual(np.spec.podSelector.matchLabels, ds.spec.selector.matchLabels);
     const p2pRule = np.spec.ingress.find((r: Obj) => r.ports[0].port === 5051);
     assert.deepEqual(p2pRule.from, [{ podSelector: { matchLabels: ds.spec.selector.matchLabels } }], 'p2p only from peerpull pods');
+    assert.deepEqual(p2pRule.ports, [{ port: 5051, protocol: 'TCP' }, { port: 5051, protocol: 'UDP' }], 'libp2p and the provider datagrams');
     const regRule = np.spec.ingress.find((r: Obj) => r.ports[0].port === 5050);
     assert.equal(regRule.from, undefined, 'registry from anywhere by default (containerd dials from the node)');
 

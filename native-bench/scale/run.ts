@@ -4,7 +4,7 @@
 // each N. Writes docs/scale/results.json and the SVG plots beside it.
 //
 //   npm run bench:scale -- --nodes 100,300,1000 [--scenarios isolation,churn,partition]
-//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500]
+//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5]
 //                          [--out docs/scale] [--no-plots] [--no-netns]
 //
 // Cold start and steady state always run; --scenarios picks the rest (default: all three,
@@ -31,13 +31,14 @@ interface Args {
   rate: number;
   lookups: number;
   deadline: number;
+  settle: number;
   out: string;
   plots: boolean;
   netns: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
+  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     const num = () => {
@@ -70,6 +71,9 @@ function parseArgs(argv: string[]): Args {
         break;
       case '--deadline':
         a.deadline = num();
+        break;
+      case '--settle':
+        a.settle = num();
         break;
       case '--out':
         a.out = path.resolve(v);
@@ -132,7 +136,7 @@ async function main(): Promise<void> {
     process.once('SIGTERM', cut);
     process.once('SIGINT', cut);
     try {
-      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
+      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, settleMs: args.settle * 1000, isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
       log(`done in ${Math.round((Date.now() - t0) / 1000)} s`);
       process.stdout.write(JSON.stringify(r) + '\n');
       previous[String(n)] = r;

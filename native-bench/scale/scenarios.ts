@@ -27,6 +27,12 @@ export interface ScaleOptions {
   lookupDeadlineMs: number;
   /** How long to wait for every node to be ready before giving up on the run. */
   readyTimeoutMs: number;
+  /**
+   * Wait after the cold start before steady state is measured. A node's start keeps it busy
+   * well after it is ready (the DHT's first routing-table refresh, record catch-up): on 2 cores
+   * shared by hundreds of nodes that tail is what an early idle window measures.
+   */
+  settleMs: number;
   churnShare: number;
   /** How long after the kill dead providers are watched for (and churn lookups run). */
   churnWindowMs: number;
@@ -50,6 +56,7 @@ export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
   steadyLookups: 400,
   lookupDeadlineMs: 500,
   readyTimeoutMs: 180_000,
+  settleMs: 5000,
   churnShare: 0.1,
   churnWindowMs: 60_000,
   isolation: true,
@@ -353,8 +360,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     if (!cold.all) throw Object.assign(new Error(`not every node became ready within ${o.readyTimeoutMs} ms`), { partial: { coldStart } });
 
     // ---- steady state ----
-    log('steady state: settling, idle CPU, advertising, lookups');
-    await sleep(5000);
+    log(`steady state: settling (${o.settleMs / 1000} s), idle CPU, advertising, lookups`);
+    await sleep(o.settleMs);
     await c.snapshot(true);
     // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the idle and the lookup windows.
     const profileDir = process.env.PEERPULL_SCALE_PROFILE;

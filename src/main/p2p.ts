@@ -57,8 +57,20 @@ const recordBatches = new Counter({
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
 /** The cumulative counters of a metrics snapshot. */
-type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats'>;
-const NO_COUNTS: ThreadCounters = { bootstrapAttempts: { ok: 0, failed: 0 }, recordBatches: { ok: 0, failed: 0 }, recordsReceived: 0, heartbeats: { ok: 0, failed: 0 } };
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats' | 'datagrams'>;
+const NO_COUNTS: ThreadCounters = {
+  bootstrapAttempts: { ok: 0, failed: 0 },
+  recordBatches: { ok: 0, failed: 0 },
+  recordsReceived: 0,
+  heartbeats: { ok: 0, failed: 0 },
+  datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0 },
+};
+const datagrams = new Counter({
+  name: 'peerpull_p2p_datagrams_total',
+  help: 'Provider asks over UDP: this node\'s lookups asking record holders (outcome answered, unanswered), asks of other nodes it answered (served), datagrams it dropped (refused).',
+  labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
 const heartbeats = new Counter({
   name: 'peerpull_p2p_heartbeats_total',
   help: 'Connection heartbeat pings by outcome (failed: no answer within the timeout, and the connection was closed).',
@@ -437,6 +449,7 @@ export class P2P {
     add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
+    for (const k of ['answered', 'unanswered', 'served', 'refused'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
     if (m.recordsReceived > base.recordsReceived) recordsReceived.inc({ cluster }, m.recordsReceived - base.recordsReceived);
     this.counterBase = m;
     for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);

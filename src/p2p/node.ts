@@ -19,6 +19,8 @@ import { tcp } from '@libp2p/tcp';
 import { isMultiaddr, multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { CID } from 'multiformats/cid';
+import * as raw from 'multiformats/codecs/raw';
+import { decode as decodeDigest } from 'multiformats/hashes/digest';
 import type {
   FeedPeer,
   LookupResult,
@@ -30,6 +32,7 @@ import type {
   StoreFeed as StoreFeedMessage,
 } from '../shared/messages.js';
 import { Bootstrapper, DnsMembers } from './bootstrap.js';
+import { Datagrams, type DatagramAnswer } from './datagram.js';
 import { Heartbeat } from './heartbeat.js';
 import { IndexedMemoryDatastore } from './datastore.js';
 import { keyToCid } from '../shared/keys.js';
@@ -78,6 +81,11 @@ const DIRECT_GRACE_MS = 300;
 const IP_HOLDERS = 6;
 /** Of those, how many a lookup asks first. */
 const IP_ASKS = 3;
+/**
+ * How long a lookup waits for an IP holder's datagram answer (datagram.ts) before it dials the
+ * holder instead (below the connection bound); a late answer still counts.
+ */
+const DATAGRAM_WAIT_MS = 250;
 /** Dials at once to let an unconnected peer into the routing table (see the constructor). */
 const TABLE_DIALS = 1;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
@@ -209,6 +217,8 @@ export class P2PNode {
   private readonly members = new Map<string, { id: PeerId; kadId: Uint8Array; ips: string[] }>();
   /** The other IPs of the last DNS answer. */
   private dnsOthers: string[] = [];
+  /** The same, as a set: who a datagram ask is answered for. */
+  private dnsOtherSet = new Set<string>();
   /** Every IP of the last DNS answer (ours included), when it was complete; see ipHolders. */
   private dnsAll: string[] = [];
   /** Kademlia positions of IPs (sha2-256 of the address text). */
@@ -231,6 +241,8 @@ export class P2PNode {
   private cachedView: P2PView | undefined;
   private stopped = false;
   private readonly heartbeat: Heartbeat;
+  /** Provider asks to IP holders over UDP (one datagram each way, no connection). */
+  private readonly datagrams: Datagrams;
   /** Main's copy of our provider records (set right after construction). */
   private feed: StoreFeed | undefined;
 
@@ -254,6 +266,15 @@ export class P2PNode {
         conn.abort(err);
       },
       onUnsupported: (conn) => log('error', 'cannot ping connections: the muxer has no ping (libp2p or yamux changed); silent peer deaths go unnoticed', { peer: conn.remotePeer.toString() }),
+    });
+    this.datagrams = new Datagrams({
+      host: cfg.listenHost,
+      cluster: cfg.cluster,
+      key: cfg.clusterKey ? Buffer.from(cfg.clusterKey, 'hex') : undefined,
+      self: node.peerId.toString(),
+      member: (ip) => this.dnsOtherSet.has(ip) || this.peerByIp.has(ip),
+      providers: (mh) => this.heldProviders(mh),
+      log,
     });
     // kad-dht offers every peer named in any DHT answer (up to 20 per answer) to its routing
     // table, and a peer enters only after a ping, which dials it when unconnected: a handshake
@@ -321,6 +342,7 @@ export class P2PNode {
           const cutoff = Date.now() - 10 * cfg.bootstrapIntervalMs;
           for (const [ip, t] of this.foreignIps) if (t < cutoff) this.foreignIps.delete(ip);
           this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip) && !this.foreignIps.has(ip));
+          this.dnsOtherSet = new Set(this.dnsOthers);
           const before = this.dnsAll;
           this.dnsAll = ips && !possiblyTruncated(ips) ? ips.filter((ip) => !this.foreignIps.has(ip)) : [];
           if (this.dnsAll.length > 0) void this.ipRehome(before, this.dnsAll);
@@ -485,6 +507,9 @@ export class P2PNode {
       this.feed?.peerChanged(peerId.toString());
     });
     await n.start();
+    // The same port number as the TCP listener (which may have been given port 0).
+    const tcpPort = n.getMultiaddrs().map((a) => parseTcpAddr(a)?.port).find((x) => x !== undefined);
+    await this.datagrams.start(this.cfg.listenPort || tcpPort || 0);
     this.bootstrapper.start();
     this.heartbeat.start();
     threadLoop.users++;
@@ -504,6 +529,7 @@ export class P2PNode {
     if (--threadLoop.users === 0) threadLoop.histogram.disable();
     this.bootstrapper.stop();
     this.heartbeat.stop();
+    this.datagrams.stop();
     for (const t of [this.statusTimer, this.reprovideTimer]) if (t) clearInterval(t);
     for (const t of [this.batchTimer, this.catchUpTimer]) if (t) clearTimeout(t);
     this.queue.clear();
@@ -1014,6 +1040,19 @@ export class P2PNode {
     };
   }
 
+  /** Records this node holds for a key (multihash), for a datagram answer: live providers with addresses. */
+  private async heldProviders(mh: Uint8Array): Promise<Array<{ id: string; addrs: string[] }>> {
+    const cid = CID.createV1(raw.code, decodeDigest(mh));
+    const out: Array<{ id: string; addrs: string[] }> = [];
+    for (const id of await this.dht.providers.getProviders(cid)) {
+      const key = id.toString();
+      if (id.equals(this.node.peerId) || this.liveness.isDead(key)) continue;
+      const addrs = await this.node.peerStore.get(id).then((p) => p.addresses.map((a) => a.multiaddr.toString()), () => []);
+      if (addrs.length > 0) out.push({ id: key, addrs });
+    }
+    return out;
+  }
+
   private async localProviders(c: string): Promise<ProviderPeer[]> {
     const ids = await this.dht.providers.getProviders(CID.parse(c));
     const out: ProviderPeer[] = [];
@@ -1311,21 +1350,15 @@ export class P2PNode {
         })(),
       );
     const first = this.connectedClosest(target, DIRECT_ASKS);
-    // Unconnected IP holders only below the connection bound: above it libp2p keeps the new
-    // connection (its pruning spares connections with streams), and closing it again made the
-    // peers re-dial (peer lost: bootstrap, probes). At the bound the DHT query goes on instead.
-    const roomy = this.node.getConnections().length < this.cfg.maxConnections;
-    const byIp = this.ipHolders(target, IP_ASKS)
-      .map((ip) => this.ipTarget(ip))
-      .filter((t) => roomy || (!isMultiaddr(t) && this.node.getConnections(t).length > 0));
-    let firstPending = first.length + byIp.length;
+    let firstPending = first.length;
     for (const peer of first) ask(peer, () => firstPending--);
-    for (const t of byIp) {
-      if (!isMultiaddr(t)) {
-        if (!first.some((p) => p.equals(t))) ask(t, () => firstPending--);
-        else firstPending--;
-        continue;
-      }
+    // Unconnected IP holders are dialled only below the connection bound: above it libp2p keeps
+    // the new connection (its pruning spares connections with streams), and closing it again
+    // made the peers re-dial (peer lost: bootstrap, probes). A datagram needs no connection, so
+    // they are asked that way first, at the bound too, and dialled if no answer comes soon.
+    const roomy = this.node.getConnections().length < this.cfg.maxConnections;
+    const dialAsk = (t: PeerId | Multiaddr) => {
+      if (!isMultiaddr(t)) return ask(t, () => firstPending--);
       // Not known by id yet: the dial by address learns it.
       track(
         this.node.dial(t, { signal }).then(
@@ -1337,6 +1370,41 @@ export class P2PNode {
             firstPending--;
           },
         ),
+      );
+    };
+    let datagramAsks = 0;
+    for (const ip of this.ipHolders(target, IP_ASKS)) {
+      const t = this.ipTarget(ip);
+      if (!isMultiaddr(t) && this.node.getConnections(t).length > 0) {
+        if (first.some((p) => p.equals(t))) continue;
+        firstPending++;
+        ask(t, () => firstPending--);
+        continue;
+      }
+      if (!this.datagrams.running) {
+        if (!roomy) continue;
+        firstPending++;
+        dialAsk(t);
+        continue;
+      }
+      firstPending++;
+      datagramAsks++;
+      let settled = false;
+      const fallback = setTimeout(() => {
+        if (settled || signal.aborted) return;
+        settled = true;
+        if (roomy) dialAsk(t);
+        else firstPending--;
+      }, DATAGRAM_WAIT_MS);
+      track(
+        this.datagrams.ask(ip, cid.multihash.bytes, this.cfg.lookupTimeoutMs, signal).then((a) => {
+          clearTimeout(fallback);
+          if (a) this.datagramAnswer(a, response);
+          if (!settled) {
+            settled = true;
+            firstPending--;
+          }
+        }),
       );
     }
     let queryStarted = false;
@@ -1354,7 +1422,7 @@ export class P2PNode {
         })(),
       );
     };
-    const grace = setTimeout(startQuery, first.length > 0 ? DIRECT_GRACE_MS : 0);
+    const grace = setTimeout(startQuery, first.length > 0 || datagramAsks > 0 ? DIRECT_GRACE_MS : 0);
     const onAbort = () => notify();
     signal.addEventListener('abort', onAbort);
     try {
@@ -1379,6 +1447,25 @@ export class P2PNode {
       clearTimeout(grace);
       signal.removeEventListener('abort', onAbort);
     }
+  }
+
+  /** Feeds a holder's datagram answer to a lookup as if it had come over libp2p. */
+  private datagramAnswer(a: DatagramAnswer, response: (from: PeerId, providers: Array<{ id: PeerId; multiaddrs: Multiaddr[] }>) => void): void {
+    let from: PeerId;
+    try {
+      from = peerIdFromString(a.from);
+    } catch {
+      return;
+    }
+    const providers: Array<{ id: PeerId; multiaddrs: Multiaddr[] }> = [];
+    for (const p of a.providers) {
+      try {
+        providers.push({ id: peerIdFromString(p.id), multiaddrs: p.addrs.map((x) => multiaddr(x)) });
+      } catch {
+        // A malformed entry: the rest of the answer still counts.
+      }
+    }
+    response(from, providers);
   }
 
   private isLive(p: ProviderPeer): boolean {
@@ -1550,6 +1637,7 @@ export class P2PNode {
       recordBatches: { ok: this.counters.batchesSent, failed: this.counters.batchesFailed },
       recordsReceived: this.counters.recordsReceived,
       heartbeats: { ...this.heartbeat.counters },
+      datagrams: { ...this.datagrams.counters },
       dnsResolveSeconds: dns,
       eventLoopDelayMs: this.loopDelay(),
     };

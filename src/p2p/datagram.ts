@@ -1,0 +1,212 @@
+// Provider asks in one UDP datagram each way, on the p2p port number.
+//
+// Beyond a full mesh a lookup asks the key's IP holders (node.ts, ipHolders), nodes it often has
+// no connection to. Over libp2p that is a dial first: TCP, the noise handshake, yamux, identify,
+// then the request, every step waiting for both event loops, and at the connection bound no dial
+// is made at all. A holder answers a datagram from the records it holds: one round trip, no
+// connection, no bound. A lost datagram costs only its wait: the lookup then dials as before.
+//
+// Request: "PP1" + JSON {c: cluster, n: nonce, k: key multihash (base64url)}
+// Answer:  "PP1" + JSON {n: nonce, i: holder peer id, p: [[provider peer id, [multiaddr, ...]], ...]}
+// With a cluster key each datagram ends in a 16-byte HMAC-SHA256 tag of what precedes it, so
+// only members answer and only answers from members count. Only addresses of DNS members are
+// answered (an answer is bigger than a request: no reflection off this port for strangers).
+
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import dgram from 'node:dgram';
+import { isIPv6 } from 'node:net';
+
+const MAGIC = Buffer.from('PP1');
+const TAG_BYTES = 16;
+/** Kept under the smallest path MTU worth caring about (IPv6 minimum 1280, minus headers). */
+export const MAX_DATAGRAM = 1200;
+
+export interface DatagramProvider {
+  id: string;
+  addrs: string[];
+}
+
+export interface DatagramAnswer {
+  /** The holder's peer id (as it says; with a cluster key, tagged). */
+  from: string;
+  providers: DatagramProvider[];
+}
+
+export interface DatagramOptions {
+  /** '' = all interfaces. */
+  host: string;
+  cluster: string;
+  /** The cluster key (32 bytes), or undefined for an open network. */
+  key: Uint8Array | undefined;
+  self: string;
+  /** Whether an address may be answered (a DNS member). */
+  member(ip: string): boolean;
+  /** The providers this node holds a record of for a key multihash (live ones, with addresses). */
+  providers(keyMultihash: Uint8Array): Promise<DatagramProvider[]>;
+  log(level: 'debug' | 'warn', msg: string, fields?: Record<string, unknown>): void;
+}
+
+export class Datagrams {
+  private socket: dgram.Socket | undefined;
+  /** An IPv6 socket on all interfaces, which reaches IPv4 peers as ::ffff:a.b.c.d. */
+  private dualStack = false;
+  private readonly pending = new Map<string, { ip: string; resolve: (a: DatagramAnswer | undefined) => void }>();
+  readonly counters = { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0 };
+  /** The UDP port: the p2p TCP listener's port number, on every node alike. */
+  private port = 0;
+
+  constructor(private readonly o: DatagramOptions) {}
+
+  /** Binds the UDP port; false (and a warning) if it cannot, and lookups then only dial. */
+  async start(port: number): Promise<boolean> {
+    this.port = port;
+    // All interfaces: dual-stack if the host has IPv6, else IPv4 only.
+    const tries: Array<{ type: 'udp4' | 'udp6'; address: string }> =
+      this.o.host === '' ? [{ type: 'udp6', address: '::' }, { type: 'udp4', address: '0.0.0.0' }] : [{ type: isIPv6(this.o.host) ? 'udp6' : 'udp4', address: this.o.host }];
+    let last: Error | undefined;
+    for (const t of tries) {
+      const sock = dgram.createSocket({ type: t.type, ipv6Only: false });
+      const err = await new Promise<Error | undefined>((resolve) => {
+        sock.once('error', resolve);
+        sock.bind({ port: this.port, address: t.address, exclusive: true }, () => resolve(undefined));
+      });
+      if (err) {
+        last = err;
+        sock.close();
+        continue;
+      }
+      sock.removeAllListeners('error');
+      sock.on('error', (e) => this.o.log('debug', 'p2p datagram socket error', { error: e.message }));
+      sock.on('message', (msg, rinfo) => void this.receive(msg, rinfo.address.replace(/^::ffff:/, ''), rinfo.port));
+      sock.unref();
+      this.socket = sock;
+      this.dualStack = t.type === 'udp6' && t.address === '::';
+      return true;
+    }
+    this.o.log('warn', 'p2p datagram port not bound: lookups dial record holders instead', { port: this.port, error: last?.message });
+    return false;
+  }
+
+  stop(): void {
+    for (const p of this.pending.values()) p.resolve(undefined);
+    this.pending.clear();
+    this.socket?.close();
+    this.socket = undefined;
+  }
+
+  get running(): boolean {
+    return this.socket !== undefined;
+  }
+
+  /** Asks the node at `ip` for a key's providers; undefined if no (valid) answer in time. */
+  ask(ip: string, keyMultihash: Uint8Array, timeoutMs: number, signal?: AbortSignal): Promise<DatagramAnswer | undefined> {
+    const sock = this.socket;
+    if (!sock || signal?.aborted) return Promise.resolve(undefined);
+    const nonce = randomBytes(8).toString('hex');
+    const body = JSON.stringify({ c: this.o.cluster, n: nonce, k: Buffer.from(keyMultihash).toString('base64url') });
+    this.counters.asked++;
+    return new Promise((resolve) => {
+      const finish = (a: DatagramAnswer | undefined) => {
+        if (!this.pending.delete(nonce)) return;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (a) this.counters.answered++;
+        else this.counters.unanswered++;
+        resolve(a);
+      };
+      const onAbort = () => finish(undefined);
+      // Like the heartbeat: a late event loop looks at what arrived before giving up.
+      // Referenced: an ask in flight keeps the thread alive (the socket itself does not).
+      const timer = setTimeout(() => setImmediate(() => finish(undefined)), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.pending.set(nonce, { ip, resolve: finish });
+      sock.send(this.seal(body), this.port, this.dest(ip), (err) => {
+        if (err) finish(undefined);
+      });
+    });
+  }
+
+  private seal(json: string): Buffer {
+    const payload = Buffer.concat([MAGIC, Buffer.from(json)]);
+    if (!this.o.key) return payload;
+    return Buffer.concat([payload, this.tag(payload)]);
+  }
+
+  /** The JSON of a datagram whose magic (and tag) check out, else undefined. */
+  private open(msg: Buffer): unknown {
+    if (msg.length < MAGIC.length || !msg.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
+    let payload = msg;
+    if (this.o.key) {
+      if (msg.length < MAGIC.length + TAG_BYTES) return undefined;
+      payload = msg.subarray(0, msg.length - TAG_BYTES);
+      if (!timingSafeEqual(this.tag(payload), msg.subarray(msg.length - TAG_BYTES))) return undefined;
+    }
+    try {
+      return JSON.parse(payload.subarray(MAGIC.length).toString('utf8'));
+    } catch {
+      return undefined;
+    }
+  }
+
+  private tag(payload: Buffer): Buffer {
+    return createHmac('sha256', this.o.key!).update(payload).digest().subarray(0, TAG_BYTES);
+  }
+
+  private async receive(msg: Buffer, ip: string, port: number): Promise<void> {
+    const m = this.open(msg) as Record<string, unknown> | undefined;
+    if (!m || typeof m.n !== 'string') {
+      this.counters.refused++;
+      return;
+    }
+    if (typeof m.k === 'string') return this.serve(m, ip, port);
+    const p = this.pending.get(m.n);
+    // An answer must come from the address asked, to a nonce we sent.
+    if (!p || p.ip !== ip || typeof m.i !== 'string' || !Array.isArray(m.p)) {
+      this.counters.refused++;
+      return;
+    }
+    const providers: DatagramProvider[] = [];
+    for (const e of m.p as unknown[]) {
+      if (!Array.isArray(e) || typeof e[0] !== 'string' || !Array.isArray(e[1])) continue;
+      providers.push({ id: e[0], addrs: (e[1] as unknown[]).filter((a): a is string => typeof a === 'string') });
+    }
+    p.resolve({ from: m.i, providers });
+  }
+
+  private async serve(m: Record<string, unknown>, ip: string, port: number): Promise<void> {
+    if (m.c !== this.o.cluster || !this.o.member(ip)) {
+      this.counters.refused++;
+      return;
+    }
+    let key: Buffer;
+    try {
+      key = Buffer.from(m.k as string, 'base64url');
+    } catch {
+      this.counters.refused++;
+      return;
+    }
+    if (key.length === 0 || key.length > 64) {
+      this.counters.refused++;
+      return;
+    }
+    const all = (await this.o.providers(key).catch(() => [])).slice(0, 16);
+    // As many providers as fit in one datagram.
+    const answer = { n: m.n, i: this.o.self, p: [] as Array<[string, string[]]> };
+    let out = this.seal(JSON.stringify(answer));
+    for (const pr of all) {
+      answer.p.push([pr.id, pr.addrs]);
+      const next = this.seal(JSON.stringify(answer));
+      if (next.length > MAX_DATAGRAM) {
+        answer.p.pop();
+        break;
+      }
+      out = next;
+    }
+    this.counters.served++;
+    this.socket?.send(out, port, this.dest(ip));
+  }
+
+  private dest(ip: string): string {
+    return this.dualStack && !isIPv6(ip) ? `::ffff:${ip}` : ip;
+  }
+}

@@ -1,0 +1,110 @@
+// Provider asks over UDP (src/p2p/datagram.ts) between real sockets on loopback addresses: an
+// answer carries the holder's records; strangers, other clusters, wrong cluster keys, forged and
+// unasked answers get nothing; an answer never outgrows one datagram.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
+import { after, describe, test } from 'node:test';
+import { Datagrams, MAX_DATAGRAM, type DatagramOptions, type DatagramProvider } from '../src/p2p/datagram.js';
+
+const PORT = 17301;
+const KEY = randomBytes(34); // a multihash's length
+const PROVIDERS: DatagramProvider[] = [
+  { id: '12D3KooWHolderAAAA', addrs: ['/ip4/127.0.0.170/tcp/17301', '/ip4/127.0.0.170/tcp/5000/http'] },
+  { id: '12D3KooWHolderBBBB', addrs: ['/ip4/127.0.0.171/tcp/17301'] },
+];
+
+const started: Datagrams[] = [];
+after(() => started.forEach((d) => d.stop()));
+
+async function node(ip: string, over: Partial<DatagramOptions> = {}, held: DatagramProvider[] = PROVIDERS): Promise<Datagrams> {
+  const d = new Datagrams({
+    host: ip,
+    cluster: 'c1',
+    key: undefined,
+    self: `self-${ip}`,
+    member: (from) => from.startsWith('127.0.0.16'),
+    providers: async (mh) => (Buffer.from(mh).equals(KEY) ? held : []),
+    log: () => {},
+    ...over,
+  });
+  assert.equal(await d.start(PORT), true, `bound ${ip}:${PORT}/udp`);
+  started.push(d);
+  return d;
+}
+
+describe('provider asks over UDP', () => {
+  test('a member is answered with the records held; an unknown key gets an empty answer', async () => {
+    const asker = await node('127.0.0.160');
+    const holder = await node('127.0.0.161');
+    const a = await asker.ask('127.0.0.161', KEY, 2000);
+    assert.deepEqual(a, { from: 'self-127.0.0.161', providers: PROVIDERS });
+    const none = await asker.ask('127.0.0.161', randomBytes(34), 2000);
+    assert.deepEqual(none, { from: 'self-127.0.0.161', providers: [] });
+    assert.equal(holder.counters.served, 2);
+    assert.equal(asker.counters.answered, 2);
+  });
+
+  test('no answer for a non-member, another cluster or another cluster key (and nothing hangs)', async () => {
+    const stranger = await node('127.0.0.150');
+    await node('127.0.0.162');
+    assert.equal(await stranger.ask('127.0.0.162', KEY, 300), undefined, 'not a DNS member');
+    const other = await node('127.0.0.163', { cluster: 'c2' });
+    assert.equal(await other.ask('127.0.0.162', KEY, 300), undefined, 'another cluster');
+    const keyA = randomBytes(32);
+    const keyed = await node('127.0.0.164', { key: keyA });
+    const holderB = await node('127.0.0.165', { key: randomBytes(32) });
+    assert.equal(await keyed.ask('127.0.0.165', KEY, 300), undefined, 'another cluster key');
+    assert.ok(holderB.counters.refused >= 1);
+    const holderA = await node('127.0.0.166', { key: keyA });
+    assert.deepEqual((await keyed.ask('127.0.0.166', KEY, 2000))?.providers, PROVIDERS, 'the same key');
+    assert.equal(holderA.counters.served, 1);
+    assert.equal(stranger.counters.unanswered, 1);
+  });
+
+  test('an answer from another address than the one asked, or to no ask, is dropped', async () => {
+    const asker = await node('127.0.0.167');
+    // A forger on another address answers whatever it sees asked.
+    const forger = dgram.createSocket('udp4');
+    await new Promise<void>((r) => forger.bind(0, '127.0.0.168', r));
+    const silent = dgram.createSocket('udp4');
+    await new Promise<void>((r) => silent.bind(PORT, '127.0.0.169', r));
+    silent.on('message', (msg) => {
+      const ask = JSON.parse(msg.subarray(3).toString()) as { n: string };
+      const forged = Buffer.concat([Buffer.from('PP1'), Buffer.from(JSON.stringify({ n: ask.n, i: 'forger', p: [['12D3KooWEvil', ['/ip4/6.6.6.6/tcp/1']]] }))]);
+      forger.send(forged, PORT, '127.0.0.167');
+    });
+    try {
+      assert.equal(await asker.ask('127.0.0.169', KEY, 400), undefined);
+      const refusedBefore = asker.counters.refused;
+      forger.send(Buffer.concat([Buffer.from('PP1'), Buffer.from(JSON.stringify({ n: 'nobody-asked', i: 'x', p: [] }))]), PORT, '127.0.0.167');
+      forger.send(Buffer.from('not ours at all'), PORT, '127.0.0.167');
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(asker.counters.refused, refusedBefore + 2);
+    } finally {
+      forger.close();
+      silent.close();
+    }
+  });
+
+  test('a holder of many records answers with as many as fit in one datagram', async () => {
+    const many = Array.from({ length: 40 }, (_, i) => ({ id: `12D3KooW${'x'.repeat(44)}${i}`, addrs: [`/ip4/10.0.${i}.1/tcp/5001`, `/ip4/10.0.${i}.1/tcp/5000/http`] }));
+    const asker = await node('127.0.0.173', {}, []);
+    const raw = dgram.createSocket('udp4');
+    await new Promise<void>((r) => raw.bind(0, '127.0.0.161', r));
+    const holder = await node('127.0.0.172', { member: () => true }, many);
+    try {
+      const a = await asker.ask('127.0.0.172', KEY, 2000);
+      assert.ok(a && a.providers.length > 3 && a.providers.length < many.length, `${a?.providers.length} providers`);
+      assert.deepEqual(a.providers, many.slice(0, a.providers.length));
+      // The datagram itself, seen by a plain socket asking the same way.
+      const got = new Promise<Buffer>((r) => raw.once('message', r));
+      raw.send(Buffer.concat([Buffer.from('PP1'), Buffer.from(JSON.stringify({ c: 'c1', n: 'n1', k: KEY.toString('base64url') }))]), PORT, '127.0.0.172');
+      assert.ok((await got).length <= MAX_DATAGRAM);
+      assert.ok(holder.counters.served >= 2);
+    } finally {
+      raw.close();
+    }
+  });
+});
