@@ -361,7 +361,7 @@ export const settings = {
     durationIn(1, 60_000),
   ),
   // ---- p2p thread settings (owner: p2p thread) ----
-  p2pAddr: setting('P2P_ADDR', ':5001', 'Address the libp2p node (DHT routing only; blobs go over HTTP) listens on. Every node of a cluster uses the same port.', parseListenAddress),
+  p2pAddr: setting('P2P_ADDR', ':5001', 'Address the libp2p node (DHT routing only; blobs go over HTTP) listens on, TCP, and UDP on the same port for provider asks to record holders. Every node of a cluster uses the same port.', parseListenAddress),
   advertiseIp: setting(
     'ADVERTISE_IP',
     '',
