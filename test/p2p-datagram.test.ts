@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { after, describe, test } from 'node:test';
-import { Datagrams, MAX_DATAGRAM, type DatagramOptions, type DatagramProvider } from '../src/p2p/datagram.js';
+import { Datagrams, MAX_DATAGRAM, type DatagramOptions, type DatagramProvider, type DatagramRecords } from '../src/p2p/datagram.js';
 
 const PORT = 17301;
 const KEY = randomBytes(34); // a multihash's length
@@ -18,14 +18,21 @@ const PROVIDERS: DatagramProvider[] = [
 const started: Datagrams[] = [];
 after(() => started.forEach((d) => d.stop()));
 
+/** Records each test node took, by its address. */
+const kept = new Map<string, DatagramRecords[]>();
+
 async function node(ip: string, over: Partial<DatagramOptions> = {}, held: DatagramProvider[] = PROVIDERS): Promise<Datagrams> {
   const d = new Datagrams({
     host: ip,
     cluster: 'c1',
     key: undefined,
     self: `self-${ip}`,
-    member: (from) => from.startsWith('127.0.0.16'),
+    member: (from) => /^127\.0\.0\.1[67]\d$/.test(from),
     providers: async (mh) => (Buffer.from(mh).equals(KEY) ? held : []),
+    take: async (r) => {
+      kept.set(ip, [...(kept.get(ip) ?? []), r]);
+      return r.keys.length;
+    },
     log: () => {},
     ...over,
   });
@@ -86,6 +93,24 @@ describe('provider asks over UDP', () => {
       forger.close();
       silent.close();
     }
+  });
+
+  test('records sent to a holder are taken and acknowledged, in as many datagrams as they need; never for another address', async () => {
+    const sender = await node('127.0.0.174');
+    await node('127.0.0.175');
+    const keys = Array.from({ length: 60 }, () => randomBytes(34));
+    const addrs = ['/ip4/127.0.0.174/tcp/17301', '/ip4/127.0.0.174/tcp/5000/http'];
+    assert.equal(await sender.provide('127.0.0.175', addrs, keys, 2000), 60);
+    const got = kept.get('127.0.0.175') ?? [];
+    assert.ok(got.length > 1, `${got.length} datagrams`);
+    assert.deepEqual(got.flatMap((r) => r.keys.map((k) => Buffer.from(k).toString('hex'))), keys.map((k) => k.toString('hex')));
+    assert.ok(got.every((r) => r.provider === 'self-127.0.0.174' && r.addrs.join() === addrs.join()));
+    // Records naming addresses that are not the sender's: refused, nothing acknowledged.
+    assert.equal(await sender.provide('127.0.0.175', ['/ip4/10.9.9.9/tcp/17301'], keys.slice(0, 2), 300), 0);
+    assert.equal(kept.get('127.0.0.175')!.length, got.length);
+    // A non-member's records: the same.
+    const stranger = await node('127.0.0.151');
+    assert.equal(await stranger.provide('127.0.0.175', ['/ip4/127.0.0.151/tcp/17301'], keys.slice(0, 2), 300), 0);
   });
 
   test('a holder of many records answers with as many as fit in one datagram', async () => {

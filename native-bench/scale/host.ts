@@ -122,6 +122,7 @@ function nodeSnapshot(h: Hosted): NodeSnapshot {
     routingTable: s.routingTable,
     remoteIps: conns.flatMap((c) => remoteIp(c) ?? []),
     dnsMembers: s.dnsMembers,
+    datagrams: h.node.metrics(s).datagrams,
   };
 }
 

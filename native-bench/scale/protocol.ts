@@ -34,6 +34,8 @@ export interface NodeSnapshot {
   /** Remote IPs of the open connections (isolation and partition checks). */
   remoteIps: string[];
   dnsMembers: number;
+  /** The node's datagram counters (src/p2p/datagram.ts), cumulative. */
+  datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
 }
 
 export interface HostSnapshot {

@@ -117,6 +117,8 @@ export interface ScaleResult {
     idleDialsPerNodePerMinute: number;
     /** CPU per node while lookups arrive at the configured rate. */
     cpuSecondsPerNodePerMinute: number;
+    /** Datagram counters summed over the nodes, from their start to the end of the lookups. */
+    datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
   };
   isolation?: {
     otherNodes: number;
@@ -443,8 +445,13 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       idleCpuSecondsPerNodePerMinute: idleCpu,
       idleDialsPerNodePerMinute: idleDials,
       cpuSecondsPerNodePerMinute: (steadySnaps.reduce((t, s) => t + s.cpuSeconds, 0) / totalNodes / steadySecs) * 60,
+      datagrams: (['asked', 'answered', 'served', 'provided', 'taken'] as const).reduce(
+        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.datagrams[k], 0) }),
+        { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
+      ),
     };
     log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}`);
+    log(`  datagrams: ${steady.datagrams.answered}/${steady.datagrams.asked} asks answered, ${steady.datagrams.provided} records acknowledged by IP holders`);
 
     const result: ScaleResult = {
       n: o.n,

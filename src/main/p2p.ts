@@ -63,11 +63,11 @@ const NO_COUNTS: ThreadCounters = {
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
   heartbeats: { ok: 0, failed: 0 },
-  datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0 },
+  datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0 },
 };
 const datagrams = new Counter({
   name: 'peerpull_p2p_datagrams_total',
-  help: 'Provider asks over UDP: this node\'s lookups asking record holders (outcome answered, unanswered), asks of other nodes it answered (served), datagrams it dropped (refused).',
+  help: 'Datagrams to and from record holders (UDP): this node\'s lookups (outcome answered, unanswered), other nodes\' asks it answered (served), records of ours IP holders acknowledged (provided), records other nodes sent (taken), datagrams dropped (refused).',
   labelNames: ['cluster', 'outcome'] as const,
   registers: [registry],
 });
@@ -449,7 +449,7 @@ export class P2P {
     add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
-    for (const k of ['answered', 'unanswered', 'served', 'refused'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
+    for (const k of ['answered', 'unanswered', 'served', 'provided', 'taken', 'refused'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
     if (m.recordsReceived > base.recordsReceived) recordsReceived.inc({ cluster }, m.recordsReceived - base.recordsReceived);
     this.counterBase = m;
     for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);

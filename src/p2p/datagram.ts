@@ -6,8 +6,12 @@
 // is made at all. A holder answers a datagram from the records it holds: one round trip, no
 // connection, no bound. A lost datagram costs only its wait: the lookup then dials as before.
 //
-// Request: "PP1" + JSON {c: cluster, n: nonce, k: key multihash (base64url)}
+// Ask:     "PP1" + JSON {c: cluster, n: nonce, k: key multihash (base64url)}
 // Answer:  "PP1" + JSON {n: nonce, i: holder peer id, p: [[provider peer id, [multiaddr, ...]], ...]}
+// The records of a node for its IP holders travel the same way, acknowledged:
+// Provide: "PP1" + JSON {c, n, i: provider peer id, a: [its multiaddrs], r: [key multihashes]}
+// Ack:     "PP1" + JSON {n, ok: records taken}
+// A provide is taken only if the provider's addresses include the address it came from.
 // With a cluster key each datagram ends in a 16-byte HMAC-SHA256 tag of what precedes it, so
 // only members answer and only answers from members count. Only addresses of DNS members are
 // answered (an answer is bigger than a request: no reflection off this port for strangers).
@@ -32,6 +36,13 @@ export interface DatagramAnswer {
   providers: DatagramProvider[];
 }
 
+/** Records a node sent for its IP holders to keep. */
+export interface DatagramRecords {
+  provider: string;
+  addrs: string[];
+  keys: Uint8Array[];
+}
+
 export interface DatagramOptions {
   /** '' = all interfaces. */
   host: string;
@@ -43,6 +54,8 @@ export interface DatagramOptions {
   member(ip: string): boolean;
   /** The providers this node holds a record of for a key multihash (live ones, with addresses). */
   providers(keyMultihash: Uint8Array): Promise<DatagramProvider[]>;
+  /** Keeps records another node sent; resolves with how many were taken. */
+  take(records: DatagramRecords): Promise<number>;
   log(level: 'debug' | 'warn', msg: string, fields?: Record<string, unknown>): void;
 }
 
@@ -50,8 +63,8 @@ export class Datagrams {
   private socket: dgram.Socket | undefined;
   /** An IPv6 socket on all interfaces, which reaches IPv4 peers as ::ffff:a.b.c.d. */
   private dualStack = false;
-  private readonly pending = new Map<string, { ip: string; resolve: (a: DatagramAnswer | undefined) => void }>();
-  readonly counters = { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0 };
+  private readonly pending = new Map<string, { ip: string; resolve: (a: Record<string, unknown> | undefined) => void }>();
+  readonly counters = { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0 };
   /** The UDP port: the p2p TCP listener's port number, on every node alike. */
   private port = 0;
 
@@ -99,24 +112,63 @@ export class Datagrams {
   }
 
   /** Asks the node at `ip` for a key's providers; undefined if no (valid) answer in time. */
-  ask(ip: string, keyMultihash: Uint8Array, timeoutMs: number, signal?: AbortSignal): Promise<DatagramAnswer | undefined> {
+  async ask(ip: string, keyMultihash: Uint8Array, timeoutMs: number, signal?: AbortSignal): Promise<DatagramAnswer | undefined> {
+    const m = await this.request(ip, { k: Buffer.from(keyMultihash).toString('base64url') }, timeoutMs, signal);
+    if (!m || typeof m.i !== 'string' || !Array.isArray(m.p)) return undefined;
+    const providers: DatagramProvider[] = [];
+    for (const e of m.p as unknown[]) {
+      if (!Array.isArray(e) || typeof e[0] !== 'string' || !Array.isArray(e[1])) continue;
+      providers.push({ id: e[0], addrs: (e[1] as unknown[]).filter((x): x is string => typeof x === 'string') });
+    }
+    this.counters.answered++;
+    return { from: m.i, providers };
+  }
+
+  /**
+   * Sends our records for `keys` to the node at `ip` (as many datagrams as they need); the
+   * number of keys it acknowledged taking.
+   */
+  async provide(ip: string, addrs: string[], keys: Uint8Array[], timeoutMs: number): Promise<number> {
+    const chunks: string[][] = [];
+    let cur: string[] = [];
+    const size = (r: string[]) => this.seal(JSON.stringify({ c: this.o.cluster, n: '0123456789abcdef', i: this.o.self, a: addrs, r })).length;
+    for (const k of keys) {
+      const enc = Buffer.from(k).toString('base64url');
+      if (cur.length > 0 && size([...cur, enc]) > MAX_DATAGRAM) {
+        chunks.push(cur);
+        cur = [];
+      }
+      cur.push(enc);
+    }
+    if (cur.length > 0) chunks.push(cur);
+    if (chunks.some((c) => size(c) > MAX_DATAGRAM)) return 0; // our own addresses do not fit
+    const acks = await Promise.all(chunks.map((r) => this.request(ip, { i: this.o.self, a: addrs, r }, timeoutMs)));
+    let taken = 0;
+    acks.forEach((m, i) => {
+      if (m && m.ok === chunks[i]!.length) taken += chunks[i]!.length;
+    });
+    this.counters.provided += taken;
+    return taken;
+  }
+
+  /** Sends one request; the answer's JSON, or undefined when none came in time. */
+  private request(ip: string, fields: Record<string, unknown>, timeoutMs: number, signal?: AbortSignal): Promise<Record<string, unknown> | undefined> {
     const sock = this.socket;
     if (!sock || signal?.aborted) return Promise.resolve(undefined);
     const nonce = randomBytes(8).toString('hex');
-    const body = JSON.stringify({ c: this.o.cluster, n: nonce, k: Buffer.from(keyMultihash).toString('base64url') });
-    this.counters.asked++;
+    const body = JSON.stringify({ c: this.o.cluster, n: nonce, ...fields });
+    if ('k' in fields) this.counters.asked++;
     return new Promise((resolve) => {
-      const finish = (a: DatagramAnswer | undefined) => {
+      const finish = (a: Record<string, unknown> | undefined) => {
         if (!this.pending.delete(nonce)) return;
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
-        if (a) this.counters.answered++;
-        else this.counters.unanswered++;
+        if (!a && 'k' in fields) this.counters.unanswered++;
         resolve(a);
       };
       const onAbort = () => finish(undefined);
       // Like the heartbeat: a late event loop looks at what arrived before giving up.
-      // Referenced: an ask in flight keeps the thread alive (the socket itself does not).
+      // Referenced: a request in flight keeps the thread alive (the socket itself does not).
       const timer = setTimeout(() => setImmediate(() => finish(undefined)), timeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
       this.pending.set(nonce, { ip, resolve: finish });
@@ -159,18 +211,33 @@ export class Datagrams {
       return;
     }
     if (typeof m.k === 'string') return this.serve(m, ip, port);
+    if (Array.isArray(m.r)) return this.keep(m, ip, port);
     const p = this.pending.get(m.n);
     // An answer must come from the address asked, to a nonce we sent.
-    if (!p || p.ip !== ip || typeof m.i !== 'string' || !Array.isArray(m.p)) {
+    if (!p || p.ip !== ip) {
       this.counters.refused++;
       return;
     }
-    const providers: DatagramProvider[] = [];
-    for (const e of m.p as unknown[]) {
-      if (!Array.isArray(e) || typeof e[0] !== 'string' || !Array.isArray(e[1])) continue;
-      providers.push({ id: e[0], addrs: (e[1] as unknown[]).filter((a): a is string => typeof a === 'string') });
+    p.resolve(m);
+  }
+
+  private async keep(m: Record<string, unknown>, ip: string, port: number): Promise<void> {
+    const addrs = Array.isArray(m.a) ? (m.a as unknown[]).filter((x): x is string => typeof x === 'string') : [];
+    const keys: Uint8Array[] = [];
+    for (const r of m.r as unknown[]) {
+      if (typeof r !== 'string') continue;
+      const k = Buffer.from(r, 'base64url');
+      if (k.length > 0 && k.length <= 64) keys.push(k);
     }
-    p.resolve({ from: m.i, providers });
+    // The records name the sender, at the address it sent from: no records for somebody else.
+    const fromHere = addrs.some((a) => a.startsWith(`/ip4/${ip}/`) || a.startsWith(`/ip6/${ip}/`));
+    if (m.c !== this.o.cluster || !this.o.member(ip) || typeof m.i !== 'string' || !fromHere || keys.length === 0) {
+      this.counters.refused++;
+      return;
+    }
+    const taken = await this.o.take({ provider: m.i, addrs, keys }).catch(() => 0);
+    this.counters.taken += taken;
+    this.socket?.send(this.seal(JSON.stringify({ n: m.n, ok: taken })), port, this.dest(ip));
   }
 
   private async serve(m: Record<string, unknown>, ip: string, port: number): Promise<void> {

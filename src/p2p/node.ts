@@ -32,7 +32,7 @@ import type {
   StoreFeed as StoreFeedMessage,
 } from '../shared/messages.js';
 import { Bootstrapper, DnsMembers } from './bootstrap.js';
-import { Datagrams, type DatagramAnswer } from './datagram.js';
+import { Datagrams, type DatagramAnswer, type DatagramRecords } from './datagram.js';
 import { Heartbeat } from './heartbeat.js';
 import { IndexedMemoryDatastore } from './datastore.js';
 import { keyToCid } from '../shared/keys.js';
@@ -86,6 +86,8 @@ const IP_ASKS = 3;
  * holder instead (below the connection bound); a late answer still counts.
  */
 const DATAGRAM_WAIT_MS = 250;
+/** How long records sent to an IP holder by datagram wait for its acknowledgement before a dial. */
+const DATAGRAM_ACK_MS = 1000;
 /** Dials at once to let an unconnected peer into the routing table (see the constructor). */
 const TABLE_DIALS = 1;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
@@ -274,6 +276,7 @@ export class P2PNode {
       self: node.peerId.toString(),
       member: (ip) => this.dnsOtherSet.has(ip) || this.peerByIp.has(ip),
       providers: (mh) => this.heldProviders(mh),
+      take: (r) => this.takeRecords(r),
       log,
     });
     // kad-dht offers every peer named in any DHT answer (up to 20 per answer) to its routing
@@ -1040,6 +1043,52 @@ export class P2PNode {
     };
   }
 
+  /** Records another node sent by datagram (datagram.ts checked cluster, membership, source). */
+  private async takeRecords(r: DatagramRecords): Promise<number> {
+    let id: PeerId;
+    try {
+      id = peerIdFromString(r.provider);
+    } catch {
+      return 0;
+    }
+    if (id.equals(this.node.peerId)) return 0;
+    const addrs = r.addrs.flatMap((a) => {
+      try {
+        return [multiaddr(a)];
+      } catch {
+        return [];
+      }
+    });
+    // Its addresses (the registry's among them), so this node can hand the record out.
+    await this.node.peerStore.merge(id, { multiaddrs: addrs }).catch(() => {});
+    let n = 0;
+    for (const mh of r.keys) {
+      let cid: CID;
+      try {
+        cid = CID.createV1(raw.code, decodeDigest(mh));
+      } catch {
+        continue;
+      }
+      await this.dht.providers.addProvider(cid, id);
+      this.lookups.forgetMiss(cid.toString());
+      n++;
+    }
+    this.counters.recordsReceived += n;
+    return n;
+  }
+
+  /** Our addresses as a datagram's records carry them: those another node at `ip` can reach. */
+  private addrsFor(ip: string): string[] {
+    const loop = isLoopback(ip);
+    return this.node
+      .getMultiaddrs()
+      .map((a) => a.toString().replace(/\/p2p\/[^/]+$/, ''))
+      .filter((a) => {
+        const t = parseTcpAddr(multiaddr(a));
+        return t !== undefined && isLoopback(t.ip) === loop;
+      });
+  }
+
   /** Records this node holds for a key (multihash), for a datagram answer: live providers with addresses. */
   private async heldProviders(mh: Uint8Array): Promise<Array<{ id: string; addrs: string[] }>> {
     const cid = CID.createV1(raw.code, decodeDigest(mh));
@@ -1206,6 +1255,15 @@ export class P2PNode {
           const [ip, list] = todo[next++];
           const target = this.ipTarget(ip);
           const warm = !isMultiaddr(target) && this.node.getConnections(target).length > 0;
+          // No connection: the records go by datagram (no dial, no handshake), and only if the
+          // holder does not acknowledge them all, over a connection.
+          if (!warm && this.datagrams.running) {
+            const taken = await this.datagrams.provide(ip, this.addrsFor(ip), list.map((c) => c.multihash.bytes), DATAGRAM_ACK_MS);
+            if (taken === list.length) {
+              this.counters.batchesSent++;
+              continue;
+            }
+          }
           try {
             const conn = await this.node.dial(target, { signal: AbortSignal.timeout(5000) });
             for (let i = 0; i < list.length; i += MAX_BATCH) {

@@ -236,11 +236,12 @@ export interface P2PMetricsSnapshot {
   /** Connection heartbeat pings answered and failed (a failure closes the connection). */
   heartbeats: { ok: number; failed: number };
   /**
-   * Provider asks over UDP (src/p2p/datagram.ts): asked / answered / unanswered by this node's
-   * lookups; served: asks of other nodes this node answered; refused: datagrams dropped (bad tag,
-   * another cluster, a non-member, malformed, an answer nobody asked for).
+   * Datagrams to and from record holders (src/p2p/datagram.ts): asked / answered / unanswered by
+   * this node's lookups; served: asks of other nodes this node answered; provided: records of ours
+   * IP holders acknowledged; taken: records other nodes sent; refused: datagrams dropped (bad tag,
+   * another cluster, a non-member, malformed, records for another address, an unasked answer).
    */
-  datagrams: { asked: number; answered: number; unanswered: number; served: number; refused: number };
+  datagrams: { asked: number; answered: number; unanswered: number; served: number; refused: number; provided: number; taken: number };
   /** DNS resolve durations (seconds) since the previous snapshot, by outcome. */
   dnsResolveSeconds: { ok: number[]; failed: number[] };
   /** How late the p2p thread's event loop ran its callbacks since the previous snapshot (ms). */
