@@ -20,6 +20,8 @@ after(() => started.forEach((d) => d.stop()));
 
 /** Records each test node took, by its address. */
 const kept = new Map<string, DatagramRecords[]>();
+/** Addresses each test node was told run another cluster. */
+const foreignSeen = new Map<string, string[]>();
 
 async function node(ip: string, over: Partial<DatagramOptions> = {}, held: DatagramProvider[] = PROVIDERS): Promise<Datagrams> {
   const d = new Datagrams({
@@ -33,6 +35,7 @@ async function node(ip: string, over: Partial<DatagramOptions> = {}, held: Datag
       kept.set(ip, [...(kept.get(ip) ?? []), r]);
       return r.keys.length;
     },
+    foreign: (other) => foreignSeen.set(ip, [...(foreignSeen.get(ip) ?? []), other]),
     log: () => {},
     ...over,
   });
@@ -58,7 +61,10 @@ describe('provider asks over UDP', () => {
     await node('127.0.0.162');
     assert.equal(await stranger.ask('127.0.0.162', KEY, 300), undefined, 'not a DNS member');
     const other = await node('127.0.0.163', { cluster: 'c2' });
-    assert.equal(await other.ask('127.0.0.162', KEY, 300), undefined, 'another cluster');
+    assert.equal(await other.ask('127.0.0.162', KEY, 2000), undefined, 'another cluster');
+    // ... which it is told, so it stops counting that address among its record holders.
+    assert.deepEqual(foreignSeen.get('127.0.0.163'), ['127.0.0.162']);
+    assert.equal(foreignSeen.get('127.0.0.150'), undefined, 'a non-member is told nothing');
     const keyA = randomBytes(32);
     const keyed = await node('127.0.0.164', { key: keyA });
     const holderB = await node('127.0.0.165', { key: randomBytes(32) });

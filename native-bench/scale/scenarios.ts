@@ -147,6 +147,8 @@ export interface ScaleResult {
     replacementsReadyMs: Distribution;
     replacementsAllReady: boolean;
     replacementLookups: LookupStats;
+    /** The first failed lookups of the replacements' content, each with the asker's account. */
+    replacementFailures: Array<Record<string, unknown>>;
     connectionsMaxAfter: number;
     hostLoopDelayP99Ms: number[];
     /** CPU of the hosts per node over the churn window (survivors, replacements and lookups). */
@@ -585,6 +587,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       const repl = await waitReady(c, new Set(replacementIps), o.readyTimeoutMs, log);
       // The replacements' content must be found by the old nodes.
       const replKeys = new Map(replacementIps.map((ip) => [ip, [newKey()]]));
+      const replFailures: Array<Record<string, unknown>> = [];
       await c.advertise(replKeys, true);
       const replPeer = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
       const replList = [...replKeys].map(([ip, [k]]) => ({ ip, k }));
@@ -597,6 +600,13 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         o.lookupRate,
         { count: Math.min(200, Math.max(50, replList.length * 2)) },
         o.lookupDeadlineMs,
+        (rec) => {
+          if (!rec.ok && rec.r?.diag && replFailures.length < 20) {
+            const entry = { ip: rec.spec.ip, key: rec.spec.key, ms: Math.round(rec.r.ms), source: rec.r.source, queried: rec.r.queried, ...rec.r.diag };
+            replFailures.push(entry);
+            annotateFailure(c, rec.spec.key, entry);
+          }
+        },
       );
       const after = allNodes(await c.snapshot());
       result.churn = {
@@ -615,6 +625,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         replacementsReadyMs: distribution(repl.nodes.map((x) => x.readyAfterMs ?? Infinity)),
         replacementsAllReady: repl.all,
         replacementLookups: lookupStats(replRecs),
+        replacementFailures: replFailures,
         connectionsMaxAfter: Math.max(...after.map((x) => x.connections)),
         hostLoopDelayP99Ms: churnSnaps.map((s) => Math.round(s.loopDelayP99Ms)),
         cpuSecondsPerNodePerMinute: churnSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / (churnMs / 60_000),

@@ -12,6 +12,9 @@
 // Provide: "PP1" + JSON {c, n, i: provider peer id, a: [its multiaddrs], r: [key multihashes]}
 // Ack:     "PP1" + JSON {n, ok: records taken}
 // A provide is taken only if the provider's addresses include the address it came from.
+// A member of another cluster behind the same DNS name answers either with {n, x: "cluster"}:
+// the asker then stops counting that address among its record holders (without a connection,
+// identify never tells it so).
 // With a cluster key each datagram ends in a 16-byte HMAC-SHA256 tag of what precedes it, so
 // only members answer and only answers from members count. Only addresses of DNS members are
 // answered (an answer is bigger than a request: no reflection off this port for strangers).
@@ -56,6 +59,8 @@ export interface DatagramOptions {
   providers(keyMultihash: Uint8Array): Promise<DatagramProvider[]>;
   /** Keeps records another node sent; resolves with how many were taken. */
   take(records: DatagramRecords): Promise<number>;
+  /** The node at `ip`, asked by us, runs another cluster. */
+  foreign(ip: string): void;
   log(level: 'debug' | 'warn', msg: string, fields?: Record<string, unknown>): void;
 }
 
@@ -218,6 +223,11 @@ export class Datagrams {
       this.counters.refused++;
       return;
     }
+    if (m.x === 'cluster') {
+      p.resolve(undefined);
+      this.o.foreign(ip);
+      return;
+    }
     p.resolve(m);
   }
 
@@ -231,6 +241,7 @@ export class Datagrams {
     }
     // The records name the sender, at the address it sent from: no records for somebody else.
     const fromHere = addrs.some((a) => a.startsWith(`/ip4/${ip}/`) || a.startsWith(`/ip6/${ip}/`));
+    if (this.otherCluster(m, ip, port)) return;
     if (m.c !== this.o.cluster || !this.o.member(ip) || typeof m.i !== 'string' || !fromHere || keys.length === 0) {
       this.counters.refused++;
       return;
@@ -240,7 +251,16 @@ export class Datagrams {
     this.socket?.send(this.seal(JSON.stringify({ n: m.n, ok: taken })), port, this.dest(ip));
   }
 
+  /** A member asking with another cluster's name is told so (and nothing else). */
+  private otherCluster(m: Record<string, unknown>, ip: string, port: number): boolean {
+    if (typeof m.c !== 'string' || m.c === this.o.cluster) return false;
+    this.counters.refused++;
+    if (this.o.member(ip)) this.socket?.send(this.seal(JSON.stringify({ n: m.n, x: 'cluster' })), port, this.dest(ip));
+    return true;
+  }
+
   private async serve(m: Record<string, unknown>, ip: string, port: number): Promise<void> {
+    if (this.otherCluster(m, ip, port)) return;
     if (m.c !== this.o.cluster || !this.o.member(ip)) {
       this.counters.refused++;
       return;

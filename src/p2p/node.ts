@@ -277,6 +277,16 @@ export class P2PNode {
       member: (ip) => this.dnsOtherSet.has(ip) || this.peerByIp.has(ip),
       providers: (mh) => this.heldProviders(mh),
       take: (r) => this.takeRecords(r),
+      // As identify would have told us over a connection: not a holder, not a member, dialled last.
+      foreign: (ip) => {
+        this.log('info', 'an IP holder runs another cluster: no longer counted as one', { ip });
+        this.foreignIps.set(ip, Date.now());
+        this.bootstrapper.markForeign(ip);
+        this.dnsAll = this.dnsAll.filter((x) => x !== ip);
+        this.dnsOthers = this.dnsOthers.filter((x) => x !== ip);
+        this.dnsOtherSet.delete(ip);
+        this.cachedView = undefined;
+      },
       log,
     });
     // kad-dht offers every peer named in any DHT answer (up to 20 per answer) to its routing
@@ -1263,6 +1273,8 @@ export class P2PNode {
               this.counters.batchesSent++;
               continue;
             }
+            // It answered that it runs another cluster: no holder of ours, nothing to dial.
+            if (this.foreignIps.has(ip)) continue;
           }
           try {
             const conn = await this.node.dial(target, { signal: AbortSignal.timeout(5000) });
