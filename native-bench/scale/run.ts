@@ -37,6 +37,16 @@ interface Args {
   netns: boolean;
 }
 
+/** The options that take one positive number, and the field each sets. */
+const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 'deadline' | 'settle'> = {
+  '--per-host': 'perHost',
+  '--keys': 'keys',
+  '--rate': 'rate',
+  '--lookups': 'lookups',
+  '--deadline': 'deadline',
+  '--settle': 'settle',
+};
+
 function parseArgs(argv: string[]): Args {
   const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
   for (let i = 0; i < argv.length; i++) {
@@ -47,6 +57,11 @@ function parseArgs(argv: string[]): Args {
       if (!Number.isFinite(x) || x <= 0) throw new Error(`${argv[i - 1]} needs a positive number`);
       return x;
     };
+    const numeric = NUMERIC_OPTIONS[argv[i]!];
+    if (numeric) {
+      a[numeric] = num();
+      continue;
+    }
     switch (argv[i]) {
       case '--nodes':
         a.nodes = v.split(',').map(Number);
@@ -56,24 +71,6 @@ function parseArgs(argv: string[]): Args {
         a.scenarios = new Set(v.split(',').filter(Boolean));
         for (const x of a.scenarios) if (!['isolation', 'churn', 'partition'].includes(x)) throw new Error(`unknown scenario ${x}`);
         i++;
-        break;
-      case '--per-host':
-        a.perHost = num();
-        break;
-      case '--keys':
-        a.keys = num();
-        break;
-      case '--rate':
-        a.rate = num();
-        break;
-      case '--lookups':
-        a.lookups = num();
-        break;
-      case '--deadline':
-        a.deadline = num();
-        break;
-      case '--settle':
-        a.settle = num();
         break;
       case '--out':
         a.out = path.resolve(v);

@@ -271,6 +271,16 @@ function lookupStats(recs: LookupRecord[]): LookupStats {
  * how many nodes held the key, how many of those and of its IP holders the asker was connected
  * to, and how many IP holders held it. The raw address lists are dropped.
  */
+/** Keeps the anatomy of the first 20 failed lookups: who held the record, whether the asker's IP holders did. */
+function collectFailures(c: ScaleCluster, into: Array<Record<string, unknown>>): (rec: LookupRecord) => void {
+  return (rec) => {
+    if (rec.ok || !rec.r?.diag || into.length >= 20) return;
+    const entry: Record<string, unknown> = { ip: rec.spec.ip, ms: Math.round(rec.r.ms), source: rec.r.source, queried: rec.r.queried, ...rec.r.diag };
+    into.push(entry);
+    annotateFailure(c, rec.spec.key, entry);
+  };
+}
+
 function annotateFailure(c: ScaleCluster, key: string, d: Record<string, unknown>, extra?: (connected: Set<string>) => Record<string, number>): void {
   void c.holders(key).then((hs) => {
     const conn = new Set((d.connectedIps as string[] | undefined) ?? []);
@@ -415,14 +425,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       o.lookupRate,
       { count: o.steadyLookups },
       o.lookupDeadlineMs,
-      (rec) => {
-        // A failure's anatomy: who held the record, and whether the asker's IP holders did.
-        if (rec.ok || !rec.r?.diag || steadyFailures.length >= 20) return;
-        const d = rec.r.diag;
-        const entry: Record<string, unknown> = { ip: rec.spec.ip, ms: Math.round(rec.r.ms), source: rec.r.source, queried: rec.r.queried, ...d };
-        steadyFailures.push(entry);
-        annotateFailure(c, rec.spec.key, entry);
-      },
+      collectFailures(c, steadyFailures),
     );
     const steadySecs = (Date.now() - t0) / 1000;
     if (profileDir) log(`  lookup profiles: ${(await c.profile('stop', profileDir, 'lookups')).join(' ')}`);
@@ -600,13 +603,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         o.lookupRate,
         { count: Math.min(200, Math.max(50, replList.length * 2)) },
         o.lookupDeadlineMs,
-        (rec) => {
-          if (!rec.ok && rec.r?.diag && replFailures.length < 20) {
-            const entry = { ip: rec.spec.ip, key: rec.spec.key, ms: Math.round(rec.r.ms), source: rec.r.source, queried: rec.r.queried, ...rec.r.diag };
-            replFailures.push(entry);
-            annotateFailure(c, rec.spec.key, entry);
-          }
-        },
+        collectFailures(c, replFailures),
       );
       const after = allNodes(await c.snapshot());
       result.churn = {

@@ -118,8 +118,13 @@ export class Datagrams {
 
   /** Asks the node at `ip` for a key's providers; undefined if no (valid) answer in time. */
   async ask(ip: string, keyMultihash: Uint8Array, timeoutMs: number, signal?: AbortSignal): Promise<DatagramAnswer | undefined> {
+    if (!this.socket || signal?.aborted) return undefined;
+    this.counters.asked++;
     const m = await this.request(ip, { k: Buffer.from(keyMultihash).toString('base64url') }, timeoutMs, signal);
-    if (!m || typeof m.i !== 'string' || !Array.isArray(m.p)) return undefined;
+    if (!m || typeof m.i !== 'string' || !Array.isArray(m.p)) {
+      this.counters.unanswered++;
+      return undefined;
+    }
     const providers: DatagramProvider[] = [];
     for (const e of m.p as unknown[]) {
       if (!Array.isArray(e) || typeof e[0] !== 'string' || !Array.isArray(e[1])) continue;
@@ -134,19 +139,24 @@ export class Datagrams {
    * number of keys it acknowledged taking.
    */
   async provide(ip: string, addrs: string[], keys: Uint8Array[], timeoutMs: number): Promise<number> {
+    // Sized as the JSON grows (base64url needs no escaping: a key adds its length, two quotes and
+    // a comma), not by encoding every candidate datagram.
+    const base = this.sizeOf(JSON.stringify({ c: this.o.cluster, n: '0123456789abcdef', i: this.o.self, a: addrs, r: [] }));
     const chunks: string[][] = [];
     let cur: string[] = [];
-    const size = (r: string[]) => this.seal(JSON.stringify({ c: this.o.cluster, n: '0123456789abcdef', i: this.o.self, a: addrs, r })).length;
+    let size = base;
     for (const k of keys) {
       const enc = Buffer.from(k).toString('base64url');
-      if (cur.length > 0 && size([...cur, enc]) > MAX_DATAGRAM) {
+      if (cur.length > 0 && size + enc.length + 3 > MAX_DATAGRAM) {
         chunks.push(cur);
         cur = [];
+        size = base;
       }
       cur.push(enc);
+      size += enc.length + 3;
     }
     if (cur.length > 0) chunks.push(cur);
-    if (chunks.some((c) => size(c) > MAX_DATAGRAM)) return 0; // our own addresses do not fit
+    if (chunks.some((c) => base + c.reduce((t, e) => t + e.length + 3, 0) > MAX_DATAGRAM)) return 0; // our own addresses do not fit
     const acks = await Promise.all(chunks.map((r) => this.request(ip, { i: this.o.self, a: addrs, r }, timeoutMs)));
     let taken = 0;
     acks.forEach((m, i) => {
@@ -162,13 +172,11 @@ export class Datagrams {
     if (!sock || signal?.aborted) return Promise.resolve(undefined);
     const nonce = randomBytes(8).toString('hex');
     const body = JSON.stringify({ c: this.o.cluster, n: nonce, ...fields });
-    if ('k' in fields) this.counters.asked++;
     return new Promise((resolve) => {
       const finish = (a: Record<string, unknown> | undefined) => {
         if (!this.pending.delete(nonce)) return;
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
-        if (!a && 'k' in fields) this.counters.unanswered++;
         resolve(a);
       };
       const onAbort = () => finish(undefined);
@@ -181,6 +189,11 @@ export class Datagrams {
         if (err) finish(undefined);
       });
     });
+  }
+
+  /** A datagram's length for this JSON (magic and, with a cluster key, the tag around it). */
+  private sizeOf(json: string): number {
+    return MAGIC.length + Buffer.byteLength(json) + (this.o.key ? TAG_BYTES : 0);
   }
 
   private seal(json: string): Buffer {
@@ -232,6 +245,7 @@ export class Datagrams {
   }
 
   private async keep(m: Record<string, unknown>, ip: string, port: number): Promise<void> {
+    if (!this.admitted(m, ip, port)) return;
     const addrs = Array.isArray(m.a) ? (m.a as unknown[]).filter((x): x is string => typeof x === 'string') : [];
     const keys: Uint8Array[] = [];
     for (const r of m.r as unknown[]) {
@@ -241,8 +255,7 @@ export class Datagrams {
     }
     // The records name the sender, at the address it sent from: no records for somebody else.
     const fromHere = addrs.some((a) => a.startsWith(`/ip4/${ip}/`) || a.startsWith(`/ip6/${ip}/`));
-    if (this.otherCluster(m, ip, port)) return;
-    if (m.c !== this.o.cluster || !this.o.member(ip) || typeof m.i !== 'string' || !fromHere || keys.length === 0) {
+    if (typeof m.i !== 'string' || !fromHere || keys.length === 0) {
       this.counters.refused++;
       return;
     }
@@ -251,44 +264,36 @@ export class Datagrams {
     this.socket?.send(this.seal(JSON.stringify({ n: m.n, ok: taken })), port, this.dest(ip));
   }
 
-  /** A member asking with another cluster's name is told so (and nothing else). */
-  private otherCluster(m: Record<string, unknown>, ip: string, port: number): boolean {
-    if (typeof m.c !== 'string' || m.c === this.o.cluster) return false;
+  /**
+   * Whether a request may be served: our cluster, from a DNS member. A member asking with another
+   * cluster's name is told so (and nothing else); anything else is dropped unanswered.
+   */
+  private admitted(m: Record<string, unknown>, ip: string, port: number): boolean {
+    if (m.c === this.o.cluster && this.o.member(ip)) return true;
     this.counters.refused++;
-    if (this.o.member(ip)) this.socket?.send(this.seal(JSON.stringify({ n: m.n, x: 'cluster' })), port, this.dest(ip));
-    return true;
+    if (typeof m.c === 'string' && m.c !== this.o.cluster && this.o.member(ip)) this.socket?.send(this.seal(JSON.stringify({ n: m.n, x: 'cluster' })), port, this.dest(ip));
+    return false;
   }
 
   private async serve(m: Record<string, unknown>, ip: string, port: number): Promise<void> {
-    if (this.otherCluster(m, ip, port)) return;
-    if (m.c !== this.o.cluster || !this.o.member(ip)) {
-      this.counters.refused++;
-      return;
-    }
-    let key: Buffer;
-    try {
-      key = Buffer.from(m.k as string, 'base64url');
-    } catch {
-      this.counters.refused++;
-      return;
-    }
+    if (!this.admitted(m, ip, port)) return;
+    const key = Buffer.from(m.k as string, 'base64url');
     if (key.length === 0 || key.length > 64) {
       this.counters.refused++;
       return;
     }
     const all = (await this.o.providers(key).catch(() => [])).slice(0, 16);
-    // As many providers as fit in one datagram.
+    // As many providers as fit in one datagram (each adds its JSON and a comma).
     const answer = { n: m.n, i: this.o.self, p: [] as Array<[string, string[]]> };
-    let out = this.seal(JSON.stringify(answer));
+    let size = this.sizeOf(JSON.stringify(answer));
     for (const pr of all) {
-      answer.p.push([pr.id, pr.addrs]);
-      const next = this.seal(JSON.stringify(answer));
-      if (next.length > MAX_DATAGRAM) {
-        answer.p.pop();
-        break;
-      }
-      out = next;
+      const entry: [string, string[]] = [pr.id, pr.addrs];
+      const add = Buffer.byteLength(JSON.stringify(entry)) + 1;
+      if (size + add > MAX_DATAGRAM) break;
+      answer.p.push(entry);
+      size += add;
     }
+    const out = this.seal(JSON.stringify(answer));
     this.counters.served++;
     this.socket?.send(out, port, this.dest(ip));
   }

@@ -19,8 +19,6 @@ import { tcp } from '@libp2p/tcp';
 import { isMultiaddr, multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { CID } from 'multiformats/cid';
-import * as raw from 'multiformats/codecs/raw';
-import { decode as decodeDigest } from 'multiformats/hashes/digest';
 import type {
   FeedPeer,
   LookupResult,
@@ -35,7 +33,7 @@ import { Bootstrapper, DnsMembers } from './bootstrap.js';
 import { Datagrams, type DatagramAnswer, type DatagramRecords } from './datagram.js';
 import { Heartbeat } from './heartbeat.js';
 import { IndexedMemoryDatastore } from './datastore.js';
-import { keyToCid } from '../shared/keys.js';
+import { keyToCid, multihashToCid } from '../shared/keys.js';
 import { Liveness, possiblyTruncated } from './liveness.js';
 import { Lookups } from './lookup.js';
 import { hostsOf, isLoopback, parseTcpAddr, registryAnnounceFilter, registryEndpoint } from './peer-addr.js';
@@ -280,8 +278,8 @@ export class P2PNode {
       // As identify would have told us over a connection: not a holder, not a member, dialled last.
       foreign: (ip) => {
         this.log('info', 'an IP holder runs another cluster: no longer counted as one', { ip });
-        this.foreignIps.set(ip, Date.now());
-        this.bootstrapper.markForeign(ip);
+        this.markForeign(ip);
+        // Out of the current answer too: identify's verdict waits for the next one.
         this.dnsAll = this.dnsAll.filter((x) => x !== ip);
         this.dnsOthers = this.dnsOthers.filter((x) => x !== ip);
         this.dnsOtherSet.delete(ip);
@@ -509,10 +507,7 @@ export class P2PNode {
         const ips = new Set(listenAddrs.flatMap((a) => parseTcpAddr(a)?.ip ?? []));
         const remote = parseTcpAddr(connection.remoteAddr)?.ip;
         if (remote) ips.add(remote);
-        for (const ip of ips) {
-          this.bootstrapper.markForeign(ip);
-          this.foreignIps.set(ip, Date.now());
-        }
+        for (const ip of ips) this.markForeign(ip);
         return;
       }
       // Its listen addresses, not the connection's source: that may be another address of its host.
@@ -1053,6 +1048,12 @@ export class P2PNode {
     };
   }
 
+  /** An IP runs another cluster (or no DHT): not a member, dialled last (see bootstrap.ts). */
+  private markForeign(ip: string): void {
+    this.foreignIps.set(ip, Date.now());
+    this.bootstrapper.markForeign(ip);
+  }
+
   /** Records another node sent by datagram (datagram.ts checked cluster, membership, source). */
   private async takeRecords(r: DatagramRecords): Promise<number> {
     let id: PeerId;
@@ -1075,7 +1076,7 @@ export class P2PNode {
     for (const mh of r.keys) {
       let cid: CID;
       try {
-        cid = CID.createV1(raw.code, decodeDigest(mh));
+        cid = multihashToCid(mh);
       } catch {
         continue;
       }
@@ -1090,45 +1091,33 @@ export class P2PNode {
   /** Our addresses as a datagram's records carry them: those another node at `ip` can reach. */
   private addrsFor(ip: string): string[] {
     const loop = isLoopback(ip);
-    return this.node
-      .getMultiaddrs()
-      .map((a) => a.toString().replace(/\/p2p\/[^/]+$/, ''))
-      .filter((a) => {
-        const t = parseTcpAddr(multiaddr(a));
-        return t !== undefined && isLoopback(t.ip) === loop;
-      });
+    return this.node.getMultiaddrs().flatMap((a) => {
+      const t = parseTcpAddr(a);
+      return t && isLoopback(t.ip) === loop ? [a.toString().replace(/\/p2p\/[^/]+$/, '')] : [];
+    });
   }
 
-  /** Records this node holds for a key (multihash), for a datagram answer: live providers with addresses. */
-  private async heldProviders(mh: Uint8Array): Promise<Array<{ id: string; addrs: string[] }>> {
-    const cid = CID.createV1(raw.code, decodeDigest(mh));
-    const out: Array<{ id: string; addrs: string[] }> = [];
+  /** The providers this node holds a record of for a key (not itself), with the addresses it knows. */
+  private async records(cid: CID): Promise<Array<{ id: PeerId; addrs: Multiaddr[] }>> {
+    const out: Array<{ id: PeerId; addrs: Multiaddr[] }> = [];
     for (const id of await this.dht.providers.getProviders(cid)) {
-      const key = id.toString();
-      if (id.equals(this.node.peerId) || this.liveness.isDead(key)) continue;
-      const addrs = await this.node.peerStore.get(id).then((p) => p.addresses.map((a) => a.multiaddr.toString()), () => []);
-      if (addrs.length > 0) out.push({ id: key, addrs });
+      if (id.equals(this.node.peerId)) continue;
+      // No addresses known for it: nothing to hand out (the network query may bring some).
+      const addrs = await this.node.peerStore.get(id).then((p) => p.addresses.map((a) => a.multiaddr), () => []);
+      if (addrs.length > 0) out.push({ id, addrs });
     }
     return out;
   }
 
+  /** Records this node holds for a key (multihash), for a datagram answer: live providers. */
+  private async heldProviders(mh: Uint8Array): Promise<Array<{ id: string; addrs: string[] }>> {
+    const held = await this.records(multihashToCid(mh));
+    return held.flatMap((r) => (this.liveness.isDead(r.id.toString()) ? [] : [{ id: r.id.toString(), addrs: r.addrs.map(String) }]));
+  }
+
   private async localProviders(c: string): Promise<ProviderPeer[]> {
-    const ids = await this.dht.providers.getProviders(CID.parse(c));
-    const out: ProviderPeer[] = [];
-    for (const id of ids) {
-      if (id.equals(this.node.peerId)) continue;
-      try {
-        const peer = await this.node.peerStore.get(id);
-        const p = this.toProvider(
-          id,
-          peer.addresses.map((a) => a.multiaddr),
-        );
-        if (p) out.push(p);
-      } catch {
-        // No addresses known for it: the network query may bring some.
-      }
-    }
-    return this.screen(out);
+    const held = await this.records(CID.parse(c));
+    return this.screen(held.flatMap((r) => this.toProvider(r.id, r.addrs) ?? []));
   }
 
   /**

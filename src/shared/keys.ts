@@ -28,3 +28,8 @@ export function keyToCid(key: string): CID {
   const hash = createHash('sha256').update(key, 'utf8').digest();
   return CID.createV1(raw.code, Digest.create(SHA2_256, new Uint8Array(hash.buffer, hash.byteOffset, hash.byteLength)));
 }
+
+/** The DHT key (as keyToCid makes it) around a multihash that came over the wire; throws if malformed. */
+export function multihashToCid(mh: Uint8Array): CID {
+  return CID.createV1(raw.code, Digest.decode(mh));
+}
