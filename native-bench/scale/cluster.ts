@@ -185,8 +185,13 @@ export class ScaleCluster {
     return this.hosts.filter((h) => h.alive);
   }
 
+  /** Most connections any node held at once over the run (hosts count at every open). */
+  peakConnections = 0;
+
   async snapshot(resetCounters = false): Promise<HostSnapshot[]> {
-    return Promise.all(this.liveHosts().map((h) => h.call<HostSnapshot>({ type: 'snapshot', resetCounters })));
+    const snaps = await Promise.all(this.liveHosts().map((h) => h.call<HostSnapshot>({ type: 'snapshot', resetCounters })));
+    for (const s of snaps) for (const x of s.nodes) this.peakConnections = Math.max(this.peakConnections, x.peakConnections);
+    return snaps;
   }
 
   /** Starts a CPU profile in every live host, or stops them, writing `<dir>/<phase>-<host>.cpuprofile`. */

@@ -24,6 +24,37 @@ interface Hosted {
   libp2p: Libp2p;
   startedAt: number;
   readyAfterMs: number | undefined;
+  maxConnections: number;
+  /** Most connections open at once since the last counter reset (counted at every open). */
+  peak: number;
+}
+
+// PEERPULL_SCALE_TRACE=1: remember where each outbound connection was asked for, and describe
+// the connections of a node above its bound in its snapshot (what keeps the bound soft).
+const TRACE = process.env.PEERPULL_SCALE_TRACE === '1';
+const openedBy = new WeakMap<Connection, string>();
+
+function traceOpens(libp2p: Libp2p): void {
+  const cm = (libp2p as unknown as { components?: { connectionManager?: { openConnection?: (...a: unknown[]) => Promise<Connection> } } }).components?.connectionManager;
+  if (!cm?.openConnection) throw new Error('libp2p components.connectionManager.openConnection not found: update native-bench/scale/host.ts');
+  const orig = cm.openConnection.bind(cm);
+  cm.openConnection = async (...a: unknown[]) => {
+    const frames = (new Error().stack ?? '')
+      .split('\n')
+      .slice(2)
+      .filter((l) => /src\/p2p|kad-dht\/dist/.test(l))
+      .slice(0, 4)
+      .map((l) => l.trim().replace(/^at /, '').replace(/\(?file:\/\/\S*\/(src\/p2p|kad-dht\/dist\/src)\//, '$1/').replace(/\)$/, ''));
+    const conn = await orig(...a);
+    if (!openedBy.has(conn)) openedBy.set(conn, frames.join(' < ') || 'unknown');
+    return conn;
+  };
+}
+
+function describeOver(h: Hosted, conns: Connection[]): string[] | undefined {
+  if (!TRACE || conns.length <= h.maxConnections) return undefined;
+  const now = Date.now();
+  return conns.map((c) => `${c.direction} ${remoteIp(c)} age ${Math.round((now - c.timeline.open) / 1000)}s streams [${c.streams.map((s) => s.protocol ?? '?').join(',')}] ${c.direction === 'outbound' ? (openedBy.get(c) ?? 'not via openConnection') : ''}`);
 }
 
 const hosted = new Map<string, Hosted>();
@@ -65,6 +96,11 @@ function libp2pOf(n: P2PNode): Libp2p {
   return inner;
 }
 
+/** Connections in use: one closed to make room may stay listed for a moment after it stopped. */
+function openConnections(l: Libp2p): Connection[] {
+  return l.getConnections().filter((c) => c.status === 'open');
+}
+
 function remoteIp(c: Connection): string | undefined {
   return parseTcpAddr(c.remoteAddr)?.ip;
 }
@@ -85,19 +121,24 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
     cfg,
     key,
     (level, msg, fields) => {
+      // PEERPULL_SCALE_LOG_IP=<ip>: every log line of that node, debug included, on stderr.
+      if (spec.ip === process.env.PEERPULL_SCALE_LOG_IP) process.stderr.write(`${Date.now() - t0} ${spec.ip} ${level} ${msg} ${fields ? JSON.stringify(fields) : ''}\n`);
       if (level === 'warn' || level === 'error') problem(level, `${spec.ip} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
     },
     () => {},
   );
   // Attached before this node's first bootstrap dial (that waits for a timer and DNS).
   const libp2p = libp2pOf(node);
+  if (TRACE) traceOpens(libp2p);
   libp2p.addEventListener('connection:open', (e) => {
+    const h = hosted.get(spec.ip);
+    if (h) h.peak = Math.max(h.peak, openConnections(libp2p).length);
     if (e.detail.direction !== 'outbound') return;
     const ip = remoteIp(e.detail);
     if (ip) dialsByTarget.set(ip, (dialsByTarget.get(ip) ?? 0) + 1);
   });
   libp2p.addEventListener('connection:close', () => closes++);
-  hosted.set(spec.ip, { spec, node, libp2p, startedAt: t0, readyAfterMs: undefined });
+  hosted.set(spec.ip, { spec, node, libp2p, startedAt: t0, readyAfterMs: undefined, maxConnections: config.maxConnections, peak: openConnections(libp2p).length });
 }
 
 // Readiness is sampled often so "time to ready" is not rounded up to the status push interval.
@@ -108,9 +149,11 @@ const readyTimer = setInterval(() => {
 }, 100);
 readyTimer.unref();
 
-function nodeSnapshot(h: Hosted): NodeSnapshot {
+function nodeSnapshot(h: Hosted, reset: boolean): NodeSnapshot {
   const s = h.node.status();
-  const conns = h.libp2p.getConnections();
+  const conns = openConnections(h.libp2p);
+  const peak = Math.max(h.peak, conns.length);
+  if (reset) h.peak = conns.length;
   return {
     ip: h.spec.ip,
     peerId: s.peerId,
@@ -118,11 +161,13 @@ function nodeSnapshot(h: Hosted): NodeSnapshot {
     readyAfterMs: h.readyAfterMs,
     ready: s.ready,
     connections: conns.length,
+    peakConnections: peak,
     inbound: conns.filter((c) => c.direction === 'inbound').length,
     routingTable: s.routingTable,
-    remoteIps: conns.flatMap((c) => remoteIp(c) ?? []),
+    remotePeers: conns.map((c) => c.remotePeer.toString()),
     dnsMembers: s.dnsMembers,
-    datagrams: h.node.metrics(s).datagrams,
+    ...(({ datagrams, connectionBound }) => ({ datagrams, connectionBound }))(h.node.metrics(s)),
+    over: describeOver(h, conns),
   };
 }
 
@@ -143,7 +188,7 @@ async function handle(req: HostRequest): Promise<unknown> {
       const cpu = process.cpuUsage(cpuBase);
       const snap: HostSnapshot = {
         pid: process.pid,
-        nodes: [...hosted.values()].map(nodeSnapshot),
+        nodes: [...hosted.values()].map((h) => nodeSnapshot(h, req.resetCounters)),
         dialsByTarget: Object.fromEntries(dialsByTarget),
         rssBytes: mem.rss,
         baseRssBytes: baseRss,

@@ -29,13 +29,22 @@ export interface NodeSnapshot {
   readyAfterMs: number | undefined;
   ready: boolean;
   connections: number;
+  /** Most connections open at once since the previous snapshot that reset counters. */
+  peakConnections: number;
   inbound: number;
   routingTable: number;
-  /** Remote IPs of the open connections (isolation and partition checks). */
-  remoteIps: string[];
+  /**
+   * Peer ids at the other end of the open connections (isolation and partition checks). Not
+   * their addresses: the nodes share one host, so an inbound connection's source is 127.0.0.1.
+   */
+  remotePeers: string[];
   dnsMembers: number;
   /** The node's datagram counters (src/p2p/datagram.ts), cumulative. */
   datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
+  /** The node's connection-bound counters (src/p2p/bound.ts), cumulative. */
+  connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
+  /** With PEERPULL_SCALE_TRACE=1, above the bound: one line per connection (direction, age, streams, opener). */
+  over?: string[];
 }
 
 export interface HostSnapshot {

@@ -119,6 +119,8 @@ export interface ScaleResult {
     cpuSecondsPerNodePerMinute: number;
     /** Datagram counters summed over the nodes, from their start to the end of the lookups. */
     datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
+    /** Connection-bound counters summed over the nodes, from their start to the end of the lookups. */
+    connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
   };
   isolation?: {
     otherNodes: number;
@@ -168,6 +170,11 @@ export interface ScaleResult {
     nodesWithCrossConnection: number;
   };
   problems: { warnings: number; errors: number; samples: string[] };
+  /**
+   * Most connections one node held at once, over the whole run: counted by the hosts at every
+   * connection open, not only when a snapshot looks (the bound is a bound at every instant).
+   */
+  peakConnections: number;
   /** Set on a run cut short: the phases it did not reach are absent. */
   incomplete?: string;
   /** Idle figures as soon as they are known (also in `steady`). */
@@ -295,6 +302,15 @@ function annotateFailure(c: ScaleCluster, key: string, d: Record<string, unknown
     delete d.connectedIps;
     delete d.ipHolders;
   }, () => {});
+}
+
+/** With PEERPULL_SCALE_TRACE=1 hosts describe nodes above their bound: log what they hold. */
+function logOver(phase: string, nodes: NodeSnapshot[], log: (m: string) => void): void {
+  for (const x of nodes) {
+    if (!x.over) continue;
+    log(`  ${phase}: ${x.ip} holds ${x.connections} connections:`);
+    for (const line of x.over) log(`    ${line}`);
+  }
 }
 
 function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
@@ -431,6 +447,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     if (profileDir) log(`  lookup profiles: ${(await c.profile('stop', profileDir, 'lookups')).join(' ')}`);
     const steadySnaps = await c.snapshot(true);
     const steadyNodes = allNodes(steadySnaps);
+    logOver('steady', steadyNodes, log);
     const totalNodes = steadyNodes.length;
     const steady: ScaleResult['steady'] = {
       connections: distribution(steadyNodes.map((x) => x.connections)),
@@ -454,9 +471,15 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.datagrams[k], 0) }),
         { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
       ),
+      connectionBound: (['evicted', 'refusedInbound', 'refusedOutbound', 'unwanted'] as const).reduce(
+        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.connectionBound[k], 0) }),
+        { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
+      ),
     };
     log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}`);
     log(`  datagrams: ${steady.datagrams.answered}/${steady.datagrams.asked} asks answered, ${steady.datagrams.provided} records acknowledged by IP holders`);
+    const cb = steady.connectionBound;
+    log(`  connection bound: ${cb.evicted} idle connections closed to make room, ${cb.refusedInbound + cb.refusedOutbound} refused (${cb.refusedOutbound} outbound)`);
 
     const result: ScaleResult = {
       n: o.n,
@@ -468,6 +491,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       coldStart,
       steady,
       problems: { warnings: 0, errors: 0, samples: [] },
+      peakConnections: 0,
     };
     if (o.progress) Object.assign(o.progress, result);
 
@@ -510,8 +534,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         o.lookupDeadlineMs,
       );
       const snap = allNodes(await c.snapshot());
+      logOver('isolation', snap, log);
       const otherSet = new Set(otherIps);
-      const crossConnections = snap.reduce((t, x) => t + x.remoteIps.filter((r) => otherSet.has(r) !== otherSet.has(x.ip)).length, 0);
+      const ipOf = new Map(snap.map((x) => [x.peerId, x.ip]));
+      const crossConnections = snap.reduce((t, x) => t + x.remotePeers.filter((p) => ipOf.has(p) && otherSet.has(ipOf.get(p)!) !== otherSet.has(x.ip)).length, 0);
       result.isolation = {
         otherNodes: m,
         otherAllReady: other.all,
@@ -606,6 +632,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         collectFailures(c, replFailures),
       );
       const after = allNodes(await c.snapshot());
+      logOver('after churn', after, log);
       result.churn = {
         killed: victims.size,
         replaced: replacementIps.length,
@@ -700,12 +727,14 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         lastCrossFailureMs: last,
         crossAfter: { before: lookupStats(recsBefore.filter((r) => r.at - tHeal > windowMs / 2)), during: lookupStats(recsDuring.filter((r) => r.at - tHeal > windowMs / 2)) },
         windowMs,
-        nodesWithCrossConnection: snap.filter((x) => x.remoteIps.some((r) => aSet.has(r) !== aSet.has(x.ip))).length,
+        nodesWithCrossConnection: ((ipOf) => snap.filter((x) => x.remotePeers.some((p) => ipOf.has(p) && aSet.has(ipOf.get(p)!) !== aSet.has(x.ip))).length)(new Map(snap.map((x) => [x.peerId, x.ip]))),
       };
       log(`  within side during cut ${result.partition.withinSideDuring.ok}/${result.partition.withinSideDuring.total}; last cross failure after heal: before-keys ${last.before ?? '-'} ms, during-keys ${last.during ?? '-'} ms`);
     }
 
     const final = await c.snapshot();
+    result.peakConnections = c.peakConnections;
+    log(`  most connections one node held at once: ${c.peakConnections} (bound ${o.maxConnections})`);
     result.problems = {
       warnings: final.reduce((t, s) => t + s.warnings, 0),
       errors: final.reduce((t, s) => t + s.errors, 0),

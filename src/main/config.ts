@@ -385,7 +385,7 @@ export const settings = {
   maxConnections: setting(
     'MAX_CONNECTIONS',
     '64',
-    'Most libp2p connections one node keeps; bootstrap and the DHT work within it, so a large cluster never becomes an n-squared mesh.',
+    'Most libp2p connections one node holds, counted when each opens: at the bound an idle one is closed to make room, or the new one refused. Bootstrap and the DHT work within it, so a large cluster never becomes an n-squared mesh.',
     intIn(4, 10_000),
   ),
   cluster: setting(

@@ -57,14 +57,21 @@ const recordBatches = new Counter({
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
 /** The cumulative counters of a metrics snapshot. */
-type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats' | 'datagrams'>;
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats' | 'datagrams' | 'connectionBound'>;
 const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
   heartbeats: { ok: 0, failed: 0 },
   datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0 },
+  connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
 };
+const connectionBound = new Counter({
+  name: 'peerpull_p2p_connection_bound_total',
+  help: 'New connections at the connection bound (PEERPULL_MAX_CONNECTIONS): outcome evicted (an idle connection was closed to make room), refused_inbound / refused_outbound (every connection was busy, young or a ring link); foreign: refused at any count, the peer runs another cluster.',
+  labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
 const datagrams = new Counter({
   name: 'peerpull_p2p_datagrams_total',
   help: 'Datagrams to and from record holders (UDP): this node\'s lookups (outcome answered, unanswered), other nodes\' asks it answered (served), records of ours IP holders acknowledged (provided), records other nodes sent (taken), datagrams dropped (refused).',
@@ -450,6 +457,10 @@ export class P2P {
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
     for (const k of ['answered', 'unanswered', 'served', 'provided', 'taken', 'refused'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
+    add(connectionBound, 'evicted', m.connectionBound.evicted, base.connectionBound.evicted);
+    add(connectionBound, 'refused_inbound', m.connectionBound.refusedInbound, base.connectionBound.refusedInbound);
+    add(connectionBound, 'refused_outbound', m.connectionBound.refusedOutbound, base.connectionBound.refusedOutbound);
+    add(connectionBound, 'foreign', m.connectionBound.unwanted, base.connectionBound.unwanted);
     if (m.recordsReceived > base.recordsReceived) recordsReceived.inc({ cluster }, m.recordsReceived - base.recordsReceived);
     this.counterBase = m;
     for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);

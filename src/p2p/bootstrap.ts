@@ -98,6 +98,26 @@ export function selectRing(sorted: string[], self: ReadonlySet<string>, seed: st
   return [...ring, ...rendezvous(others.filter((ip) => !inRing.has(ip)), seed, ranks)].slice(0, Math.max(count, 0));
 }
 
+/**
+ * The RING_LINKS addresses on either side of ours in the sorted ring: our successors dial us
+ * as we dial theirs, and these links keep the cluster one piece, so the connection bound keeps
+ * them (bound.ts). Empty while our address is not in the answer.
+ */
+export function ringNeighbours(sorted: string[], self: ReadonlySet<string>): string[] {
+  const mine = sorted.find((ip) => self.has(ip));
+  const others = sorted.filter((ip) => !self.has(ip));
+  if (mine === undefined || others.length === 0) return [];
+  const key = ipKey(mine);
+  let at = others.findIndex((ip) => ipKey(ip) > key);
+  if (at < 0) at = 0;
+  const out = new Set<string>();
+  for (let i = 0; i < Math.min(RING_LINKS, others.length); i++) {
+    out.add(others[(at + i) % others.length]);
+    out.add(others[(at - 1 - i + 2 * others.length) % others.length]);
+  }
+  return [...out];
+}
+
 export class DnsResolveError extends Error {
   constructor(readonly name_: string, readonly code: string | undefined, message: string) {
     super(message);

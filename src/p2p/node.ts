@@ -10,7 +10,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify, type Identify } from '@libp2p/identify';
-import type { PeerId, PrivateKey } from '@libp2p/interface';
+import type { Connection, PeerId, PrivateKey } from '@libp2p/interface';
 import { kadDHT, MessageType, passthroughMapper, type KadDHT, type QueryEvent } from '@libp2p/kad-dht';
 import { ping, type Ping } from '@libp2p/ping';
 import { peerIdFromString } from '@libp2p/peer-id';
@@ -29,7 +29,8 @@ import type {
   ProviderPeer,
   StoreFeed as StoreFeedMessage,
 } from '../shared/messages.js';
-import { Bootstrapper, DnsMembers } from './bootstrap.js';
+import { Bootstrapper, DnsMembers, ringNeighbours } from './bootstrap.js';
+import { ConnectionBound } from './bound.js';
 import { Datagrams, type DatagramAnswer, type DatagramRecords } from './datagram.js';
 import { Heartbeat } from './heartbeat.js';
 import { IndexedMemoryDatastore } from './datastore.js';
@@ -225,9 +226,16 @@ export class P2PNode {
   private readonly ipKadIds = new Map<string, Uint8Array>();
   /** Which member announced which IP (identify's listen addresses). */
   private readonly peerByIp = new Map<string, string>();
+  /** Our ring neighbours in the last DNS answer (bootstrap.ts): their connections survive the bound. */
+  private ringSet = new Set<string>();
   private meshRunning = false;
   /** IPs of the DNS answer that belong to another cluster (seen at identify), with when. */
   private readonly foreignIps = new Map<string, number>();
+  /**
+   * Peer ids seen speaking another cluster's protocol, with when: refused at the connection
+   * bound's gate, before they cost one of our connections (kept as long as foreign IPs).
+   */
+  private readonly foreignPeers = new Map<string, number>();
   /** Records a holder did not take after several tries: peer id -> CIDs, retried every few seconds. */
   private readonly undelivered = new Map<string, Map<string, CID>>();
   /** The same for IP holders (pushToIpHolders): IP -> CIDs. */
@@ -251,6 +259,7 @@ export class P2PNode {
     private readonly node: Libp2p<Services>,
     private readonly log: LogFn,
     private readonly onStatus: (s: P2PStatus, m: P2PMetricsSnapshot) => void,
+    private readonly bound: ConnectionBound,
   ) {
     this.dht = dhtInternals(node.services.dht);
     // Pings every connection half the dead-peer bound apart; a ping is sent at most a tenth of
@@ -299,6 +308,9 @@ export class P2PNode {
     let verifyDials = 0;
     kb.verify = async (contact, options) => {
       if (node.getConnections(contact.peerId).length > 0) return verify.call(kb, contact, options);
+      // At the bound a ping would close an idle connection to make room for itself: a member
+      // the DNS answer still lists stands in for the ping there.
+      if (this.bound.used() >= cfg.maxConnections) return this.members.get(contact.peerId.toString())?.ips.some((ip) => this.dnsOtherSet.has(ip)) ?? false;
       if (verifyDials >= TABLE_DIALS) return false;
       verifyDials++;
       try {
@@ -352,8 +364,10 @@ export class P2PNode {
           // Foreign IPs are forgotten after ten intervals, as the bootstrapper does (a reused pod IP).
           const cutoff = Date.now() - 10 * cfg.bootstrapIntervalMs;
           for (const [ip, t] of this.foreignIps) if (t < cutoff) this.foreignIps.delete(ip);
+          for (const [id, t] of this.foreignPeers) if (t < cutoff) this.foreignPeers.delete(id);
           this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip) && !this.foreignIps.has(ip));
           this.dnsOtherSet = new Set(this.dnsOthers);
+          this.ringSet = new Set(ringNeighbours(ips ?? [], self));
           const before = this.dnsAll;
           this.dnsAll = ips && !possiblyTruncated(ips) ? ips.filter((ip) => !this.foreignIps.has(ip)) : [];
           if (this.dnsAll.length > 0) void this.ipRehome(before, this.dnsAll);
@@ -386,6 +400,17 @@ export class P2PNode {
     // Keep loopback addresses only when the node listens on loopback on purpose.
     const keepLoopback = isLoopback(host) || (cfg.advertiseIp !== '' && isLoopback(cfg.advertiseIp));
     const datastore = new IndexedMemoryDatastore();
+    // The bound needs the node and the node needs the bound's gate: filled in below.
+    let libp2pRef: Libp2p<Services> | undefined;
+    let selfRef: P2PNode | undefined;
+    const bound = new ConnectionBound({
+      max: cfg.maxConnections,
+      connections: () => libp2pRef?.getConnections() ?? [],
+      isProtected: (c) => selfRef?.isRingNeighbour(c) ?? false,
+      isUnwanted: (peer) => selfRef?.isForeign(peer) ?? false,
+      onEvict: (c) => selfRef?.evicted.set(c.remotePeer.toString(), Date.now()),
+      log: (level, msg, fields) => log(level, msg, fields),
+    });
     const node = await createLibp2p<Services>({
       privateKey,
       start: false,
@@ -398,8 +423,12 @@ export class P2PNode {
       // Heartbeats (heartbeat.ts) ping every connection; yamux's own keep-alive would only add pings.
       streamMuxers: [yamux({ enableKeepAlive: false })],
       connectionProtector: cfg.clusterKey ? preSharedKey({ psk: swarmKey(cfg.clusterKey) }) : undefined,
+      // The bound itself (bound.ts): admission after the upgrade, an idle connection given up
+      // for a new one. libp2p's limit sits above it so that it never prunes (it would close
+      // whichever connection opened last, in use or not) and lets upgrades reach the gate.
+      connectionGater: bound.gater(),
       connectionManager: {
-        maxConnections: cfg.maxConnections,
+        maxConnections: cfg.maxConnections * 2,
         // Not an allow list: allow-listed addresses bypass maxConnections and pruning, and in a
         // cluster every peer is in a private range. Raise the per-host rate and the pending
         // upgrade limit instead, so hundreds of nodes joining at once are not refused.
@@ -444,7 +473,9 @@ export class P2PNode {
         }),
       },
     });
-    const self = new P2PNode(cfg, node, log, onStatus);
+    libp2pRef = node;
+    const self = new P2PNode(cfg, node, log, onStatus, bound);
+    selfRef = self;
     const feed = new StoreFeed({ self: node.peerId.toString(), post: onStore, peer: (id) => self.feedPeer(id), finalMisses: () => self.finalMisses() });
     self.feed = feed;
     datastore.watch(PROVIDER_PREFIX, (key, present) => feed.record(key, present));
@@ -483,6 +514,8 @@ export class P2PNode {
       ),
       { maxInboundStreams: 8 },
     );
+    n.addEventListener('connection:open', () => this.bound.opened());
+    n.addEventListener('connection:close', (e) => this.bound.closed(e.detail));
     n.addEventListener('peer:connect', (e) => {
       this.liveness.markAlive(e.detail.toString());
       this.feed?.peerChanged(e.detail.toString());
@@ -493,8 +526,18 @@ export class P2PNode {
       const id = e.detail.toString();
       this.feed?.peerChanged(id);
       this.bootstrapper.peerLost();
-      // A node that died closes its sockets with it: find out now, not at the next lookup.
-      setTimeout(() => this.probe(id), 300).unref();
+      // We closed it to make room: it is alive, and a probe would only knock for nothing.
+      const evictedAt = this.evicted.get(id);
+      if (evictedAt !== undefined) {
+        this.evicted.delete(id);
+        if (Date.now() - evictedAt < 10_000) return;
+      }
+      if (this.evicted.size > 1024) this.evicted.clear();
+      // A node that died closes its sockets with it: find out now, not at the next lookup. By
+      // knocking on its port, not dialling: the question is only whether it died, and a dial
+      // would re-open what the peer's connection bound may just have closed (measured at N = 50,
+      // bound 12: each eviction dialled back, which evicted another, round and round).
+      setTimeout(() => this.probe(id, [], 1, true), 300).unref();
     });
     n.addEventListener('peer:identify', (e) => {
       // A peer of another cluster (or no DHT at all) is useless and takes a connection slot.
@@ -508,6 +551,7 @@ export class P2PNode {
         const remote = parseTcpAddr(connection.remoteAddr)?.ip;
         if (remote) ips.add(remote);
         for (const ip of ips) this.markForeign(ip);
+        this.foreignPeers.set(peerId.toString(), Date.now());
         return;
       }
       // Its listen addresses, not the connection's source: that may be another address of its host.
@@ -722,8 +766,9 @@ export class P2PNode {
     // A small cluster still meshing is on its way to an exact view (catchUp covers the peers
     // that arrive); queries would only load it. A big cluster needs them.
     const queryToo = this.view() === 'partial' && !this.meshEligible();
+    let reached = new Map<string, number>();
     try {
-      const [reached] = await Promise.all([this.pushRecords(jobs.map((j) => j.cid)), this.pushToIpHolders(jobs.map((j) => j.cid))]);
+      [reached] = await Promise.all([this.pushRecords(jobs.map((j) => j.cid)), this.pushToIpHolders(jobs.map((j) => j.cid))]);
       for (const j of jobs) {
         const c = j.cid.toString();
         if ((reached.get(c) ?? 0) > 0) this.unpublished.delete(c);
@@ -733,10 +778,16 @@ export class P2PNode {
       this.batchRunning = false;
       if (queryToo) {
         for (const j of jobs) {
+          // A record our pushes placed is in the DHT: its waiters go now, the query that looks
+          // for holders beyond our view runs behind them (at N = 50 with a bound of 12, queries
+          // dialling their way to 20 holders took up to the 30 s timeout).
+          const placed = (reached.get(j.cid.toString()) ?? 0) > 0;
           const c = j.cid.toString();
           const q = this.queryQueue.get(c);
-          if (q) q.waiters.push(...j.waiters);
-          else this.queryQueue.set(c, j);
+          if (placed) for (const w of j.waiters) w();
+          const waiters = placed ? [] : j.waiters;
+          if (q) q.waiters.push(...waiters);
+          else this.queryQueue.set(c, { ...j, waiters });
         }
         this.pump();
       } else for (const j of jobs) for (const w of j.waiters) w();
@@ -774,14 +825,28 @@ export class P2PNode {
       const sender = async (): Promise<void> => {
         while (next < batches.length && !this.stopped) {
           const batch = batches[next++];
-          try {
-            const stream = await this.node.dialProtocol(batch.peer, proto, { signal: AbortSignal.timeout(5000) });
-            await sendRecords(stream, batch.cids, AbortSignal.timeout(10_000));
+          const delivered = () => {
             this.counters.batchesSent++;
             for (const cid of batch.cids) {
               const c = cid.toString();
               reached.set(c, (reached.get(c) ?? 0) + 1);
             }
+          };
+          // Unconnected: by datagram to the address it announced, and only if not all are
+          // taken over a connection. Beyond a mesh most holders are unconnected: one dial per
+          // holder per batch kept nodes at their bound and took advertising from 8 to 43 s at
+          // N = 50 once the bound was kept.
+          if (this.node.getConnections(batch.peer).length === 0) {
+            const ip = this.members.get(batch.peer.toString())?.ips.find((x) => this.dnsOtherSet.has(x));
+            if (ip !== undefined && (await this.provideByDatagram(ip, batch.cids))) {
+              delivered();
+              continue;
+            }
+          }
+          try {
+            const stream = await this.node.dialProtocol(batch.peer, proto, { signal: AbortSignal.timeout(5000) });
+            await sendRecords(stream, batch.cids, AbortSignal.timeout(10_000));
+            delivered();
           } catch (err) {
             this.counters.batchesFailed++;
             failed.push(batch);
@@ -845,12 +910,14 @@ export class P2PNode {
   private async provideOne(c: string, job: ProvideJob): Promise<void> {
     if (!this.advertised.has(c)) return;
     let stored = 0;
+    const t0 = Date.now();
     try {
       for await (const ev of this.node.services.dht.provide(job.cid, { signal: AbortSignal.timeout(PROVIDE_TIMEOUT_MS) })) {
         if (ev.name === 'PEER_RESPONSE' && ev.messageName === 'ADD_PROVIDER') stored++;
       }
+      this.log('debug', 'provide query done', { key: job.key, stored, ms: Date.now() - t0 });
     } catch (err) {
-      this.log('debug', 'provide failed', { key: job.key, error: (err as Error).message });
+      this.log('debug', 'provide failed', { key: job.key, stored, ms: Date.now() - t0, error: (err as Error).message });
     }
     // The batch may have reached holders the query did not: only a total failure is unpublished.
     if (stored > 0) this.unpublished.delete(c);
@@ -1212,6 +1279,22 @@ export class P2PNode {
     return best.flatMap((r) => (self.has(r.ip) ? [] : [r.ip]));
   }
 
+  /** Peers whose connection the bound closed to make room, with when: alive, not probed. */
+  readonly evicted = new Map<string, number>();
+
+  /** Whether `peer` was seen speaking another cluster's protocol lately. */
+  isForeign(peer: PeerId): boolean {
+    return this.foreignPeers.has(peer.toString());
+  }
+
+  /** Whether `c` goes to one of our ring neighbours (by its source or the member's listen addresses). */
+  isRingNeighbour(c: Connection): boolean {
+    if (this.ringSet.size === 0) return false;
+    const ip = parseTcpAddr(c.remoteAddr)?.ip;
+    if (ip !== undefined && this.ringSet.has(ip)) return true;
+    return this.members.get(c.remotePeer.toString())?.ips.some((x) => this.ringSet.has(x)) ?? false;
+  }
+
   /** A peer id for an IP if a member announced it, else the bare address (the dial learns the id). */
   private ipTarget(ip: string): PeerId | Multiaddr {
     const id = this.peerByIp.get(ip);
@@ -1221,13 +1304,13 @@ export class P2PNode {
   }
 
   /**
-   * Closes a connection opened only to push records to an IP holder when we are above the
-   * connection bound: libp2p prunes only connections without streams, and nodes stayed above
-   * it (19 at a bound of 12 in the scale test).
+   * Our records for `cids` to `ip` in one datagram each way, no connection (at the bound a dial
+   * would close another connection): whether the node there took them all.
    */
-  private releaseIfOver(peer: PeerId): void {
-    if (this.node.getConnections().length <= this.cfg.maxConnections) return;
-    for (const conn of this.node.getConnections(peer)) void conn.close().catch(() => {});
+  private async provideByDatagram(ip: string, cids: CID[]): Promise<boolean> {
+    if (!this.datagrams.running) return false;
+    const taken = await this.datagrams.provide(ip, this.addrsFor(ip), cids.map((c) => c.multihash.bytes), DATAGRAM_ACK_MS);
+    return taken === cids.length;
   }
 
   /** Sends our records for `cids` to their IP holders (only those in `onlyIps` when given). */
@@ -1257,8 +1340,7 @@ export class P2PNode {
           // No connection: the records go by datagram (no dial, no handshake), and only if the
           // holder does not acknowledge them all, over a connection.
           if (!warm && this.datagrams.running) {
-            const taken = await this.datagrams.provide(ip, this.addrsFor(ip), list.map((c) => c.multihash.bytes), DATAGRAM_ACK_MS);
-            if (taken === list.length) {
+            if (await this.provideByDatagram(ip, list)) {
               this.counters.batchesSent++;
               continue;
             }
@@ -1272,7 +1354,6 @@ export class P2PNode {
               await sendRecords(stream, list.slice(i, i + MAX_BATCH), AbortSignal.timeout(10_000));
               this.counters.batchesSent++;
             }
-            if (!warm) this.releaseIfOver(conn.remotePeer);
           } catch (err) {
             this.counters.batchesFailed++;
             failed.push([ip, list]);
@@ -1595,8 +1676,11 @@ export class P2PNode {
     this.liveness.markDead(peerId, 'dial-failed');
   }
 
-  /** Dials a peer we are not connected to; a failure marks it dead. Rate-limited per peer. */
-  private probe(peerId: string, addrs: Multiaddr[] = [], spacing = 1): void {
+  /**
+   * Dials a peer we are not connected to (knocks on its port instead with `knockOnly` or near
+   * the bound); a failure marks it dead. Rate-limited per peer.
+   */
+  private probe(peerId: string, addrs: Multiaddr[] = [], spacing = 1, knockOnly = false): void {
     if (this.stopped) return;
     const now = Date.now();
     const last = this.probing.get(peerId);
@@ -1611,7 +1695,7 @@ export class P2PNode {
     this.probesRunning++;
     // Near the connection bound a libp2p dial would only evict another peer: knock on the TCP
     // port instead (refused or unreachable is a verdict; an answer means something listens).
-    if (this.node.getConnections().length >= this.cfg.maxConnections - 1) {
+    if (knockOnly || this.bound.used() >= this.cfg.maxConnections - 1) {
       void this.knock(id, addrs, timeout)
         .then((verdict) => this.judge(peerId, verdict))
         .finally(() => this.probesRunning--);
@@ -1697,6 +1781,7 @@ export class P2PNode {
       recordsReceived: this.counters.recordsReceived,
       heartbeats: { ...this.heartbeat.counters },
       datagrams: { ...this.datagrams.counters },
+      connectionBound: { ...this.bound.counters },
       dnsResolveSeconds: dns,
       eventLoopDelayMs: this.loopDelay(),
     };

@@ -242,6 +242,12 @@ export interface P2PMetricsSnapshot {
    * another cluster, a non-member, malformed, records for another address, an unasked answer).
    */
   datagrams: { asked: number; answered: number; unanswered: number; served: number; refused: number; provided: number; taken: number };
+  /**
+   * The connection bound (src/p2p/bound.ts): idle connections closed to make room for new ones,
+   * new ones refused because every connection was busy or protected, and connections of peers
+   * known to run another cluster refused outright.
+   */
+  connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
   /** DNS resolve durations (seconds) since the previous snapshot, by outcome. */
   dnsResolveSeconds: { ok: number[]; failed: number[] };
   /** How late the p2p thread's event loop ran its callbacks since the previous snapshot (ms). */
