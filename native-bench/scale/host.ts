@@ -211,7 +211,15 @@ async function handle(req: HostRequest): Promise<unknown> {
     }
     case 'advertise': {
       const t0 = Date.now();
-      await Promise.all(req.items.map((it) => hostedOrThrow(it.ip).node.advertise(it.keys, req.wait)));
+      await Promise.all(
+        req.items.map(async (it) => {
+          const h = hostedOrThrow(it.ip);
+          await h.node.advertise(it.keys, req.wait);
+          // advertise(wait) returns once the records are placed; the DHT provide queries that look
+          // for holders beyond the node's view go on behind it. Measurements start after both.
+          while (req.wait && h.node.status().pendingProvides > 0) await new Promise((r) => setTimeout(r, 100));
+        }),
+      );
       return { ms: Date.now() - t0 };
     }
     case 'find': {
