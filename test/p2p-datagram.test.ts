@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { after, describe, test } from 'node:test';
+import { FetchClaims } from '../src/p2p/claims.js';
 import { Datagrams, MAX_DATAGRAM, type DatagramOptions, type DatagramProvider, type DatagramRecords } from '../src/p2p/datagram.js';
 
 const PORT = 17301;
@@ -23,8 +24,15 @@ const kept = new Map<string, DatagramRecords[]>();
 /** Addresses each test node was told run another cluster. */
 const foreignSeen = new Map<string, string[]>();
 
+/** Each test node's claims table, by its address. */
+const claimTables = new Map<string, FetchClaims>();
+
 async function node(ip: string, over: Partial<DatagramOptions> = {}, held: DatagramProvider[] = PROVIDERS): Promise<Datagrams> {
+  const claims = new FetchClaims();
+  claimTables.set(ip, claims);
   const d = new Datagrams({
+    claim: (k, who) => claims.ask(k, who),
+    release: (k, id) => claims.release(k, id),
     host: ip,
     cluster: 'c1',
     key: undefined,
@@ -136,6 +144,62 @@ describe('provider asks over UDP', () => {
       assert.ok(holder.counters.served >= 2);
     } finally {
       raw.close();
+    }
+  });
+
+  test('download claims: the first asker goes, later ones learn where; a release frees the key; never for another address', async () => {
+    const a = await node('127.0.0.168');
+    const b = await node('127.0.0.169');
+    await node('127.0.0.176');
+    const key = randomBytes(34);
+    const aAddrs = ['/ip4/127.0.0.168/tcp/17301'];
+    assert.deepEqual(await a.claim('127.0.0.176', key, aAddrs, 2000), { go: true });
+    // A repeated ask by the claimant renews its claim rather than pointing it at itself.
+    assert.deepEqual(await a.claim('127.0.0.176', key, aAddrs, 2000), { go: true });
+    assert.deepEqual(await b.claim('127.0.0.176', key, ['/ip4/127.0.0.169/tcp/17301'], 2000), { go: false, at: { id: 'self-127.0.0.168', addrs: aAddrs } });
+    // Only the claimant can release: b's release changes nothing.
+    assert.equal(await b.release('127.0.0.176', key, 2000), false);
+    assert.equal(await a.release('127.0.0.176', key, 2000), true);
+    assert.deepEqual(await b.claim('127.0.0.176', key, ['/ip4/127.0.0.169/tcp/17301'], 2000), { go: true });
+    // A claim naming another node's address is dropped unanswered.
+    const other = randomBytes(34);
+    assert.equal(await a.claim('127.0.0.176', other, ['/ip4/127.0.0.169/tcp/17301'], 300), undefined);
+    assert.equal(claimTables.get('127.0.0.176')!.size, 1);
+    assert.deepEqual(claimTables.get('127.0.0.176')!.counters, { granted: 3, joined: 1, released: 1 });
+    assert.equal(a.counters.claimsUnanswered, 1);
+    // Strangers get nothing.
+    const stranger = await node('127.0.0.152');
+    assert.equal(await stranger.claim('127.0.0.176', other, ['/ip4/127.0.0.152/tcp/17301'], 300), undefined);
+  });
+});
+
+describe('download claims table', () => {
+  // [step, key, who, expected answer (claimant id, or "go")]
+  const steps: Array<[string, 'ask' | 'release' | 'tick' | 'dead', string, string, string | boolean | number]> = [
+    ['first asker goes', 'ask', 'k1', 'A', 'go'],
+    ['second asker joins A', 'ask', 'k1', 'B', 'A'],
+    ['another key is separate', 'ask', 'k2', 'B', 'go'],
+    ['claimant asking again renews', 'ask', 'k1', 'A', 'go'],
+    ['not the claimant: no release', 'release', 'k1', 'B', false],
+    ['claimant releases', 'release', 'k1', 'A', true],
+    ['after a release the next asker goes', 'ask', 'k1', 'C', 'go'],
+    ['time passes beyond the TTL', 'tick', '', '', 1001],
+    ['an expired claim is not handed out', 'ask', 'k1', 'D', 'go'],
+    ['D dies', 'dead', '', 'D', ''],
+    ['a dead claimant is forgotten', 'ask', 'k1', 'E', 'go'],
+  ];
+  test('each step', () => {
+    let t = 0;
+    const claims = new FetchClaims(1000, () => t);
+    const who = (id: string) => ({ id, addrs: [`/ip4/127.0.0.1/tcp/${id.charCodeAt(0)}`] });
+    for (const [name, op, key, id, want] of steps) {
+      if (op === 'tick') t += want as number;
+      else if (op === 'dead') claims.forgetPeer(id);
+      else if (op === 'release') assert.equal(claims.release(key, id), want, name);
+      else {
+        const a = claims.ask(key, who(id));
+        assert.deepEqual(a, want === 'go' ? { go: true } : { go: false, at: who(want as string) }, name);
+      }
     }
   });
 });

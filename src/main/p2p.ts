@@ -20,6 +20,7 @@ import type {
   P2PStatus,
   P2PWorkerConfig,
   ProviderPeer,
+  FetchClaimResult,
 } from '../shared/messages.js';
 
 // ---- metrics (the cluster label lets per-region dashboards split) ----
@@ -57,15 +58,22 @@ const recordBatches = new Counter({
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
 /** The cumulative counters of a metrics snapshot. */
-type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats' | 'datagrams' | 'connectionBound'>;
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
 const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
   heartbeats: { ok: 0, failed: 0 },
-  datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0 },
+  datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
+  fetchClaims: { granted: 0, joined: 0, released: 0 },
 };
+const fetchClaims = new Counter({
+  name: 'peerpull_p2p_fetch_claims_total',
+  help: 'Claims of downloads in flight this node decided as a key\'s claim holder: granted (the asker fetches upstream), joined (the asker was sent to the node already fetching), released (a claimant gave its claim up).',
+  labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
 const connectionBound = new Counter({
   name: 'peerpull_p2p_connection_bound_total',
   help: 'New connections at the connection bound (PEERPULL_MAX_CONNECTIONS): outcome evicted (an idle connection was closed to make room), refused_inbound / refused_outbound (every connection was busy, young or a ring link); foreign: refused at any count, the peer runs another cluster.',
@@ -312,6 +320,25 @@ export class P2P {
     }
   }
 
+  /**
+   * Nobody provides `key`: whether another node is fetching it already (stream it from there)
+   * or this node's containerd should (go). Never rejects: trouble gives `none`, a plain miss.
+   */
+  async claimFetch(key: string, timeoutMs: number): Promise<FetchClaimResult> {
+    if (!this.worker) return { kind: 'none' };
+    try {
+      return (await this.request({ type: 'claimFetch', key, deadlineMs: timeoutMs }, timeoutMs + LOOKUP_SLACK_MS)) as FetchClaimResult;
+    } catch (err) {
+      this.log.debug('fetch claim failed', { key, error: err });
+      return { kind: 'none' };
+    }
+  }
+
+  /** This node's claimed download did not happen (or is done): its holder forgets the claim. */
+  releaseFetch(key: string): void {
+    if (this.worker) this.request({ type: 'releaseFetch', key }, 5000).catch(() => {});
+  }
+
   /** A fetch from this peer failed: it is not offered again until it proves alive. */
   reportFailure(peerId: string): void {
     if (this.worker) this.request({ type: 'reportFailure', peerId }, 5000).catch(() => {});
@@ -456,11 +483,12 @@ export class P2P {
     add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
-    for (const k of ['answered', 'unanswered', 'served', 'provided', 'taken', 'refused'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
+    for (const k of ['answered', 'unanswered', 'served', 'provided', 'taken', 'refused', 'claimsAsked', 'claimsUnanswered'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
     add(connectionBound, 'evicted', m.connectionBound.evicted, base.connectionBound.evicted);
     add(connectionBound, 'refused_inbound', m.connectionBound.refusedInbound, base.connectionBound.refusedInbound);
     add(connectionBound, 'refused_outbound', m.connectionBound.refusedOutbound, base.connectionBound.refusedOutbound);
     add(connectionBound, 'foreign', m.connectionBound.unwanted, base.connectionBound.unwanted);
+    for (const k of ['granted', 'joined', 'released'] as const) add(fetchClaims, k, m.fetchClaims[k], base.fetchClaims[k]);
     if (m.recordsReceived > base.recordsReceived) recordsReceived.inc({ cluster }, m.recordsReceived - base.recordsReceived);
     this.counterBase = m;
     for (const s of m.dnsResolveSeconds.ok) dnsResolve.observe({ cluster, outcome: 'ok' }, s);

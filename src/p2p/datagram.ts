@@ -11,6 +11,11 @@
 // The records of a node for its IP holders travel the same way, acknowledged:
 // Provide: "PP1" + JSON {c, n, i: provider peer id, a: [its multiaddrs], r: [key multihashes]}
 // Ack:     "PP1" + JSON {n, ok: records taken}
+// Claims of downloads in flight (claims.ts), sent to a key's first IP holder when nobody has it:
+// Claim:   "PP1" + JSON {c, n, w: key multihash, i: asker peer id, a: its multiaddrs}
+// Answer:  "PP1" + JSON {n, g: 1} (fetch it: you are recorded as fetching) or {n, f: [peer id, [multiaddr, ...]]}
+// Release: "PP1" + JSON {c, n, u: key multihash, i: claimant peer id}, acknowledged {n, ok: 1 or 0}
+// Claims, like provides, are taken only from the address they name.
 // A provide is taken only if the provider's addresses include the address it came from.
 // A member of another cluster behind the same DNS name answers either with {n, x: "cluster"}:
 // the asker then stops counting that address among its record holders (without a connection,
@@ -22,6 +27,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
+import type { ClaimAnswer, Claimant } from './claims.js';
 
 const MAGIC = Buffer.from('PP1');
 const TAG_BYTES = 16;
@@ -59,6 +65,10 @@ export interface DatagramOptions {
   providers(keyMultihash: Uint8Array): Promise<DatagramProvider[]>;
   /** Keeps records another node sent; resolves with how many were taken. */
   take(records: DatagramRecords): Promise<number>;
+  /** A member asks to fetch a key nobody provides (key: multihash, base64url). */
+  claim(key: string, who: Claimant): ClaimAnswer;
+  /** A member gives up its claim; whether it held one. */
+  release(key: string, id: string): boolean;
   /** The node at `ip`, asked by us, runs another cluster. */
   foreign(ip: string): void;
   log(level: 'debug' | 'warn', msg: string, fields?: Record<string, unknown>): void;
@@ -69,7 +79,7 @@ export class Datagrams {
   /** An IPv6 socket on all interfaces, which reaches IPv4 peers as ::ffff:a.b.c.d. */
   private dualStack = false;
   private readonly pending = new Map<string, { ip: string; resolve: (a: Record<string, unknown> | undefined) => void }>();
-  readonly counters = { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0 };
+  readonly counters = { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 };
   /** The UDP port: the p2p TCP listener's port number, on every node alike. */
   private port = 0;
 
@@ -132,6 +142,27 @@ export class Datagrams {
     }
     this.counters.answered++;
     return { from: m.i, providers };
+  }
+
+  /** Asks the key's holder at `ip` to record us as fetching it; undefined if no (valid) answer in time. */
+  async claim(ip: string, keyMultihash: Uint8Array, addrs: string[], timeoutMs: number): Promise<ClaimAnswer | undefined> {
+    if (!this.socket) return undefined;
+    this.counters.claimsAsked++;
+    const m = await this.request(ip, { w: Buffer.from(keyMultihash).toString('base64url'), i: this.o.self, a: addrs }, timeoutMs);
+    if (m?.g === 1) return { go: true };
+    const f = m?.f;
+    if (Array.isArray(f) && typeof f[0] === 'string' && Array.isArray(f[1])) {
+      return { go: false, at: { id: f[0], addrs: (f[1] as unknown[]).filter((x): x is string => typeof x === 'string') } };
+    }
+    this.counters.claimsUnanswered++;
+    return undefined;
+  }
+
+  /** Tells the key's holder at `ip` that our claim is over; whether it acknowledged dropping one. */
+  async release(ip: string, keyMultihash: Uint8Array, timeoutMs: number): Promise<boolean> {
+    if (!this.socket) return false;
+    const m = await this.request(ip, { u: Buffer.from(keyMultihash).toString('base64url'), i: this.o.self }, timeoutMs);
+    return m?.ok === 1;
   }
 
   /**
@@ -230,6 +261,7 @@ export class Datagrams {
     }
     if (typeof m.k === 'string') return this.serve(m, ip, port);
     if (Array.isArray(m.r)) return this.keep(m, ip, port);
+    if (typeof m.w === 'string' || typeof m.u === 'string') return this.claimOrRelease(m, ip, port);
     const p = this.pending.get(m.n);
     // An answer must come from the address asked, to a nonce we sent.
     if (!p || p.ip !== ip) {
@@ -262,6 +294,30 @@ export class Datagrams {
     const taken = await this.o.take({ provider: m.i, addrs, keys }).catch(() => 0);
     this.counters.taken += taken;
     this.socket?.send(this.seal(JSON.stringify({ n: m.n, ok: taken })), port, this.dest(ip));
+  }
+
+  private claimOrRelease(m: Record<string, unknown>, ip: string, port: number): void {
+    if (!this.admitted(m, ip, port)) return;
+    const key = (m.w ?? m.u) as string;
+    const bytes = Buffer.from(key, 'base64url');
+    if (bytes.length === 0 || bytes.length > 64 || typeof m.i !== 'string' || m.i.length === 0 || m.i.length > 128) {
+      this.counters.refused++;
+      return;
+    }
+    let reply: Record<string, unknown>;
+    if (typeof m.u === 'string') {
+      reply = { n: m.n, ok: this.o.release(key, m.i) ? 1 : 0 };
+    } else {
+      const addrs = Array.isArray(m.a) ? (m.a as unknown[]).filter((x): x is string => typeof x === 'string').slice(0, 8) : [];
+      // A claim names the node at the address it came from, like records: nobody claims for another.
+      if (!addrs.some((a) => a.startsWith(`/ip4/${ip}/`) || a.startsWith(`/ip6/${ip}/`))) {
+        this.counters.refused++;
+        return;
+      }
+      const a = this.o.claim(key, { id: m.i, addrs });
+      reply = a.go ? { n: m.n, g: 1 } : { n: m.n, f: [a.at.id, a.at.addrs] };
+    }
+    this.socket?.send(this.seal(JSON.stringify(reply)), port, this.dest(ip));
   }
 
   /**

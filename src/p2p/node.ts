@@ -21,6 +21,7 @@ import { createLibp2p, type Libp2p } from 'libp2p';
 import { CID } from 'multiformats/cid';
 import type {
   FeedPeer,
+  FetchClaimResult,
   LookupResult,
   P2PMetricsSnapshot,
   P2PStatus,
@@ -31,6 +32,7 @@ import type {
 } from '../shared/messages.js';
 import { Bootstrapper, DnsMembers, ringNeighbours } from './bootstrap.js';
 import { ConnectionBound } from './bound.js';
+import { FetchClaims, type ClaimAnswer } from './claims.js';
 import { Datagrams, type DatagramAnswer, type DatagramRecords } from './datagram.js';
 import { Heartbeat } from './heartbeat.js';
 import { IndexedMemoryDatastore } from './datastore.js';
@@ -284,6 +286,8 @@ export class P2PNode {
       member: (ip) => this.dnsOtherSet.has(ip) || this.peerByIp.has(ip),
       providers: (mh) => this.heldProviders(mh),
       take: (r) => this.takeRecords(r),
+      claim: (key, who) => this.claims.ask(key, who),
+      release: (key, id) => this.claims.release(key, id),
       // As identify would have told us over a connection: not a holder, not a member, dialled last.
       foreign: (ip) => {
         this.log('info', 'an IP holder runs another cluster: no longer counted as one', { ip });
@@ -331,6 +335,7 @@ export class P2PNode {
       settleMs: LOOKUP_SETTLE_MS,
     });
     this.liveness.onDeath((id) => {
+      this.claims.forgetPeer(id);
       this.lookups.forgetPeer(id);
       this.feed?.peerChanged(id);
       const m = this.members.get(id);
@@ -1279,6 +1284,79 @@ export class P2PNode {
     return best.flatMap((r) => (self.has(r.ip) ? [] : [r.ip]));
   }
 
+  /** Downloads in flight that this node, as a key's claim holder, knows of (claims.ts). */
+  readonly claims = new FetchClaims();
+  /** Our claims and the holder that granted each (key: multihash base64url), to release them. */
+  private readonly ownClaims = new Map<string, { ip: string | null; at: number }>();
+
+  /**
+   * The member whose IP hashes closest to a key, ourselves included: every node computes the
+   * same one from the same DNS answer, so it can serialise who fetches the key first. Dead
+   * members are passed over (their claims went with them).
+   */
+  private claimHolder(target: Uint8Array): { ip: string; self: boolean } | undefined {
+    const self = this.selfIps();
+    let best: { ip: string; k: Uint8Array } | undefined;
+    for (const ip of this.dnsAll) {
+      const id = this.peerByIp.get(ip);
+      if (id && this.liveness.isDead(id)) continue;
+      let k = this.ipKadIds.get(ip);
+      if (!k) {
+        if (this.ipKadIds.size > 20_000) this.ipKadIds.clear();
+        this.ipKadIds.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
+      }
+      if (!best || compareDistance(k, best.k, target) < 0) best = { ip, k };
+    }
+    return best ? { ip: best.ip, self: self.has(best.ip) } : undefined;
+  }
+
+  /** Nobody provides `key`: is another node fetching it already, or do we (see claims.ts)? */
+  async claimFetch(key: string, deadlineMs: number): Promise<FetchClaimResult> {
+    const cid = keyToCid(key);
+    const mh = Buffer.from(cid.multihash.bytes).toString('base64url');
+    const holder = this.claimHolder(kadIdOf(cid.multihash.bytes));
+    if (!holder) return { kind: 'none' };
+    let answer: ClaimAnswer | undefined;
+    if (holder.self) {
+      answer = this.claims.ask(mh, { id: this.node.peerId.toString(), addrs: this.addrsFor(holder.ip) });
+    } else {
+      answer = await this.datagrams.claim(holder.ip, cid.multihash.bytes, this.addrsFor(holder.ip), deadlineMs);
+    }
+    if (!answer) return { kind: 'none' };
+    if (answer.go) {
+      if (this.ownClaims.size > 10_000) this.ownClaims.clear();
+      this.ownClaims.set(mh, { ip: holder.self ? null : holder.ip, at: Date.now() });
+      return { kind: 'go' };
+    }
+    let id: PeerId;
+    try {
+      id = peerIdFromString(answer.at.id);
+    } catch {
+      return { kind: 'none' };
+    }
+    const addrs = answer.at.addrs.flatMap((a) => {
+      try {
+        return [multiaddr(a)];
+      } catch {
+        return [];
+      }
+    });
+    const p = this.toProvider(id, addrs);
+    if (!p || this.liveness.isDead(p.peerId)) return { kind: 'none' };
+    return { kind: 'fetching', provider: p };
+  }
+
+  /** Our claim of `key` is over (the download did not start, or the content is here now). */
+  async releaseFetch(key: string): Promise<{ released: boolean }> {
+    const cid = keyToCid(key);
+    const mh = Buffer.from(cid.multihash.bytes).toString('base64url');
+    const own = this.ownClaims.get(mh);
+    if (!own) return { released: false };
+    this.ownClaims.delete(mh);
+    if (own.ip === null) return { released: this.claims.release(mh, this.node.peerId.toString()) };
+    return { released: await this.datagrams.release(own.ip, cid.multihash.bytes, DATAGRAM_ACK_MS) };
+  }
+
   /** Peers whose connection the bound closed to make room, with when: alive, not probed. */
   readonly evicted = new Map<string, number>();
 
@@ -1781,6 +1859,7 @@ export class P2PNode {
       recordsReceived: this.counters.recordsReceived,
       heartbeats: { ...this.heartbeat.counters },
       datagrams: { ...this.datagrams.counters },
+      fetchClaims: { ...this.claims.counters },
       connectionBound: { ...this.bound.counters },
       dnsResolveSeconds: dns,
       eventLoopDelayMs: this.loopDelay(),

@@ -44,6 +44,15 @@ export function parseRequest(raw: unknown): P2PRequest {
       if (typeof deadlineMs !== 'number' || !(deadlineMs > 0) || deadlineMs > 60_000) throw new BadMessageError('findProviders: "deadlineMs" must be in (0, 60000]', id);
       return { id, type: 'findProviders', key: m.key, count, deadlineMs };
     }
+    case 'claimFetch': {
+      if (!isKey(m.key)) throw new BadMessageError('claimFetch: "key" must be a string of 1..1024 characters', id);
+      const deadlineMs = m.deadlineMs;
+      if (typeof deadlineMs !== 'number' || !(deadlineMs > 0) || deadlineMs > 60_000) throw new BadMessageError('claimFetch: "deadlineMs" must be in (0, 60000]', id);
+      return { id, type: 'claimFetch', key: m.key, deadlineMs };
+    }
+    case 'releaseFetch':
+      if (!isKey(m.key)) throw new BadMessageError('releaseFetch: "key" must be a string of 1..1024 characters', id);
+      return { id, type: 'releaseFetch', key: m.key };
     case 'reportFailure':
       if (typeof m.peerId !== 'string' || m.peerId.length === 0 || m.peerId.length > 128) throw new BadMessageError('reportFailure: "peerId" must be a peer id string', id);
       return { id, type: 'reportFailure', peerId: m.peerId };

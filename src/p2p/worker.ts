@@ -59,6 +59,10 @@ async function handle(n: P2PNode, req: P2PRequest): Promise<unknown> {
       return n.withdraw(req.keys);
     case 'findProviders':
       return n.findProviders(req.key, req.count, req.deadlineMs);
+    case 'claimFetch':
+      return n.claimFetch(req.key, req.deadlineMs);
+    case 'releaseFetch':
+      return n.releaseFetch(req.key);
     case 'reportFailure':
       n.reportFailure(req.peerId);
       return {};

@@ -215,6 +215,13 @@ export type P2PRequest =
   | { id: number; type: 'advertise'; keys: string[]; /** resolve only once the records reached the DHT */ wait?: boolean }
   | { id: number; type: 'withdraw'; keys: string[] }
   | { id: number; type: 'findProviders'; key: string; count: number; /** ms from now */ deadlineMs: number }
+  /**
+   * Nobody provides `key`: ask its first IP holder whether another node is already fetching it
+   * (answer: that node), or record this node as fetching it (answer: go).
+   */
+  | { id: number; type: 'claimFetch'; key: string; /** ms from now */ deadlineMs: number }
+  /** This node's claimed download is not happening (or is done): let the holder forget it. */
+  | { id: number; type: 'releaseFetch'; key: string }
   /** A fetch from this peer failed: treat it as suspect until it proves alive again. */
   | { id: number; type: 'reportFailure'; peerId: string }
   | { id: number; type: 'status' }
@@ -223,6 +230,13 @@ export type P2PRequest =
 export type P2PReply =
   | { kind: 'reply'; id: number; ok: true; result: unknown }
   | { kind: 'reply'; id: number; ok: false; error: string };
+
+/**
+ * The answer to claimFetch: `go` (this node fetches upstream, others will be sent to it),
+ * `fetching` (another node's download is in flight: stream it from there), or `none` (no holder
+ * answered in time, or no DNS view: a plain miss).
+ */
+export type FetchClaimResult = { kind: 'go' } | { kind: 'fetching'; provider: ProviderPeer } | { kind: 'none' };
 
 /** Counters are cumulative since the worker started; main turns them into deltas. */
 export interface P2PMetricsSnapshot {
@@ -241,7 +255,12 @@ export interface P2PMetricsSnapshot {
    * IP holders acknowledged; taken: records other nodes sent; refused: datagrams dropped (bad tag,
    * another cluster, a non-member, malformed, records for another address, an unasked answer).
    */
-  datagrams: { asked: number; answered: number; unanswered: number; served: number; refused: number; provided: number; taken: number };
+  datagrams: { asked: number; answered: number; unanswered: number; served: number; refused: number; provided: number; taken: number; claimsAsked: number; claimsUnanswered: number };
+  /**
+   * Downloads in flight (src/p2p/claims.ts), as the key holder this node is: askers told to fetch
+   * (granted), askers told where a download already runs (joined), claims given up (released).
+   */
+  fetchClaims: { granted: number; joined: number; released: number };
   /**
    * The connection bound (src/p2p/bound.ts): idle connections closed to make room for new ones,
    * new ones refused because every connection was busy or protected, and connections of peers
