@@ -311,6 +311,24 @@ export const settings = {
     parseOnOff,
   ),
   peerMaxAttempts: setting('PEER_MAX_ATTEMPTS', '3', 'Most providers one request asks, counting hedges and resumes.', intIn(1, 16)),
+  shareDownloads: setting(
+    'SHARE_DOWNLOADS',
+    'true',
+    'Share downloads still in flight: a blob no peer holds is claimed at the node its key maps to (from the DNS answer); the first node to ask fetches it upstream, every later one streams that download from the first as it grows, so a pull storm costs the upstream one copy. Needs DNS bootstrap, and content store files peerpull can read to serve its own downloads.',
+    parseOnOff,
+  ),
+  downloadWait: setting(
+    'DOWNLOAD_WAIT',
+    '1s',
+    'How long a node asked for a download it claimed waits for that download to appear in its content store (containerd opens it as it asks the mirror, so it is there at once unless containerd never went upstream); then 404, and its claim is released.',
+    durationIn(0, 60_000),
+  ),
+  downloadStallTimeout: setting(
+    'DOWNLOAD_STALL_TIMEOUT',
+    '30s',
+    'A shared download that grows by no byte for this long is given up, by the node serving it and the node streaming it (the upstream stalled or the download was abandoned).',
+    durationIn(100, 600_000),
+  ),
   // ---- containerd mirror configuration (owner: configure/cleanup) ----
   containerdConfigPath: setting(
     'CONTAINERD_CONFIG_PATH',

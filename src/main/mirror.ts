@@ -6,14 +6,32 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { Counter, Histogram } from 'prom-client';
 import { registry as metricsRegistry } from './metrics.js';
-import type { PeerFetchPolicy, PeerFetchReport, PeerTarget, ProviderPeer } from '../shared/messages.js';
+import type { FetchClaimResult, PeerFetchPolicy, PeerFetchReport, PeerTarget, ProviderPeer } from '../shared/messages.js';
 import type { Digest, Registry } from '../shared/oci.js';
 
 /** What the mirror needs from the p2p thread (the P2P handle in p2p.ts provides it). */
 export interface ProviderFinder {
   findProviders(key: string, opts: { count?: number; timeoutMs?: number }): Promise<ProviderPeer[]>;
   reportFailure(peerId: string): void;
+  claimFetch(key: string, timeoutMs: number): Promise<FetchClaimResult>;
+  releaseFetch(key: string): void;
 }
+
+/**
+ * What happened to shared downloads (PEERPULL_SHARE_DOWNLOADS) on this node: `fetching` (nobody
+ * had a blob and this node was the first to ask: its containerd fetches it upstream), `joined`
+ * (another node was already fetching it: streamed from there), `join_failed` (that node could
+ * not serve it: 404, containerd goes upstream), `served` (a peer streamed this node's download),
+ * `unavailable` (a peer came for a claimed download that never appeared here: claim released).
+ */
+export type SharedDownloadEvent = 'fetching' | 'joined' | 'join_failed' | 'served' | 'unavailable';
+
+const sharedDownloads = new Counter({
+  name: 'peerpull_shared_downloads_total',
+  help: 'Downloads in flight shared between nodes: fetching (this node fetches upstream for the cluster), joined (streamed another node\'s download), join_failed, served (a peer streamed this node\'s download), unavailable (a claimed download never appeared here).',
+  labelNames: ['event'] as const,
+  registers: [metricsRegistry],
+});
 
 export type MirrorOutcome = 'local' | 'peer' | 'miss' | 'error';
 
@@ -76,8 +94,13 @@ export interface MirrorEvent {
 
 const SAMPLES = 256;
 
+/** How long this node remembers being told to fetch a blob (the holder's claim lasts 20 s). */
+const OWN_CLAIM_MS = 20_000;
+
 export class Mirror {
   private readonly ttfb: number[] = [];
+  /** Blobs this node was told to fetch upstream (claimed downloads), with when. */
+  private readonly ownClaims = new Map<Digest, number>();
   private readonly registries: Set<string> | null;
   readonly recentMisses: MirrorEvent[] = [];
   lastPeerHit: MirrorEvent | null = null;
@@ -125,6 +148,51 @@ export class Mirror {
     // provider is not asked by every node at once.
     const shuffled = found.map((p) => ({ p, r: Math.random() + (p.connected ? 0 : 1) })).sort((a, b) => a.r - b.r);
     return shuffled.map(({ p }) => ({ peerId: p.peerId, host: p.host, port: p.registryPort }));
+  }
+
+  /** Whether downloads in flight are shared (PEERPULL_SHARE_DOWNLOADS). */
+  get sharesDownloads(): boolean {
+    return this.config.shareDownloads;
+  }
+
+  /**
+   * Nobody provides `digest`: ask whether another node is fetching it already. `go` means this
+   * node's containerd, answered 404, fetches it upstream, and peers will be sent here for it.
+   */
+  async claim(digest: Digest): Promise<FetchClaimResult> {
+    const r = await this.finder.claimFetch(digest, this.config.mirrorLookupTimeout);
+    if (r.kind === 'go') {
+      if (this.ownClaims.size > 10_000) this.ownClaims.clear();
+      this.ownClaims.set(digest, Date.now());
+      this.shared('fetching');
+    }
+    return r;
+  }
+
+  /** Whether this node was told to fetch `digest` lately (so a peer's ask for it may wait for the download). */
+  claimed(digest: Digest): boolean {
+    const at = this.ownClaims.get(digest);
+    if (at === undefined) return false;
+    if (Date.now() - at > OWN_CLAIM_MS) {
+      this.ownClaims.delete(digest);
+      return false;
+    }
+    return true;
+  }
+
+  /** A claimed download did not appear here: later askers must not be sent to this node. */
+  release(digest: Digest): void {
+    if (this.ownClaims.delete(digest)) this.finder.releaseFetch(digest);
+  }
+
+  /** Policy for streaming another node's download in flight: one provider, patient. */
+  inflightPolicy(): PeerFetchPolicy {
+    const stall = this.config.downloadStallTimeout;
+    return { hedgeDelayMs: stall, stallMs: stall, maxAttempts: 1 };
+  }
+
+  shared(event: SharedDownloadEvent): void {
+    sharedDownloads.inc({ event });
   }
 
   /** Hedge delay: the recent 90th percentile of peer answer times, bounded below and by the stall timeout. */

@@ -117,6 +117,8 @@ export async function serve(config: Config): Promise<RunningServer> {
   const finder: ProviderFinder = {
     findProviders: (key, opts) => (p2p ? p2p.findProviders(key, opts) : Promise.resolve([])),
     reportFailure: (peerId) => p2p?.reportFailure(peerId),
+    claimFetch: (key, timeoutMs) => (p2p ? p2p.claimFetch(key, timeoutMs) : Promise.resolve({ kind: 'none' })),
+    releaseFetch: (key) => p2p?.releaseFetch(key),
   };
   if (config.p2p) mirror = new Mirror(config, finder, log.child({ component: 'mirror' }));
   const ready = () => !closing && sourceStarted && source.healthy() && (config.p2p ? p2p?.ready() === true : true);

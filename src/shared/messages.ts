@@ -9,6 +9,12 @@ import type { Digest } from './oci.js';
  * look up or forward (no loops, no amplification).
  */
 export const PEER_HOP_HEADER = 'x-peerpull-hop';
+/**
+ * The hop header's value when the asker was sent to this node as the one fetching a blob
+ * upstream right now (a claimed download, src/p2p/claims.ts): serve it from the download as it
+ * grows. Any other value: local content only.
+ */
+export const HOP_INFLIGHT = 'inflight';
 
 /** Where a worker reads a blob's bytes from. */
 export type BlobLocation =
@@ -20,6 +26,11 @@ export interface ReadBlobTask {
   location: BlobLocation;
   /** Expected total size: a file of another size is treated as missing (torn or replaced). */
   size: number;
+  /**
+   * The file is a download still being written (a content store ingest): wait for bytes not
+   * there yet, and give up only when it grows by nothing for `stallMs`.
+   */
+  growing?: { stallMs: number };
   start: number;
   /** Exclusive. */
   end: number;
@@ -95,6 +106,8 @@ export interface PeerBlobTask extends PeerFetchPolicy {
    * lying peer yields a cut transfer, never a complete wrong blob. Ranges cannot be verified.
    */
   verify: boolean;
+  /** The providers are fetching the blob themselves right now: ask for their download in flight. */
+  inflight?: boolean;
   chunkSize: number;
   credits: number;
   port: MessagePort;

@@ -25,12 +25,13 @@ function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-async function openFile(path: string, size: number): Promise<FileHandle> {
+async function openFile(path: string, size: number, growing = false): Promise<FileHandle> {
   const fh = await open(path, 'r');
   try {
     const st = await fh.stat();
-    // A size mismatch means the file is not the content we indexed (torn write, replaced): treat as gone.
-    if (st.size !== size) {
+    // A size mismatch means the file is not the content we indexed (torn write, replaced): treat
+    // as gone. A download in flight may be short, never long.
+    if (growing ? st.size > size : st.size !== size) {
       const e = new Error(`content file ${path} has size ${st.size}, expected ${size}`) as NodeJS.ErrnoException;
       e.code = 'ENOENT';
       throw e;
@@ -48,8 +49,13 @@ async function openFile(path: string, size: number): Promise<FileHandle> {
  */
 const SLOW_READ_MS = 2;
 
+/** How often a download in flight is looked at again when the reader has caught up with it. */
+const GROW_POLL_MS = 5;
+
 async function streamFile(task: ReadBlobTask, path: string, port: MessagePort, credit: Credit): Promise<number> {
-  const fh = await openFile(path, task.size);
+  const growing = task.growing;
+  const fh = await openFile(path, task.size, growing !== undefined);
+  let grewAt = performance.now();
   let sent = 0;
   // Content a node serves was usually just pulled, so it is in the page cache. Reading it here
   // (readSync) costs the copy only; an asynchronous read also hands every chunk to libuv's
@@ -74,7 +80,16 @@ async function streamFile(task: ReadBlobTask, path: string, port: MessagePort, c
         } else {
           ({ bytesRead } = await fh.read(buf, filled, n - filled, pos + filled));
         }
-        if (bytesRead === 0) throw new Error(`content file ${path} ended at ${pos + filled}, expected ${task.end}`);
+        if (bytesRead === 0) {
+          if (!growing) throw new Error(`content file ${path} ended at ${pos + filled}, expected ${task.end}`);
+          // Caught up with the download: wait for its writer (the file keeps its inode when the
+          // finished ingest is renamed into the store, so this descriptor sees every byte).
+          if (performance.now() - grewAt > growing.stallMs) throw new Error(`download in flight ${path} stalled at ${pos + filled} of ${task.size} bytes for ${growing.stallMs} ms`);
+          if (credit.isCancelled) return sent;
+          await new Promise((r) => setTimeout(r, GROW_POLL_MS));
+          continue;
+        }
+        grewAt = performance.now();
         filled += bytesRead;
       }
       port.postMessage(buf.buffer satisfies StreamFromWorker, [buf.buffer]);

@@ -15,7 +15,7 @@ import type {
   PeerTarget,
   StreamFromWorker,
 } from '../shared/messages.js';
-import { PEER_HOP_HEADER } from '../shared/messages.js';
+import { HOP_INFLIGHT, PEER_HOP_HEADER } from '../shared/messages.js';
 import { isDigest, isManifestMediaType, type Digest } from '../shared/oci.js';
 import { ChunkSender, Credit } from './channel.js';
 import { peerRequest, type BodySink, type PeerResponse } from './peer-http.js';
@@ -103,14 +103,14 @@ async function hedge<T>(
   });
 }
 
-async function get(peer: PeerTarget, path: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number, method: 'GET' | 'HEAD' = 'GET'): Promise<PeerResponse> {
+async function get(peer: PeerTarget, path: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number, method: 'GET' | 'HEAD' = 'GET', inflight = false): Promise<PeerResponse> {
   try {
     return await peerRequest({
       host: peer.host,
       port: peer.port,
       method,
       path,
-      headers: { ...headers, [PEER_HOP_HEADER]: '1' },
+      headers: { ...headers, [PEER_HOP_HEADER]: inflight ? HOP_INFLIGHT : '1' },
       signal,
       headersTimeoutMs: stallMs,
       idleTimeoutMs: stallMs,
@@ -174,7 +174,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
       budget,
       report,
       async (peer, signal) => {
-        const res = await get(peer, task.path, task.range ? { range: task.range } : {}, signal, task.stallMs);
+        const res = await get(peer, task.path, task.range ? { range: task.range } : {}, signal, task.stallMs, 'GET', task.inflight === true);
         return { res, open: await acceptBlob(peer, res, task.digest) };
       },
       (v) => v.res.discard(),
@@ -234,7 +234,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
         budget,
         report,
         async (peer, signal) => {
-          const res = await get(peer, task.path, { range: `bytes=${want.start}-${want.end - 1}` }, signal, task.stallMs);
+          const res = await get(peer, task.path, { range: `bytes=${want.start}-${want.end - 1}` }, signal, task.stallMs, 'GET', task.inflight === true);
           await acceptBlob(peer, res, task.digest, want);
           return res;
         },

@@ -3,6 +3,7 @@
 // reconnects with backoff when containerd restarts. Bytes are never read here except manifests
 // and indexes, which are small and needed to find the blobs they point at.
 
+import { containerdInflight, type InflightBlob } from '../content/inflight.js';
 import { constants as fsc } from 'node:fs';
 import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -91,6 +92,14 @@ export class ContainerdSource implements ContentSource {
   locate(entry: ContentEntry): BlobLocation {
     if (this.filesReadable) return { kind: 'file', path: this.blobPath(entry.digest) };
     return { kind: 'containerd', socket: this.socket, namespace: this.namespace, digest: entry.digest };
+  }
+
+  get servesDownloads(): boolean {
+    return this.filesReadable;
+  }
+
+  inflight(digest: Digest): Promise<InflightBlob | undefined> {
+    return this.filesReadable ? containerdInflight(this.contentPath, digest) : Promise.resolve(undefined);
   }
 
   async start(): Promise<void> {

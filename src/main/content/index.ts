@@ -2,6 +2,7 @@
 // with a huge store cannot grow memory without bound. Content sources (containerd, OCI layout)
 // fill it; the registry reads it on every request; the p2p thread advertises its keys.
 
+import type { InflightBlob } from './inflight.js';
 import { LRUCache } from 'lru-cache';
 import type { BlobLocation } from '../../shared/messages.js';
 import { isManifestMediaType, type Digest } from '../../shared/oci.js';
@@ -33,6 +34,13 @@ export interface ContentSource {
   locate(entry: ContentEntry): BlobLocation;
   /** true while the source is reachable (containerd connected, layout readable). */
   healthy(): boolean;
+  /**
+   * A blob being downloaded into this store right now, or just finished and not indexed yet
+   * (content/inflight.ts); undefined when there is none, or when the files cannot be read.
+   */
+  inflight(digest: Digest): Promise<InflightBlob | undefined>;
+  /** Whether `inflight` can find downloads here at all (content files readable). */
+  readonly servesDownloads: boolean;
 }
 
 export class ContentIndex {

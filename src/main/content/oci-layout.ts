@@ -10,6 +10,7 @@ import { childDescriptors, digestHex, isManifestMediaType, parseDescriptor, pars
 import type { Logger } from '../log.js';
 import { indexEntries, indexResyncs, sourceHealthy } from '../metrics.js';
 import { ContentIndex, type ContentEntry, type ContentSource } from './index.js';
+import { layoutInflight, type InflightBlob } from './inflight.js';
 
 /** Manifests larger than this are not parsed (a real one is a few KiB; 4 MiB is the usual registry cap). */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -29,6 +30,12 @@ export class OciLayoutSource implements ContentSource {
     private readonly resyncMs: number,
     private readonly log: Logger,
   ) {}
+
+  readonly servesDownloads = true;
+
+  inflight(digest: Digest): Promise<InflightBlob | undefined> {
+    return layoutInflight(this.dir, digest);
+  }
 
   async start(): Promise<void> {
     try {

@@ -11,7 +11,7 @@ import type { ContentEntry, ContentSource } from '../content/index.js';
 import type { Logger } from '../log.js';
 import { bytesServed, httpDuration, httpRequests, inflightRequests } from '../metrics.js';
 import type { BlobPool } from '../pool.js';
-import { PEER_HOP_HEADER, type PeerFetchReport, type PeerManifestResult, type PeerOpen } from '../../shared/messages.js';
+import { HOP_INFLIGHT, PEER_HOP_HEADER, type PeerFetchReport, type PeerManifestResult, type PeerOpen } from '../../shared/messages.js';
 import { MediaType, tagKey, type Digest } from '../../shared/oci.js';
 import type { Mirror } from '../mirror.js';
 import { HttpError, STATUS, errorBody, parseRange, parseRegistryPath, type OciErrorCode, type RegistryRequest } from './http.js';
@@ -31,6 +31,8 @@ export interface RegistryDeps {
 
 /** uWS's LIBUS_LISTEN_EXCLUSIVE_PORT (the typings declare the enum, the module exports only the number). */
 const EXCLUSIVE_PORT = 1 as ListenOptions;
+/** How often a node asked for its own claimed download looks for it in the content store. */
+const DOWNLOAD_POLL_MS = 20;
 
 /**
  * Listens without SO_REUSEPORT: by default uWS lets a second process bind the same port, so two
@@ -54,6 +56,8 @@ interface Incoming {
   range: string;
   /** Came from another peerpull: local content only, never a lookup. */
   hop: boolean;
+  /** ...sent here as the node downloading the blob right now: serve the download as it grows. */
+  inflight: boolean;
   started: number;
   aborted: boolean;
   /** Counted in `inflight` (until done). */
@@ -124,14 +128,16 @@ export class Registry {
       httpRequests.inc({ route: 'probe', method, code: ok ? '200' : '503' });
       return;
     }
-    const inc: Incoming = { method: 'GET', range: '', hop: false, started: performance.now(), aborted: false, counted: false, route: 'other' };
+    const inc: Incoming = { method: 'GET', range: '', hop: false, inflight: false, started: performance.now(), aborted: false, counted: false, route: 'other' };
     if (method !== 'GET' && method !== 'HEAD') {
       this.reply(res, inc, 405, errorBody('UNSUPPORTED', `method ${method} is not allowed on a pull-only mirror`), method);
       return;
     }
     inc.method = method;
     inc.range = req.getHeader('range');
-    inc.hop = req.getHeader(PEER_HOP_HEADER) !== '';
+    const hop = req.getHeader(PEER_HOP_HEADER);
+    inc.hop = hop !== '';
+    inc.inflight = hop === HOP_INFLIGHT;
     let request: RegistryRequest;
     try {
       request = parseRegistryPath(path, req.getQuery('ns') || undefined, this.deps.config.defaultRegistry);
@@ -263,7 +269,8 @@ export class Registry {
     const entry = this.deps.source.index.get(digest);
     if (entry?.manifest) throw new HttpError(404, 'BLOB_UNKNOWN', `${digest} is a manifest, not a blob`);
     if (!entry) {
-      this.blobFromPeers(res, inc, request);
+      if (inc.inflight && inc.method === 'GET') this.serveDownload(res, inc, request);
+      else this.blobFromPeers(res, inc, request);
       return;
     }
     const range = parseRange(inc.range, entry.size);
@@ -308,7 +315,10 @@ export class Registry {
     }
   }
 
-  /** A blob this node does not hold: stream it from peers (hedged, resumable), or 404 fast. */
+  /**
+   * A blob this node does not hold: stream it from peers (hedged, resumable), or from the node
+   * already downloading it (a shared download), or 404 fast.
+   */
   private blobFromPeers(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>, round = 0, failed: string[] = []): void {
     const { digest } = request;
     const mirror = this.deps.mirror;
@@ -318,13 +328,24 @@ export class Registry {
     };
     if (inc.hop || !mirror) throw miss('');
     if (!mirror.mirrors(request.registry)) throw miss('registry not mirrored');
+    const head = inc.method === 'HEAD';
     void (async () => {
-      const providers = (await mirror.providers(digest)).filter((p) => !failed.includes(p.peerId));
-      if (providers.length === 0) throw miss(round === 0 ? 'no peer has it' : 'no other peer has it');
+      let providers = (await mirror.providers(digest)).filter((p) => !failed.includes(p.peerId));
+      let joining = false;
+      if (providers.length === 0) {
+        // Nobody holds it. Unless another node is fetching it already, this node's containerd
+        // goes upstream for it (the 404 below), and later askers are sent here.
+        // A node that could not serve its own download (content files unreadable) claims none.
+        if (round > 0 || head || !mirror.sharesDownloads || !this.deps.source.servesDownloads) throw miss(round === 0 ? 'no peer has it' : 'no other peer has it');
+        const claim = await mirror.claim(digest);
+        if (claim.kind === 'go') throw miss('no peer has it: this node fetches it for the cluster');
+        if (claim.kind === 'none') throw miss('no peer has it');
+        providers = [{ peerId: claim.provider.peerId, host: claim.provider.host, port: claim.provider.registryPort }];
+        joining = true;
+      }
       if (inc.aborted) return this.done(inc, 0);
       const { chunkSize, streamCredits: credits } = this.deps.config;
       const path = `/v2/${request.repository}/blobs/${digest}?ns=${encodeURIComponent(request.registry)}`;
-      const head = inc.method === 'HEAD';
       // A HEAD asks for one byte: the peer's Content-Range carries the size without moving the blob.
       const range = head ? 'bytes=0-0' : inc.range;
       let report: Promise<PeerFetchReport> | undefined;
@@ -338,14 +359,18 @@ export class Registry {
         if (partial) r.writeHeader('Content-Range', `bytes ${p.start}-${p.end - 1}/${p.size}`);
         if (head) r.writeHeader('Content-Length', String(p.size)).endWithoutBody();
       };
+      const policy = joining ? mirror.inflightPolicy() : mirror.policy();
       this.pipe(res, inc, digest, 200, {
-        run: (port) => (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...mirror.policy() })),
+        run: (port) =>
+          (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...(joining ? { inflight: true } : {}), ...policy })),
         writeHead,
         headOnly: head,
         credits,
       }, {
         from: 'peers',
         fallback: (o) => {
+          // The node fetching it could not serve its download: containerd goes upstream itself.
+          if (joining) return false;
           // Every provider failed before sending anything. Once, look again without them: a cached
           // answer may have listed a node that just went away.
           if (round > 0 || o.status === 416) return false;
@@ -358,8 +383,71 @@ export class Registry {
         },
         onFinish: async (ok, detail) => {
           const r = await report?.catch(() => undefined);
-          if (r) mirror.record('blob', digest, r, ok, detail);
+          // A download in flight that could not be served is no fault of its node's liveness.
+          if (r) mirror.record('blob', digest, joining ? { ...r, failedPeers: [] } : r, ok, detail);
+          if (joining) mirror.shared(ok ? 'joined' : 'join_failed');
           mirror.outcome('blob', digest, ok ? 'peer' : 'error', detail);
+        },
+      });
+    })().catch((err) => this.fail(res, inc, err));
+  }
+
+  /**
+   * A peer was sent here as the node downloading `digest` (a claimed download): stream the
+   * download from the content store as it grows. containerd opened it before it asked this node,
+   * so it is normally there at once; a claimed one that never appears is released.
+   */
+  private serveDownload(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>): void {
+    const { digest } = request;
+    const mirror = this.deps.mirror;
+    const { downloadWait, downloadStallTimeout, chunkSize, streamCredits: credits } = this.deps.config;
+    void (async () => {
+      const claimed = mirror?.claimed(digest) === true;
+      const until = performance.now() + (claimed ? downloadWait : 0);
+      let found = await this.deps.source.inflight(digest);
+      while (!found && !inc.aborted && performance.now() < until) {
+        await new Promise((r) => setTimeout(r, DOWNLOAD_POLL_MS));
+        found = await this.deps.source.inflight(digest);
+      }
+      if (inc.aborted) return this.done(inc, 0);
+      if (!found) {
+        if (claimed) {
+          mirror!.release(digest);
+          mirror!.shared('unavailable');
+          this.deps.log.info('claimed download never appeared: released', { digest, waitedMs: downloadWait });
+        }
+        throw new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest}: no download of it on this node`);
+      }
+      const blob = found;
+      const range = parseRange(inc.range, blob.size);
+      const start = range?.start ?? 0;
+      const end = range?.end ?? blob.size;
+      const writeHead = (r: HttpResponse) => {
+        r.writeStatus(range ? STATUS[206]! : STATUS[200]!);
+        r.writeHeader('Content-Type', MediaType.OctetStream);
+        r.writeHeader('Docker-Content-Digest', digest);
+        r.writeHeader('Accept-Ranges', 'bytes');
+        if (range) r.writeHeader('Content-Range', `bytes ${start}-${end - 1}/${blob.size}`);
+      };
+      this.pipe(res, inc, digest, range ? 206 : 200, {
+        run: (port) =>
+          this.deps.pool.readBlob({
+            location: { kind: 'file', path: blob.path },
+            size: blob.size,
+            start,
+            end,
+            chunkSize,
+            credits,
+            port,
+            ...(blob.complete ? {} : { growing: { stallMs: downloadStallTimeout } }),
+          }),
+        credits,
+        total: end - start,
+        writeHead,
+      }, {
+        from: 'download',
+        onFinish: (ok) => {
+          if (ok) mirror?.shared('served');
         },
       });
     })().catch((err) => this.fail(res, inc, err));
@@ -373,14 +461,14 @@ export class Registry {
     okStatus: number,
     opts: Parameters<typeof streamBlob>[1],
     how: {
-      from: 'local' | 'peers';
+      from: 'local' | 'peers' | 'download';
       /** Nothing was sent and the source failed: return true to take the response over (another source). */
       fallback?: (o: { missing: boolean; error: string; status?: 416 }) => boolean;
       onFinish?: (ok: boolean, detail?: string) => void;
     },
   ): void {
     const { fallback, onFinish } = how;
-    const local = how.from === 'local';
+    const local = how.from !== 'peers';
     const stream = streamBlob(res, opts, (fn) => (inc.onAbort = fn));
     this.streams.add(stream);
     void stream.done.then((o) => {

@@ -108,15 +108,29 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
     const order = [...opts.scenarios].sort((a, b) => Number(a === 'churn') - Number(b === 'churn'));
     for (const scenario of order) {
       if (opts.signal?.aborted) break;
-      const name = `${REGISTRY}/storm/${scenario}-${randomBytes(4).toString('hex')}:v1`;
-      const layerSize = Math.max(1, Math.floor(opts.imageBytes / opts.layers));
-      const img = await generateImage(upstreamDir, { name, layerSizes: Array.from({ length: opts.layers }, () => layerSize), platforms: opts.platforms });
-      await upstream.reload();
-      const m = img.manifests[0]!;
-      const imageBytes = (img.manifests.length > 1 ? img.target.size : 0) + m.manifest.size + m.config.size + m.layers.reduce((a, l) => a + l.size, 0);
-      const platform = { os: m.platform.os, architecture: m.platform.architecture };
-      const blobs: Descriptor[] = [...(img.manifests.length > 1 ? [img.target] : []), m.manifest, m.config, ...m.layers];
       const n = opts.nodes;
+      const tag = `${scenario}-${randomBytes(4).toString('hex')}`;
+      const makeImage = async (name: string, bytes: number) => {
+        const layerSize = Math.max(1, Math.floor(bytes / opts.layers));
+        const img = await generateImage(upstreamDir, { name, layerSizes: Array.from({ length: opts.layers }, () => layerSize), platforms: opts.platforms });
+        const m = img.manifests[0]!;
+        return {
+          name,
+          bytes: (img.manifests.length > 1 ? img.target.size : 0) + m.manifest.size + m.config.size + m.layers.reduce((a, l) => a + l.size, 0),
+          platform: { os: m.platform.os, architecture: m.platform.architecture },
+          blobs: [...(img.manifests.length > 1 ? [img.target] : []), m.manifest, m.config, ...m.layers] as Descriptor[],
+        };
+      };
+      // miss: every node pulls an image of its own, so no other node has it or is fetching it
+      // (with shared downloads, nodes pulling one image at once are the storm scenario). Each is
+      // 1/N of --size: the upstream carries one image's bytes in all, as in the other scenarios.
+      // One at a time: the generator rewrites the upstream's index.json for each.
+      const images: Awaited<ReturnType<typeof makeImage>>[] = [];
+      if (scenario !== 'miss') images.push(await makeImage(`${REGISTRY}/storm/${tag}:v1`, opts.imageBytes));
+      else for (let i = 0; i < n; i++) images.push(await makeImage(`${REGISTRY}/storm/${tag}-${i}:v1`, Math.max(opts.layers, Math.floor(opts.imageBytes / n))));
+      await upstream.reload();
+      const imageOf = (i: number) => images[images.length === 1 ? 0 : i]!;
+      const { name, bytes: imageBytes, platform } = images[0]!;
       const waves =
         scenario === 'rolling' ? wavesOf(n, opts.wavePercent)
         : scenario === 'churn' ? (() => {
@@ -132,32 +146,35 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
         const targets: Target[] = [];
         for (let i = 0; i < n; i++) {
           const node = cluster.nodes[i]!;
-          targets.push(opts.containerd ? ctdTarget(node, BASELINE_NAMESPACE, ctdHosts.get(node)!.direct, blobs, platform) : { name: `node-${i}`, sink: await LayoutSink.create(path.join(scratch, `node-${i}`)) });
+          const own = imageOf(i);
+          const t: Target = opts.containerd ? ctdTarget(node, BASELINE_NAMESPACE, ctdHosts.get(node)!.direct, own.blobs, own.platform) : { name: `node-${i}`, sink: await LayoutSink.create(path.join(scratch, `node-${i}`)) };
+          targets.push(images.length > 1 ? { ...t, image: own.name } : t);
         }
         opts.onEvent?.({ event: 'run', scenario, mode: 'baseline' });
         runs.push(await runWaves({ ...common, mode: 'baseline', targets }));
         await rm(scratch, { recursive: true, force: true });
         // Gone before the peerpull run: a node's containerd would otherwise already hold the blobs.
-        if (opts.containerd) await Promise.all(cluster.nodes.filter((x) => x.alive).map((x) => x.containerd!.removeImage(BASELINE_NAMESPACE, name)));
+        if (opts.containerd) await Promise.all(cluster.nodes.filter((x) => x.alive).map((x, i) => x.containerd!.removeImage(BASELINE_NAMESPACE, imageOf(i).name)));
       }
       if (opts.signal?.aborted) break;
-      const targets: Target[] = cluster.nodes.map((node) =>
-        opts.containerd
+      const targets: Target[] = cluster.nodes.map((node, i) => ({
+        ...(opts.containerd
           ? {
               // miss: pulled into a namespace peerpull does not serve, so no peer ever has it.
-              ...ctdTarget(node, scenario === 'miss' ? MISS_NAMESPACE : K8S_NAMESPACE, ctdHosts.get(node)!.mirror, blobs, platform),
+              ...ctdTarget(node, scenario === 'miss' ? MISS_NAMESPACE : K8S_NAMESPACE, ctdHosts.get(node)!.mirror, imageOf(i).blobs, imageOf(i).platform),
               mirror: node.url,
               metricsUrl: node.metricsUrl,
               pid: node.pid,
             }
           : {
-        name: node.name,
-        mirror: node.url,
-        metricsUrl: node.metricsUrl,
-        pid: node.pid,
-        // miss: nobody keeps what it pulled, so every request is one no peer can answer.
-        ...(scenario === 'miss' || !node.store ? {} : { sink: node.store }),
-      });
+              name: node.name,
+              mirror: node.url,
+              metricsUrl: node.metricsUrl,
+              pid: node.pid,
+              ...(node.store ? { sink: node.store } : {}),
+            }),
+        ...(images.length > 1 ? { image: imageOf(i).name } : {}),
+      }));
       opts.onEvent?.({ event: 'run', scenario, mode: 'peerpull' });
       const holders = waves[0]!;
       runs.push(
@@ -181,8 +198,8 @@ export async function runLocal(opts: LocalOptions): Promise<RunResult[]> {
             : {}),
         }),
       );
-      if (scenario === 'miss' && opts.containerd) await Promise.all(cluster.nodes.filter((x) => x.alive).map((x) => x.containerd!.removeImage(MISS_NAMESPACE, name)));
-      else if (scenario !== 'churn') await cluster.wipeStores(name);
+      if (scenario === 'miss' && opts.containerd) await Promise.all(cluster.nodes.filter((x) => x.alive).map((x, i) => x.containerd!.removeImage(MISS_NAMESPACE, imageOf(i).name)));
+      else if (scenario !== 'churn') for (const img of images) await cluster.wipeStores(img.name);
     }
   } finally {
     await upstream.close();

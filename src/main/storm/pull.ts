@@ -105,6 +105,29 @@ export class LayoutSink {
     return path.join(this.dir, 'blobs', 'sha256', `.ingest-${randomBytes(8).toString('hex')}`);
   }
 
+  /**
+   * Where a download of `d` is written while in flight: `ingest/<hex>/data` beside its `total`,
+   * as containerd keeps one, so the node's peerpull can serve it to peers as it grows
+   * (content/inflight.ts). A second writer of the same blob on this node gets a private file.
+   */
+  async ingestPath(d: Descriptor): Promise<string> {
+    const root = path.join(this.dir, 'ingest');
+    await mkdir(root, { recursive: true });
+    const dir = path.join(root, d.digest.slice(7));
+    try {
+      await mkdir(dir);
+    } catch {
+      return this.tmpPath();
+    }
+    await writeFile(path.join(dir, 'total'), String(d.size));
+    return path.join(dir, 'data');
+  }
+
+  /** The download at `file` is over (renamed into the store, or dropped): its ingest goes. */
+  async ingestDone(file: string): Promise<void> {
+    if (path.basename(file) === 'data') await rm(path.dirname(file), { recursive: true, force: true }).catch(() => undefined);
+  }
+
   async has(d: Descriptor): Promise<boolean> {
     return stat(this.blobPath(d.digest)).then((s) => s.size === d.size, () => false);
   }
@@ -135,6 +158,7 @@ export class LayoutSink {
     await this.indexLock;
     await writeFile(path.join(this.dir, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] }));
     await rm(path.join(this.dir, 'blobs'), { recursive: true, force: true });
+    await rm(path.join(this.dir, 'ingest'), { recursive: true, force: true });
     await mkdir(path.join(this.dir, 'blobs', 'sha256'), { recursive: true });
   }
 }
@@ -159,6 +183,7 @@ class BlobReceiver implements BodySink {
   private pos = 0;
   /** Each buffer's write in progress, if any. */
   private readonly writes: (Promise<void> | null)[] = [null, null];
+  private lastWrite: Promise<void> = Promise.resolve();
   private failed: Error | null = null;
 
   private constructor(
@@ -260,8 +285,10 @@ class BlobReceiver implements BodySink {
     const run = async () => {
       for (let done = 0; done < len; ) done += (await fh.write(buf, done, len - done, at + done)).bytesWritten;
     };
+    // One write at a time, in file order: peerpull may be serving this file to peers as it grows
+    // (a shared download), and a later batch landing first would leave a hole that reads as zeros.
     // Kept rejection-free: a failure surfaces on the next rotation or at finish().
-    const p: Promise<void> = run().then(
+    const p: Promise<void> = this.lastWrite.then(run).then(
       () => {
         if (this.writes[i] === p) this.writes[i] = null;
       },
@@ -271,6 +298,7 @@ class BlobReceiver implements BodySink {
       },
     );
     this.writes[i] = p;
+    this.lastWrite = p;
   }
 }
 
@@ -409,7 +437,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
       // Blobs hash as they stream (into the store, when there is one); a host that breaks
       // mid-body leaves its bytes in the receiver and the next one is asked for the rest, as
       // containerd keeps a partial ingest. Manifests (small, may start over) hash once whole.
-      const blob = expect && kind === 'blobs' ? await BlobReceiver.open(opts.sink ? opts.sink.tmpPath() : null, expect.size, r) : null;
+      const blob = expect && kind === 'blobs' ? await BlobReceiver.open(opts.sink ? await opts.sink.ingestPath(expect) : null, expect.size, r) : null;
       let kept = false;
       try {
         for (const [host, base] of hosts) {
@@ -493,6 +521,7 @@ export async function pullImage(opts: PullOptions): Promise<PullResult> {
         throw new PullError('network', `${kind}/${r}: ${lastErr?.message ?? 'no host answered'}`);
       } finally {
         if (blob && !kept) await blob.discard();
+        if (blob?.file) await opts.sink!.ingestDone(blob.file);
       }
     };
 

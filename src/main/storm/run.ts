@@ -20,6 +20,8 @@ export interface Target {
   pid?: number;
   /** Further processes of the node storm started (its containerd), for CPU accounting. */
   pids?: number[];
+  /** The image this node pulls, when not the run's (miss: an image of its own). */
+  image?: string;
   /** Pulls another way than storm's own HTTP client (a real containerd: see containerd.ts). */
   pull?: (o: PullOptions) => Promise<PullResult>;
 }
@@ -166,7 +168,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
           return (t.pull ?? pullImage)({
             node: t.name,
             wave: w + 1,
-            image: spec.image,
+            image: t.image ?? spec.image,
             ...(t.mirror ? { mirror: t.mirror } : {}),
             ...(spec.upstream ? { upstream: spec.upstream } : {}),
             // storm's own upstream speaks the plain HTTP of peerpull's peer client.
