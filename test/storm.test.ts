@@ -30,7 +30,7 @@ interface JsonRun {
   failures: { node: string; kind: string; error: string }[];
   pulls: { node: string; wave: number; ok: boolean; bytes: { mirror: number; upstream: number } }[];
   bytes: { upstream: number; viaMirror: number; peer: number };
-  counters: { requests: Record<string, number>; servedBytes: number };
+  counters: { requests: Record<string, number>; servedBytes: number; shared: Record<string, number> };
   upstreamBlobGets: { max: number; perBlob: Record<string, number> };
 }
 
@@ -247,6 +247,40 @@ describe('a small rolling storm on 3 nodes', () => {
       // Its cluster is gone.
       const leftovers = (await import('node:fs/promises')).readdir(parent);
       assert.deepEqual((await leftovers).filter((f) => f.startsWith('peerpull-storm-')), []);
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a pull storm on 3 nodes shares downloads in flight', () => {
+  test('every blob crosses the upstream once; the other nodes stream it from the node fetching it', async () => {
+    const parent = await mkdtemp(path.join(os.tmpdir(), 'peerpull-storm-shared-'));
+    try {
+      // A slow upstream (8 MB in 2 layers at 8 MB/s: a second per pull) so that every node asks
+      // while the first download is still running.
+      const s = startStorm([
+        '--local', '3', '--size', '8MB', '--layers', '2', '--scenario', 'storm',
+        '--baseline', '--upstream-rate', '8MB', '--ip-base', '127.0.97', '--dir', parent, '--json',
+      ]);
+      const { code } = await s.exited;
+      assert.equal(code, 0, s.stderr());
+      const report = JSON.parse(s.stdout()) as { ok: boolean; runs: JsonRun[] };
+      const base = report.runs.find((r) => r.mode === 'baseline')!;
+      const pp = report.runs.find((r) => r.mode === 'peerpull')!;
+      assert.equal(pp.ok, 3);
+      assert.equal(base.upstreamBlobGets.max, 3, 'without peerpull every node fetches every blob');
+      // Config and layers went upstream once each (manifests are not shared: small, and asked by tag).
+      assert.equal(pp.upstreamBlobGets.max, 1, JSON.stringify(pp.upstreamBlobGets.perBlob));
+      assert.equal(Object.keys(pp.upstreamBlobGets.perBlob).length, 3);
+      assert.ok(pp.bytes.upstream < 1.2 * pp.imageBytes, `upstream sent ${pp.bytes.upstream} bytes for a ${pp.imageBytes}-byte image`);
+      assert.ok(pp.bytes.peer >= 1.8 * pp.imageBytes * 0.9, `bytes from peers: ${pp.bytes.peer}`);
+      // The nodes say how: downloads fetched for the cluster and joined in flight.
+      assert.ok((pp.counters.shared.fetching ?? 0) >= 3, `fetching: ${JSON.stringify(pp.counters.shared)}`);
+      assert.ok((pp.counters.shared.joined ?? 0) >= 4, `joined: ${JSON.stringify(pp.counters.shared)}`);
+      assert.equal(pp.counters.shared.join_failed ?? 0, 0);
+      // Every pull was verified (storm hashes every blob): no failures.
+      assert.equal(pp.failed, 0);
     } finally {
       await rm(parent, { recursive: true, force: true });
     }

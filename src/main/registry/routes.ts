@@ -385,7 +385,10 @@ export class Registry {
           const r = await report?.catch(() => undefined);
           // A download in flight that could not be served is no fault of its node's liveness.
           if (r) mirror.record('blob', digest, joining ? { ...r, failedPeers: [] } : r, ok, detail);
-          if (joining) mirror.shared(ok ? 'joined' : 'join_failed');
+          if (joining) {
+            mirror.shared(ok ? 'joined' : 'join_failed');
+            if (!ok) this.deps.log.info('could not stream a download in flight: 404, containerd goes upstream', { digest, peer: providers[0]!.peerId, detail });
+          }
           mirror.outcome('blob', digest, ok ? 'peer' : 'error', detail);
         },
       });
@@ -397,7 +400,7 @@ export class Registry {
    * download from the content store as it grows. containerd opened it before it asked this node,
    * so it is normally there at once; a claimed one that never appears is released.
    */
-  private serveDownload(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>): void {
+  private serveDownload(res: HttpResponse, inc: Incoming, request: Extract<RegistryRequest, { kind: 'blob' }>, tries = 0): void {
     const { digest } = request;
     const mirror = this.deps.mirror;
     const { downloadWait, downloadStallTimeout, chunkSize, streamCredits: credits } = this.deps.config;
@@ -415,6 +418,8 @@ export class Registry {
           mirror!.release(digest);
           mirror!.shared('unavailable');
           this.deps.log.info('claimed download never appeared: released', { digest, waitedMs: downloadWait });
+        } else {
+          this.deps.log.info('asked for a download in flight this node has not claimed', { digest });
         }
         throw new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest}: no download of it on this node`);
       }
@@ -446,6 +451,13 @@ export class Registry {
         writeHead,
       }, {
         from: 'download',
+        // The download finished and was renamed into the store between the look and the open:
+        // look again (the finished blob is there now).
+        fallback: (o) => {
+          if (!o.missing || tries >= 2) return false;
+          this.serveDownload(res, inc, request, tries + 1);
+          return true;
+        },
         onFinish: (ok) => {
           if (ok) mirror?.shared('served');
         },

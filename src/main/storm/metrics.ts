@@ -1,6 +1,6 @@
 // Reads the numbers storm reports per source from the nodes' Prometheus endpoints:
 // peerpull_mirror_requests_total{kind,outcome}, peerpull_peer_bytes_total, peerpull_bytes_served_total,
-// and the histogram of lookups that found nobody (peerpull_mirror_lookup_seconds{result="none"}),
+// peerpull_shared_downloads_total{event}, and the histogram of lookups that found nobody (peerpull_mirror_lookup_seconds{result="none"}),
 // which is what a miss costs when containerd, not storm, makes the requests.
 
 import { request, type Dispatcher } from 'undici';
@@ -11,6 +11,8 @@ export interface NodeCounters {
   requests: Record<string, number>;
   peerBytes: number;
   servedBytes: number;
+  /** Shared downloads by event (fetching, joined, join_failed, served, unavailable). */
+  shared: Record<string, number>;
   /** Lookups that found no provider: cumulative bucket counts by upper bound (s, `+Inf` too), their sum (s) and count. */
   missLookup: Histogram;
 }
@@ -22,7 +24,7 @@ export interface Histogram {
 }
 
 export function emptyCounters(): NodeCounters {
-  return { requests: {}, peerBytes: 0, servedBytes: 0, missLookup: { buckets: {}, sum: 0, count: 0 } };
+  return { requests: {}, peerBytes: 0, servedBytes: 0, shared: {}, missLookup: { buckets: {}, sum: 0, count: 0 } };
 }
 
 function labels(s: string): Record<string, string> {
@@ -45,6 +47,9 @@ export function parseCounters(text: string): NodeCounters {
       const l = labels(m[2] ?? '');
       const k = `${l.kind ?? '?'}/${l.outcome ?? '?'}`;
       c.requests[k] = (c.requests[k] ?? 0) + value;
+    } else if (name === 'peerpull_shared_downloads_total') {
+      const e = labels(m[2] ?? '').event ?? '?';
+      c.shared[e] = (c.shared[e] ?? 0) + value;
     } else if (name === 'peerpull_peer_bytes_total') c.peerBytes += value;
     else if (name === 'peerpull_bytes_served_total') c.servedBytes += value;
     else if (name.startsWith('peerpull_mirror_lookup_seconds_')) {
@@ -74,9 +79,11 @@ export function addCounters(a: NodeCounters, b: NodeCounters, sign = 1): NodeCou
     requests: { ...a.requests },
     peerBytes: a.peerBytes + sign * b.peerBytes,
     servedBytes: a.servedBytes + sign * b.servedBytes,
+    shared: { ...a.shared },
     missLookup: { buckets: { ...a.missLookup.buckets }, sum: a.missLookup.sum + sign * b.missLookup.sum, count: a.missLookup.count + sign * b.missLookup.count },
   };
   for (const [k, v] of Object.entries(b.requests)) out.requests[k] = (out.requests[k] ?? 0) + sign * v;
+  for (const [k, v] of Object.entries(b.shared)) out.shared[k] = (out.shared[k] ?? 0) + sign * v;
   for (const [k, v] of Object.entries(b.missLookup.buckets)) out.missLookup.buckets[k] = (out.missLookup.buckets[k] ?? 0) + sign * v;
   return out;
 }

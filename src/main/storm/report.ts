@@ -79,6 +79,14 @@ export function summaryTable(report: StormReport): string {
     ]);
   const parts = [runs];
   if (cmp.length) parts.push('', table(['scenario', 'speedup p50', 'speedup p99', 'upstream vs baseline', 'upstream (images)', 'failed', 'miss p99', 'in node', 'max GETs/blob'], cmp));
+  // Shared downloads (PEERPULL_SHARE_DOWNLOADS), as the nodes counted them.
+  const shared = report.runs
+    .filter((r) => r.mode === 'peerpull' && Object.values(r.counters.shared).some((v) => v > 0))
+    .map((r) => {
+      const c = r.counters.shared;
+      return `  ${r.label}: ${c.fetching ?? 0} fetched upstream for the cluster, ${c.joined ?? 0} streamed from a download in flight${c.join_failed ? `, ${c.join_failed} could not join` : ''}${c.unavailable ? `, ${c.unavailable} claimed but never started` : ''}`;
+    });
+  if (shared.length) parts.push('', 'shared downloads (blobs):', ...shared);
   const failures = report.runs.flatMap((r) => r.failures.map((f) => `  ${r.label} ${f.node}: [${f.kind}] ${f.error}`));
   if (failures.length) parts.push('', `FAILED PULLS (${failures.length}):`, ...failures.slice(0, 30), ...(failures.length > 30 ? [`  ... ${failures.length - 30} more`] : []));
   return parts.join('\n');
