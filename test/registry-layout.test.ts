@@ -1,12 +1,14 @@
 // The registry front end on the embedded OCI-layout store, through a real `peerpull serve` process.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { appendFile, mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
-import { get } from './support/http.js';
+import { get, sha256 } from './support/http.js';
 import { startPeerpull, type PeerpullProcess } from './support/peerpull.js';
 import { registryContract, type ContractContext } from './support/registry-contract.js';
 
@@ -149,5 +151,94 @@ describe('OCI layout follows index.json', () => {
       await pp?.stop();
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a download in flight, served to a peer as it grows', () => {
+  let dir: string;
+  let pp: PeerpullProcess;
+  const hop = { 'x-peerpull-hop': 'inflight' };
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'peerpull-inflight-'));
+    await generateImage(dir, { name: 'docker.io/library/present:v1', layerSizes: [10] });
+    pp = await startPeerpull({ PEERPULL_STORE: `oci-layout:${dir}`, PEERPULL_CHUNK_SIZE: '64Ki', PEERPULL_DOWNLOAD_STALL_TIMEOUT: '1s' });
+    await pp.waitForLog((l) => l.msg === 'content source ready');
+  });
+
+  after(async () => {
+    await pp?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Starts an ingest as the storm's puller (and containerd) lay one out: `total`, then `data` growing. */
+  async function ingest(bytes: Buffer): Promise<{ digest: string; data: string; dir: string }> {
+    const digest = sha256(bytes);
+    const d = path.join(dir, 'ingest', digest.slice(7));
+    await mkdir(d, { recursive: true });
+    await writeFile(path.join(d, 'total'), String(bytes.length));
+    await writeFile(path.join(d, 'data'), '');
+    return { digest, data: path.join(d, 'data'), dir: d };
+  }
+
+  /** A GET that collects what arrives, and how it ended (complete, or cut short). */
+  function fetchRaw(digest: string): Promise<{ status: number; length: number; body: Buffer; complete: boolean }> {
+    const u = new URL(`${pp.url}/v2/library/x/blobs/${digest}?ns=docker.io`);
+    return new Promise((resolve, reject) => {
+      const req = http.get({ host: u.hostname, port: u.port, path: u.pathname + u.search, headers: hop }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        const finish = () => resolve({ status: res.statusCode ?? 0, length: Number(res.headers['content-length'] ?? -1), body: Buffer.concat(parts), complete: res.complete });
+        res.on('end', finish);
+        res.on('aborted', finish);
+        res.on('error', finish);
+      });
+      req.on('error', reject);
+    });
+  }
+
+  test('bytes written after the request arrive; the finished file renamed into the store is followed', async () => {
+    const bytes = randomBytes(3 * 1024 * 1024 + 5);
+    const ing = await ingest(bytes);
+    const got = fetchRaw(ing.digest);
+    const step = Math.ceil(bytes.length / 6);
+    for (let off = 0; off < bytes.length; off += step) {
+      await new Promise((r) => setTimeout(r, 100));
+      await appendFile(ing.data, bytes.subarray(off, off + step));
+    }
+    // As a finished pull does: the data file moves into the store, the ingest goes.
+    await rename(ing.data, path.join(dir, 'blobs', 'sha256', ing.digest.slice(7)));
+    await rm(ing.dir, { recursive: true });
+    const r = await got;
+    assert.equal(r.status, 200);
+    assert.equal(r.length, bytes.length);
+    assert.equal(r.complete, true);
+    assert.equal(sha256(r.body), ing.digest);
+  });
+
+  test('a download that stops growing is cut after the stall timeout, short of its length', async () => {
+    const bytes = randomBytes(1024 * 1024);
+    const ing = await ingest(bytes);
+    await appendFile(ing.data, bytes.subarray(0, 300_000));
+    const r = await fetchRaw(ing.digest);
+    assert.equal(r.status, 200);
+    assert.equal(r.length, bytes.length);
+    assert.equal(r.complete, false, 'the transfer is cut, not completed');
+    assert.ok(r.body.length <= 300_000, `got ${r.body.length} bytes`);
+    assert.ok(r.body.equals(bytes.subarray(0, r.body.length)), 'what came is the download so far');
+    await rm(ing.dir, { recursive: true });
+  });
+
+  test('no such download: 404 at once; without the in-flight hop an ingest is never served', async () => {
+    const none = await fetchRaw(sha256(randomBytes(8)));
+    assert.equal(none.status, 404);
+    const bytes = randomBytes(1000);
+    const ing = await ingest(bytes);
+    await appendFile(ing.data, bytes);
+    const plain = await get(`${pp.url}/v2/library/x/blobs/${ing.digest}?ns=docker.io`, { 'x-peerpull-hop': '1' });
+    assert.equal(plain.status, 404);
+    const shared = await fetchRaw(ing.digest);
+    assert.equal(shared.status, 200);
+    assert.ok(shared.body.equals(bytes));
   });
 });
