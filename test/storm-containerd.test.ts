@@ -24,7 +24,7 @@ interface JsonRun {
   failures: { node: string; kind: string; error: string }[];
   pulls: { node: string; wave: number; ok: boolean; bytes: { mirror: number; upstream: number } }[];
   bytes: { upstream: number; viaMirror: number; viaUpstream: number; peer: number };
-  counters: { requests: Record<string, number> };
+  counters: { shared: Record<string, number>; requests: Record<string, number> };
   upstreamBlobGets: { max: number; perBlob: Record<string, number> };
   imageBytes: number;
 }
@@ -51,11 +51,11 @@ describe('storm --containerd', () => {
     await requireContainerd();
   });
 
-  test('a small rolling storm on 3 containerd nodes: later waves from peers, bounded upstream GETs, everything cleaned up', async () => {
+  test('a small rolling storm and a pull storm on 3 containerd nodes: later waves from peers, shared downloads, bounded upstream GETs, everything cleaned up', async () => {
     const parent = await mkdtemp(path.join(os.tmpdir(), 'ppsc-'));
     try {
       const s = startStorm([
-        '--local', '3', '--containerd', '--size', '3MB', '--layers', '2', '--scenario', 'rolling', '--wave', '33', '--wave-gap', '3s',
+        '--local', '3', '--containerd', '--size', '3MB', '--layers', '2', '--scenario', 'rolling,storm', '--wave', '33', '--wave-gap', '3s',
         '--baseline', '--upstream-rate', '50MB', '--ip-base', '127.0.95', '--dir', parent, '--json', '--events',
       ]);
       const ctd = (await s.waitEvent((e) => e.event === 'containerd', 120_000)) as { pids: number[] };
@@ -66,8 +66,8 @@ describe('storm --containerd', () => {
       const report = JSON.parse(s.stdout()) as { ok: boolean; settings: { store: string }; runs: JsonRun[] };
       assert.equal(report.ok, true);
       assert.match(report.settings.store, /containerd/);
-      const base = report.runs.find((r) => r.mode === 'baseline')!;
-      const pp = report.runs.find((r) => r.mode === 'peerpull')!;
+      const base = report.runs.find((r) => r.label === 'rolling/baseline')!;
+      const pp = report.runs.find((r) => r.label === 'rolling/peerpull')!;
       assert.equal(base.ok, 3, JSON.stringify(base.failures));
       assert.equal(pp.ok, 3, JSON.stringify(pp.failures));
       // Baseline: every containerd fetched every blob from the upstream itself.
@@ -90,6 +90,14 @@ describe('storm --containerd', () => {
       assert.ok(pp.bytes.peer >= 2 * (pp.imageBytes - 10_000), `bytes from peers: ${pp.bytes.peer}`);
       assert.ok(pp.upstreamBlobGets.max <= 1, `upstream saw a blob ${pp.upstreamBlobGets.max} times`);
       assert.equal(pp.bytes.upstream, pp.imageBytes);
+      // All three at once: one node fetches each blob (containerd's ingest), the others stream
+      // it from there, so the upstream still sends one image, not three.
+      const storm = report.runs.find((r) => r.label === 'storm/peerpull')!;
+      assert.equal(storm.ok, 3, JSON.stringify(storm.failures));
+      assert.equal(storm.upstreamBlobGets.max, 1, JSON.stringify(storm.upstreamBlobGets.perBlob));
+      assert.ok(storm.bytes.upstream < 1.1 * storm.imageBytes, `storm upstream ${storm.bytes.upstream} for a ${storm.imageBytes}-byte image`);
+      assert.ok((storm.counters.shared.fetching ?? 0) >= 3, JSON.stringify(storm.counters.shared));
+      assert.ok((storm.counters.shared.joined ?? 0) >= 2, JSON.stringify(storm.counters.shared));
       // Cleaned up: peerpull and containerd PIDs, no ctr or other process of the cluster, no mounts, no dir.
       assert.ok(!cluster.pids.some(alive), 'no peerpull process left');
       assert.ok(!ctd.pids.some(alive), 'no containerd process left');
