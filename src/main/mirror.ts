@@ -99,6 +99,8 @@ const OWN_CLAIM_MS = 20_000;
 
 export class Mirror {
   private readonly ttfb: number[] = [];
+  /** Shared downloads since start, by event (the status page). */
+  readonly sharedCounts: Record<SharedDownloadEvent, number> = { fetching: 0, joined: 0, join_failed: 0, served: 0, unavailable: 0 };
   /** Blobs this node was told to fetch upstream (claimed downloads), with when. */
   private readonly ownClaims = new Map<Digest, number>();
   private readonly registries: Set<string> | null;
@@ -193,6 +195,7 @@ export class Mirror {
 
   shared(event: SharedDownloadEvent): void {
     sharedDownloads.inc({ event });
+    this.sharedCounts[event]++;
   }
 
   /** Hedge delay: the recent 90th percentile of peer answer times, bounded below and by the stall timeout. */

@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { Config } from './config.js';
 import type { ContentSource } from './content/index.js';
 import { DEFAULT_DIR, HOSTS_FILE, MANAGED_HEADER, nodeEndpoint, parseHostsFile } from './hosts-config.js';
-import type { Mirror, MirrorEvent } from './mirror.js';
+import type { Mirror, MirrorEvent, SharedDownloadEvent } from './mirror.js';
 import type { P2P } from './p2p.js';
 import type { P2PView } from '../shared/messages.js';
 
@@ -63,7 +63,12 @@ export interface StatusSnapshot {
     storeCopy: { keys: number; providers: number; finalMisses: boolean };
   };
   content: { kind: string; healthy: boolean; digests: number; tags: number };
-  mirror: { lastPeerHit: MirrorEvent | null; recentMisses: MirrorEvent[] };
+  mirror: {
+    lastPeerHit: MirrorEvent | null;
+    recentMisses: MirrorEvent[];
+    /** Shared downloads since start (PEERPULL_SHARE_DOWNLOADS), by event; null when p2p is off. */
+    sharedDownloads: Record<SharedDownloadEvent, number> | null;
+  };
   containerd: ContainerdProbe & { used: boolean };
   mirrorConfig: MirrorConfigScan;
 }
@@ -322,7 +327,11 @@ export class StatusBuilder {
         storeCopy: p2p?.storeCopyStats() ?? { keys: 0, providers: 0, finalMisses: false },
       },
       content: { kind: source.kind, healthy: source.healthy(), digests: source.index.digestCount, tags: source.index.tagCount },
-      mirror: { lastPeerHit: mirror?.lastPeerHit ?? null, recentMisses: [...(mirror?.recentMisses ?? [])].reverse() },
+      mirror: {
+        lastPeerHit: mirror?.lastPeerHit ?? null,
+        recentMisses: [...(mirror?.recentMisses ?? [])].reverse(),
+        sharedDownloads: mirror && config.shareDownloads ? { ...mirror.sharedCounts } : null,
+      },
       containerd: { ...ctd, used: usesContainerd },
       mirrorConfig,
     };
@@ -448,6 +457,8 @@ ${
 ${mc.missing.length ? `<p class="bad">Not pointed at this node: ${esc(mc.missing.join(', '))}</p>` : ''}
 <h2>Last peer pull</h2>
 ${s.mirror.lastPeerHit ? `<table><tr><th>time</th><th>kind</th><th>key</th><th>outcome</th><th>peer</th><th></th></tr>${ev(s.mirror.lastPeerHit)}</table>` : '<p>None since start.</p>'}
+<h2>Shared downloads</h2>
+${s.mirror.sharedDownloads ? `<p>${esc(sharedLine(s.mirror.sharedDownloads))}</p>` : '<p>Off (PEERPULL_SHARE_DOWNLOADS=false, or p2p off).</p>'}
 <h2>Recent misses</h2>
 ${s.mirror.recentMisses.length ? `<table><tr><th>time</th><th>kind</th><th>key</th><th>outcome</th><th></th><th>detail</th></tr>${s.mirror.recentMisses.map(ev).join('')}</table>` : '<p>None since start.</p>'}
 </body></html>
@@ -490,9 +501,14 @@ export function formatStatusText(s: StatusSnapshot): string {
   L.push('mirror');
   const h = s.mirror.lastPeerHit;
   L.push(`  last peer pull ${h ? `${h.time} ${h.kind} ${h.key}${h.peer ? ` from ${h.peer}` : ''}` : 'none since start'}`);
+  L.push(`  shared downloads ${s.mirror.sharedDownloads ? sharedLine(s.mirror.sharedDownloads) : 'off'}`);
   if (s.mirror.recentMisses.length === 0) L.push('  recent misses  none');
   for (const [i, m] of s.mirror.recentMisses.slice(0, 10).entries()) {
     L.push(`  ${i === 0 ? 'recent misses ' : ' '.repeat(14)} ${m.time} ${m.kind} ${m.key}${m.detail ? ` (${m.detail})` : ''}`);
   }
   return L.join('\n') + '\n';
+}
+
+function sharedLine(c: Record<SharedDownloadEvent, number>): string {
+  return `${c.fetching} fetched upstream for the cluster, ${c.joined} streamed from another node's download (${c.join_failed} failed), ${c.served} served to peers, ${c.unavailable} claimed but never started`;
 }

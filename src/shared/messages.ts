@@ -106,8 +106,11 @@ export interface PeerBlobTask extends PeerFetchPolicy {
    * lying peer yields a cut transfer, never a complete wrong blob. Ranges cannot be verified.
    */
   verify: boolean;
-  /** The providers are fetching the blob themselves right now: ask for their download in flight. */
-  inflight?: boolean;
+  /**
+   * The provider is fetching the blob itself right now: ask for its download in flight, and give
+   * it `headersMs` to find it (the body may then pause up to `stallMs`, the upstream's pace).
+   */
+  inflight?: { headersMs: number };
   chunkSize: number;
   credits: number;
   port: MessagePort;

@@ -103,7 +103,7 @@ async function hedge<T>(
   });
 }
 
-async function get(peer: PeerTarget, path: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number, method: 'GET' | 'HEAD' = 'GET', inflight = false): Promise<PeerResponse> {
+async function get(peer: PeerTarget, path: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number, method: 'GET' | 'HEAD' = 'GET', inflight?: { headersMs: number }): Promise<PeerResponse> {
   try {
     return await peerRequest({
       host: peer.host,
@@ -112,7 +112,7 @@ async function get(peer: PeerTarget, path: string, headers: Record<string, strin
       path,
       headers: { ...headers, [PEER_HOP_HEADER]: inflight ? HOP_INFLIGHT : '1' },
       signal,
-      headersTimeoutMs: stallMs,
+      headersTimeoutMs: inflight?.headersMs ?? stallMs,
       idleTimeoutMs: stallMs,
     });
   } catch (err) {
@@ -174,7 +174,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
       budget,
       report,
       async (peer, signal) => {
-        const res = await get(peer, task.path, task.range ? { range: task.range } : {}, signal, task.stallMs, 'GET', task.inflight === true);
+        const res = await get(peer, task.path, task.range ? { range: task.range } : {}, signal, task.stallMs, 'GET', task.inflight);
         return { res, open: await acceptBlob(peer, res, task.digest) };
       },
       (v) => v.res.discard(),
@@ -234,7 +234,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
         budget,
         report,
         async (peer, signal) => {
-          const res = await get(peer, task.path, { range: `bytes=${want.start}-${want.end - 1}` }, signal, task.stallMs, 'GET', task.inflight === true);
+          const res = await get(peer, task.path, { range: `bytes=${want.start}-${want.end - 1}` }, signal, task.stallMs, 'GET', task.inflight);
           await acceptBlob(peer, res, task.digest, want);
           return res;
         },

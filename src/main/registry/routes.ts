@@ -362,7 +362,7 @@ export class Registry {
       const policy = joining ? mirror.inflightPolicy() : mirror.policy();
       this.pipe(res, inc, digest, 200, {
         run: (port) =>
-          (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...(joining ? { inflight: true } : {}), ...policy })),
+          (report = this.deps.pool.fetchBlob({ providers, digest, path, range, verify: this.deps.config.peerVerify && !head, chunkSize, credits, port, ...(joining ? { inflight: { headersMs: this.deps.config.downloadWait + this.deps.config.peerStallTimeout } } : {}), ...policy })),
         writeHead,
         headOnly: head,
         credits,

@@ -22,7 +22,10 @@ the bytes came from (the nodes' /metrics).
 
 local cluster (N peerpull processes on 127.0.90.x, an upstream registry served here):
   --local N               number of nodes
-  --scenario LIST         rolling,storm,miss,churn (default rolling,storm)
+  --scenario LIST         rolling,storm,miss,churn (default rolling,storm): rolling = waves of
+                          --wave %; storm = every node at once; miss = every node an image of its
+                          own (1/N of --size), which no other node has or fetches; churn = the
+                          first wave's nodes are killed while the second pulls from them
   --baseline              also run every scenario without peerpull (straight to the upstream): ratios
   --size SIZE             image size, e.g. 10MB, 100MB, 1GB (default 10MB)
   --layers N              layers per image (default 4)
