@@ -13,6 +13,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
 import { LocalCluster } from '../src/main/storm/cluster.js';
+import { parseNodeEnv } from '../src/main/storm/index.js';
+import { UsageError } from '../src/main/storm/util.js';
 import { LayoutSink, pullImage } from '../src/main/storm/pull.js';
 import { UpstreamRegistry } from '../src/main/storm/upstream.js';
 import { startPeerpull, type PeerpullProcess } from './support/peerpull.js';
@@ -284,5 +286,51 @@ describe('a pull storm on 3 nodes shares downloads in flight', () => {
     } finally {
       await rm(parent, { recursive: true, force: true });
     }
+  });
+});
+
+describe('--node-env sets PEERPULL_* settings on every local node', () => {
+  const cases: { raw: string; want?: Record<string, string>; error?: RegExp }[] = [
+    { raw: '', want: {} },
+    { raw: 'PEERPULL_SHARE_DOWNLOADS=false\nPEERPULL_PEER_VERIFY=true', want: { PEERPULL_SHARE_DOWNLOADS: 'false', PEERPULL_PEER_VERIFY: 'true' } },
+    { raw: 'PEERPULL_MIRRORED_REGISTRIES=a.io,b.io', want: { PEERPULL_MIRRORED_REGISTRIES: 'a.io,b.io' } },
+    { raw: 'PEERPULL_SHARE_DOWNLOADS=maybe', error: /PEERPULL_SHARE_DOWNLOADS: "maybe"/ },
+    { raw: 'PEERPULL_NO_SUCH=1', error: /PEERPULL_NO_SUCH: unknown setting/ },
+    { raw: 'PEERPULL_STORE=oci-layout:/x', error: /PEERPULL_STORE is set by the local cluster/ },
+    { raw: 'HOME=/root', error: /not PEERPULL_NAME=VALUE/ },
+    { raw: 'PEERPULL_SHARE_DOWNLOADS', error: /not PEERPULL_NAME=VALUE/ },
+  ];
+  for (const c of cases) {
+    test(`parse ${JSON.stringify(c.raw)}`, () => {
+      if (c.want) assert.deepEqual(parseNodeEnv(c.raw), c.want);
+      else assert.throws(() => parseNodeEnv(c.raw), (e: Error) => e instanceof UsageError && c.error!.test(e.message));
+    });
+  }
+
+  test('with PEERPULL_SHARE_DOWNLOADS=false a storm sends every node upstream for every blob', async () => {
+    const parent = await mkdtemp(path.join(os.tmpdir(), 'peerpull-storm-nodeenv-'));
+    try {
+      const s = startStorm([
+        '--local', '3', '--size', '8MB', '--layers', '2', '--scenario', 'storm', '--upstream-rate', '8MB',
+        '--ip-base', '127.0.98', '--dir', parent, '--json', '--node-env', 'PEERPULL_SHARE_DOWNLOADS=false',
+      ]);
+      const { code } = await s.exited;
+      assert.equal(code, 0, s.stderr());
+      const report = JSON.parse(s.stdout()) as { runs: JsonRun[]; settings: { nodeEnv: Record<string, string> } };
+      assert.deepEqual(report.settings.nodeEnv, { PEERPULL_SHARE_DOWNLOADS: 'false' });
+      const pp = report.runs.find((r) => r.mode === 'peerpull')!;
+      assert.equal(pp.ok, 3);
+      assert.equal(pp.upstreamBlobGets.max, 3, JSON.stringify(pp.upstreamBlobGets.perBlob));
+      assert.equal(pp.counters.shared.joined ?? 0, 0);
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+
+  test('a bad --node-env stops storm before it starts anything', async () => {
+    const s = startStorm(['--local', '2', '--node-env', 'PEERPULL_PEER_STALL_TIMEOUT=soon']);
+    const { code } = await s.exited;
+    assert.equal(code, 2);
+    assert.match(s.stderr(), /--node-env: PEERPULL_PEER_STALL_TIMEOUT: "soon"/);
   });
 });

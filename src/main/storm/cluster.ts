@@ -50,6 +50,16 @@ export interface ClusterOptions {
   containerd?: boolean;
 }
 
+/**
+ * Settings the local cluster decides for its nodes (addresses, stores, bootstrap): `--node-env`
+ * may not change them. PEERPULL_WORKERS and PEERPULL_RESYNC_INTERVAL are defaults it may.
+ */
+export const CLUSTER_SETTINGS = [
+  'PEERPULL_STORE', 'PEERPULL_CONTAINERD_SOCK', 'PEERPULL_CONTAINERD_NAMESPACE', 'PEERPULL_CONTENT_PATH', 'PEERPULL_CONTAINERD_CONFIG_FILE',
+  'PEERPULL_REGISTRY_ADDR', 'PEERPULL_METRICS_ADDR', 'PEERPULL_P2P', 'PEERPULL_P2P_ADDR', 'PEERPULL_BOOTSTRAP_DNS', 'PEERPULL_DNS_SERVERS',
+  'PEERPULL_DATA_DIR', 'PEERPULL_CLUSTER',
+];
+
 function nodeIp(base: string, i: number): string {
   const [a, b, c] = base.split('.').map(Number) as [number, number, number];
   const third = c + Math.floor(i / 250);
@@ -157,7 +167,6 @@ export class LocalCluster {
         PEERPULL_CLUSTER: clusterName,
         PEERPULL_RESYNC_INTERVAL: '1s',
         PEERPULL_WORKERS: '1',
-        ...(n === 1 ? {} : {}),
         ...this.opts.env,
       };
       const child = spawn(process.execPath, [CLI, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });

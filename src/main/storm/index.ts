@@ -6,7 +6,8 @@ import { Resolver } from 'node:dns/promises';
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 
-import { liveClusters } from './cluster.js';
+import { ConfigError, loadConfig } from '../config.js';
+import { CLUSTER_SETTINGS, liveClusters } from './cluster.js';
 import { containerdPrerequisites } from './containerd.js';
 import { runLocal, SCENARIOS, type ScenarioName } from './local.js';
 import { compare, markdownTable, summaryTable, toHtml, toJson, type StormReport } from './report.js';
@@ -43,6 +44,9 @@ local cluster (N peerpull processes on 127.0.90.x, an upstream registry served h
                           content source, and the puller: \`ctr content fetch\` through a hosts.toml
                           listing the node's peerpull, then the upstream (containerd falls back itself)
   --unpack                with --containerd: \`ctr images pull\` (fetch and unpack into a snapshot)
+  --node-env NAME=VALUE   a PEERPULL_* setting for every node (repeatable), e.g.
+                          --node-env PEERPULL_SHARE_DOWNLOADS=false to measure without a feature;
+                          checked as \`serve\` checks it (addresses, stores, bootstrap are storm's)
 
 running cluster:
   --endpoints LIST        peerpull registry URLs, e.g. http://10.0.0.5:5000,http://10.0.0.6:5000
@@ -66,6 +70,8 @@ output:
 Exit status: 0 all pulls verified, 1 a pull failed, 2 usage error, 130/143 interrupted.`;
 
 const BOOLEAN = new Set(['--baseline', '--json', '--markdown', '--events', '--containerd', '--unpack', '--help']);
+/** Flags that may be given more than once: their values are joined with newlines. */
+const REPEATED = new Set(['--node-env']);
 
 export function parseStormArgs(argv: string[]): Record<string, string> {
   const flags: Record<string, string> = {};
@@ -78,20 +84,42 @@ export function parseStormArgs(argv: string[]): Record<string, string> {
       flags[name] = eq > 0 ? a.slice(eq + 1) : 'true';
       continue;
     }
-    if (eq > 0) flags[name] = a.slice(eq + 1);
+    let v: string;
+    if (eq > 0) v = a.slice(eq + 1);
     else {
-      const v = argv[i + 1];
-      if (v === undefined || v.startsWith('--')) throw new UsageError(`${a} needs a value`);
-      flags[name] = v;
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('--')) throw new UsageError(`${a} needs a value`);
+      v = next;
       i++;
     }
+    flags[name] = REPEATED.has(name) && flags[name] !== undefined ? `${flags[name]}\n${v}` : v;
   }
   const known = new Set([
     ...BOOLEAN, '--local', '--scenario', '--size', '--layers', '--platforms', '--upstream-rate', '--wave', '--wave-gap', '--churn-at', '--ip-base', '--dir',
-    '--endpoints', '--dns', '--dns-server', '--port', '--metrics-port', '--image', '--upstream', '--html', '--concurrency',
+    '--endpoints', '--dns', '--dns-server', '--port', '--metrics-port', '--image', '--upstream', '--html', '--concurrency', '--node-env',
   ]);
   for (const k of Object.keys(flags)) if (!known.has(k)) throw new UsageError(`unknown flag ${k}`);
   return flags;
+}
+
+/** `--node-env` values: PEERPULL_* settings validated by the config module, none the cluster decides. */
+export function parseNodeEnv(raw: string | undefined): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of (raw ?? '').split('\n')) {
+    if (!line) continue;
+    const eq = line.indexOf('=');
+    const name = eq > 0 ? line.slice(0, eq) : '';
+    if (!name.startsWith('PEERPULL_')) throw new UsageError(`--node-env: "${line}" is not PEERPULL_NAME=VALUE`);
+    if (CLUSTER_SETTINGS.includes(name)) throw new UsageError(`--node-env: ${name} is set by the local cluster itself`);
+    env[name] = line.slice(eq + 1);
+  }
+  try {
+    loadConfig(env);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(`--node-env: ${err.message}`);
+    throw err;
+  }
+  return env;
 }
 
 function renderProgress(p: Progress): string {
@@ -194,7 +222,9 @@ export async function runStorm(argv: string[]): Promise<number> {
       const missing = await containerdPrerequisites();
       if (missing) throw new UsageError(missing);
     }
+    if (flags['--node-env'] && !flags['--local']) throw new UsageError('--node-env needs --local N (a running cluster has its own settings)');
     if (flags['--local']) {
+      const nodeEnv = parseNodeEnv(flags['--node-env']);
       const nodes = parseIntIn(flags['--local'], '--local', 1, 1000);
       const layers = flags['--layers'] ? parseIntIn(flags['--layers'], '--layers', 1, 128) : 4;
       const imageBytes = parseBytes(flags['--size'] ?? '10MB', '--size');
@@ -210,9 +240,10 @@ export async function runStorm(argv: string[]): Promise<number> {
         return { os: os_, architecture: arch, ...(variant ? { variant } : {}) };
       });
       const unpack = flags['--unpack'] === 'true';
-      settings = { mode: 'local', store: containerd ? (unpack ? 'containerd (ctr images pull)' : 'containerd (ctr content fetch)') : 'oci-layout', nodes, scenarios, baseline, imageBytes, layers, platforms, upstreamRate, wavePercent, waveGapMs, churnAt, concurrency, ipBase };
+      settings = { mode: 'local', store: containerd ? (unpack ? 'containerd (ctr images pull)' : 'containerd (ctr content fetch)') : 'oci-layout', nodes, scenarios, baseline, imageBytes, layers, platforms, upstreamRate, wavePercent, waveGapMs, churnAt, concurrency, ipBase, nodeEnv };
       emit({ event: 'start', ...settings });
       runs = await runLocal({
+        nodeEnv,
         nodes, scenarios: scenarios as ScenarioName[], baseline, imageBytes, layers, platforms, upstreamRate, wavePercent, waveGapMs, churnAt, concurrency,
         dir: flags['--dir'] ?? os.tmpdir(), ipBase, signal: abort.signal, onEvent: emit, onProgress,
         ...(containerd ? { containerd: { unpack } } : {}),
