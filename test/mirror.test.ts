@@ -119,11 +119,14 @@ describe('mirror from peers (3 loopback nodes)', () => {
     const b = nodes[1]!;
     const layer = img.manifests[0]!.layers[0]!;
     const before = await metric(b, /^peerpull_mirror_lookup_seconds_count/);
+    const missesTimed = await metric(b, /^peerpull_mirror_miss_seconds_count/);
     const r = await get(`${b.url}/v2/library/shared/blobs/${layer.digest}?ns=docker.io`, { [PEER_HOP_HEADER]: '1' });
     assert.equal(r.status, 404);
     const m = await get(`${b.url}/v2/library/shared/manifests/1?ns=docker.io`, { [PEER_HOP_HEADER]: '1' }, 'HEAD');
     assert.equal(m.status, 404);
     assert.equal(await metric(b, /^peerpull_mirror_lookup_seconds_count/), before, 'no lookup was made');
+    // A peer's ask is not a miss containerd waits for: not in the miss-time histogram.
+    assert.equal(await metric(b, /^peerpull_mirror_miss_seconds_count/), missesTimed);
     // B's own content is still served to a peer.
     const own = await get(`${b.url}/v2/library/bonly/manifests/1?ns=docker.io`, { [PEER_HOP_HEADER]: '1' }, 'HEAD');
     assert.equal(own.status, 200);
@@ -132,12 +135,17 @@ describe('mirror from peers (3 loopback nodes)', () => {
   test('content nobody has: a 404 with an OCI error, counted as a miss', async () => {
     const b = nodes[1]!;
     const zero = 'sha256:' + '7'.repeat(64);
+    const timed = { blob: await metric(b, /^peerpull_mirror_miss_seconds_count\{kind="blob"\}/), manifest: await metric(b, /^peerpull_mirror_miss_seconds_count\{kind="manifest"\}/) };
     const r = await get(`${b.url}/v2/library/shared/blobs/${zero}?ns=docker.io`);
     assert.equal(r.status, 404);
     assert.equal(JSON.parse(r.body.toString()).errors[0].code, 'BLOB_UNKNOWN');
     const t = await get(`${b.url}/v2/library/shared/manifests/nope?ns=docker.io`, {}, 'HEAD');
     assert.equal(t.status, 404);
     assert.ok((await metric(b, /^peerpull_mirror_requests_total\{kind="blob",outcome="miss"\}/)) >= 1);
+    // Each miss was timed from its arrival to its 404, by kind.
+    assert.equal(await metric(b, /^peerpull_mirror_miss_seconds_count\{kind="blob"\}/), timed.blob + 1);
+    assert.equal(await metric(b, /^peerpull_mirror_miss_seconds_count\{kind="manifest"\}/), timed.manifest + 1);
+    assert.ok((await metric(b, /^peerpull_mirror_miss_seconds_bucket\{le="\+Inf",kind="blob"\}/)) >= 1);
   });
 
   test('settings: no tag resolution through peers, and only listed registries are mirrored', async () => {

@@ -14,7 +14,8 @@ import { after, before, describe, test } from 'node:test';
 import { generateImage, type GeneratedImage } from '../src/main/image-generator.js';
 import { LocalCluster } from '../src/main/storm/cluster.js';
 import { parseNodeEnv } from '../src/main/storm/index.js';
-import { UsageError } from '../src/main/storm/util.js';
+import { delta, histogramSummary, parseCounters } from '../src/main/storm/metrics.js';
+import { UsageError } from '../src/main/storm/options.js';
 import { LayoutSink, pullImage } from '../src/main/storm/pull.js';
 import { UpstreamRegistry } from '../src/main/storm/upstream.js';
 import { startPeerpull, type PeerpullProcess } from './support/peerpull.js';
@@ -332,5 +333,55 @@ describe('--node-env sets PEERPULL_* settings on every local node', () => {
     const { code } = await s.exited;
     assert.equal(code, 2);
     assert.match(s.stderr(), /--node-env: PEERPULL_PEER_STALL_TIMEOUT: "soon"/);
+  });
+});
+
+describe("storm reads the nodes' metrics", () => {
+  const exposition = (missCount: number) => [
+    '# HELP peerpull_mirror_requests_total x',
+    'peerpull_mirror_requests_total{kind="blob",outcome="miss"} 4',
+    'peerpull_mirror_requests_total{kind="blob",outcome="peer"} 2',
+    'peerpull_shared_downloads_total{event="joined"} 3',
+    'peerpull_mirror_lookup_seconds_bucket{le="0.001",result="none"} 9',
+    'peerpull_mirror_lookup_seconds_bucket{le="+Inf",result="none"} 9',
+    'peerpull_mirror_lookup_seconds_count{result="none"} 9',
+    'peerpull_mirror_lookup_seconds_count{result="found"} 5',
+    `peerpull_mirror_miss_seconds_bucket{le="0.001",kind="blob"} ${missCount - 2}`,
+    `peerpull_mirror_miss_seconds_bucket{le="0.02",kind="blob"} ${missCount - 1}`,
+    'peerpull_mirror_miss_seconds_bucket{le="0.25",kind="blob"} ' + missCount,
+    'peerpull_mirror_miss_seconds_bucket{le="+Inf",kind="blob"} ' + missCount,
+    'peerpull_mirror_miss_seconds_sum{kind="blob"} 0.05',
+    'peerpull_mirror_miss_seconds_count{kind="blob"} ' + missCount,
+    'peerpull_mirror_miss_seconds_bucket{le="0.001",kind="manifest"} 1',
+    'peerpull_mirror_miss_seconds_bucket{le="0.02",kind="manifest"} 1',
+    'peerpull_mirror_miss_seconds_bucket{le="0.25",kind="manifest"} 1',
+    'peerpull_mirror_miss_seconds_bucket{le="+Inf",kind="manifest"} 1',
+    'peerpull_mirror_miss_seconds_count{kind="manifest"} 1',
+    'peerpull_mirror_miss_seconds_sum{kind="manifest"} 0.001',
+  ].join('\n');
+
+  test('counters, lookups that found nobody, and the time to a miss\'s 404 (all kinds)', () => {
+    const c = parseCounters(exposition(100));
+    assert.deepEqual(c.requests, { 'blob/miss': 4, 'blob/peer': 2 });
+    assert.deepEqual(c.shared, { joined: 3 });
+    assert.equal(c.missLookup.count, 9, 'found lookups are not misses');
+    assert.equal(c.missAnswer.count, 101);
+    assert.equal(c.missAnswer.buckets['+Inf'], 101);
+    assert.equal(c.missAnswer.buckets['0.02'], 100);
+  });
+
+  test('percentiles of a histogram are its bucket bounds, the average exact; deltas per run', () => {
+    const run = delta([parseCounters(exposition(100))], [parseCounters(exposition(200))]);
+    assert.equal(run.missAnswer.count, 100);
+    const s = histogramSummary(run.missAnswer);
+    assert.equal(s.bucketed, true);
+    assert.equal(s.p50, 1, 'p50 in the 1 ms bucket');
+    assert.equal(s.p99, 1);
+    assert.equal(s.max, 1);
+    const all = histogramSummary(parseCounters(exposition(100)).missAnswer);
+    assert.equal(all.p99, 20, '99 of 101 are within 20 ms');
+    assert.equal(all.max, 250);
+    assert.equal(all.aboveMax, undefined);
+    assert.ok(Math.abs(all.avg - (0.051 / 101) * 1000) < 1e-9);
   });
 });

@@ -64,6 +64,14 @@ const peerLookup = new Histogram({
   registers: [metricsRegistry],
 });
 
+const missSeconds = new Histogram({
+  name: 'peerpull_mirror_miss_seconds',
+  help: 'Time from a request\'s arrival to its 404 when no peer could serve it (provider lookup and shared-download claim included), by kind: what a miss costs containerd before it tries the next host.',
+  labelNames: ['kind'] as const,
+  buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25],
+  registers: [metricsRegistry],
+});
+
 const peerResumes = new Counter({
   name: 'peerpull_peer_resumes_total',
   help: 'Blob transfers that went on from another peer after one broke mid-body.',
@@ -230,9 +238,13 @@ export class Mirror {
     }
   }
 
-  /** Counts an outcome and keeps the last misses for the status page. */
-  outcome(kind: 'manifest' | 'blob', key: string | Digest, outcome: MirrorOutcome, detail?: string): void {
+  /**
+   * Counts an outcome and keeps the last misses for the status page. `startedMs` (the request's
+   * arrival, performance.now()) times a miss that containerd waits for; peers' asks pass none.
+   */
+  outcome(kind: 'manifest' | 'blob', key: string | Digest, outcome: MirrorOutcome, detail?: string, startedMs?: number): void {
     mirrorRequests.inc({ kind, outcome });
+    if (outcome === 'miss' && startedMs !== undefined) missSeconds.observe({ kind }, (performance.now() - startedMs) / 1000);
     if (outcome === 'miss' || outcome === 'error') {
       this.recentMisses.push({ time: new Date().toISOString(), kind, key, outcome, ...(detail ? { detail } : {}) });
       if (this.recentMisses.length > 20) this.recentMisses.shift();

@@ -223,7 +223,7 @@ export class Registry {
   private async manifestFromPeers(inc: Incoming, request: Extract<RegistryRequest, { kind: 'manifest' }>, what: string): Promise<{ digest: Digest } & CachedManifest> {
     const mirror = this.deps.mirror;
     const miss = (why: string): never => {
-      mirror?.outcome('manifest', what, 'miss', why);
+      mirror?.outcome('manifest', what, 'miss', why, inc.hop ? undefined : inc.started);
       throw new HttpError(404, 'MANIFEST_UNKNOWN', `manifest ${what} is not on this node${why ? ` (${why})` : ''}`);
     };
     if (inc.hop) return miss('');
@@ -323,7 +323,7 @@ export class Registry {
     const { digest } = request;
     const mirror = this.deps.mirror;
     const miss = (why: string) => {
-      mirror?.outcome('blob', digest, 'miss', why);
+      mirror?.outcome('blob', digest, 'miss', why, inc.hop ? undefined : inc.started);
       return new HttpError(404, 'BLOB_UNKNOWN', `blob ${digest} is not on this node${why ? ` (${why})` : ''}`);
     };
     if (inc.hop || !mirror) throw miss('');

@@ -15,7 +15,7 @@ import { request } from 'undici';
 import { LocalDns } from './dns.js';
 import { ContainerdNode, K8S_NAMESPACE, killCtrProcesses, unmountUnder } from './containerd.js';
 import { LayoutSink } from './pull.js';
-import { sleep } from './util.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
 

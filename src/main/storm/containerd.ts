@@ -12,7 +12,8 @@ import { access, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promi
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { newPullResult, type Descriptor, type HostKind, type PullResult } from './pull.js';
-import { sleep, UsageError } from './util.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { UsageError } from './options.js';
 
 const execFileP = promisify(execFile);
 

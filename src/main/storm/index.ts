@@ -12,7 +12,8 @@ import { containerdPrerequisites } from './containerd.js';
 import { runLocal, SCENARIOS, type ScenarioName } from './local.js';
 import { compare, markdownTable, summaryTable, toHtml, toJson, type StormReport } from './report.js';
 import { runWaves, type Progress, type RunResult, type Target } from './run.js';
-import { fmtBytes, fmtMs, parseBytes, parseIntIn, parseMs, UsageError } from './util.js';
+import { parseBytes, parseIntIn, parseMs, UsageError } from './options.js';
+import { fmtBytes, fmtMs } from './summary.js';
 import { wavesOf } from './local.js';
 
 export const STORM_USAGE = `usage: peerpull storm [--local N | --endpoints URL,... | --dns NAME] [options]

@@ -1,10 +1,12 @@
 // Reads the numbers storm reports per source from the nodes' Prometheus endpoints:
 // peerpull_mirror_requests_total{kind,outcome}, peerpull_peer_bytes_total, peerpull_bytes_served_total,
-// peerpull_shared_downloads_total{event}, and the histogram of lookups that found nobody (peerpull_mirror_lookup_seconds{result="none"}),
-// which is what a miss costs when containerd, not storm, makes the requests.
+// peerpull_shared_downloads_total{event}, and the histogram of the time to a miss's 404 inside the
+// nodes (peerpull_mirror_miss_seconds; nodes older than it: lookups that found nobody,
+// peerpull_mirror_lookup_seconds{result="none"}), which is what a miss costs when containerd, not
+// storm, makes the requests, and what it costs without the machine's scheduling in between.
 
 import { request, type Dispatcher } from 'undici';
-import type { Summary } from './util.js';
+import type { Summary } from './summary.js';
 
 export interface NodeCounters {
   /** `kind/outcome` -> requests, e.g. `blob/peer`. */
@@ -15,6 +17,8 @@ export interface NodeCounters {
   shared: Record<string, number>;
   /** Lookups that found no provider: cumulative bucket counts by upper bound (s, `+Inf` too), their sum (s) and count. */
   missLookup: Histogram;
+  /** Requests answered 404 after the nodes found no peer: arrival to answer, lookup and claim included. */
+  missAnswer: Histogram;
 }
 
 export interface Histogram {
@@ -24,7 +28,17 @@ export interface Histogram {
 }
 
 export function emptyCounters(): NodeCounters {
-  return { requests: {}, peerBytes: 0, servedBytes: 0, shared: {}, missLookup: { buckets: {}, sum: 0, count: 0 } };
+  return { requests: {}, peerBytes: 0, servedBytes: 0, shared: {}, missLookup: emptyHistogram(), missAnswer: emptyHistogram() };
+}
+
+function emptyHistogram(): Histogram {
+  return { buckets: {}, sum: 0, count: 0 };
+}
+
+function addSample(h: Histogram, name: string, le: string | undefined, value: number): void {
+  if (name.endsWith('_bucket') && le) h.buckets[le] = (h.buckets[le] ?? 0) + value;
+  else if (name.endsWith('_sum')) h.sum += value;
+  else if (name.endsWith('_count')) h.count += value;
 }
 
 function labels(s: string): Record<string, string> {
@@ -33,7 +47,7 @@ function labels(s: string): Record<string, string> {
   return out;
 }
 
-/** Parses the three counter families out of a Prometheus text exposition. */
+/** Parses the counter and histogram families above out of a Prometheus text exposition. */
 export function parseCounters(text: string): NodeCounters {
   const c = emptyCounters();
   for (const line of text.split('\n')) {
@@ -54,12 +68,8 @@ export function parseCounters(text: string): NodeCounters {
     else if (name === 'peerpull_bytes_served_total') c.servedBytes += value;
     else if (name.startsWith('peerpull_mirror_lookup_seconds_')) {
       const l = labels(m[2] ?? '');
-      if (l.result !== 'none') continue;
-      const h = c.missLookup;
-      if (name.endsWith('_bucket') && l.le) h.buckets[l.le] = (h.buckets[l.le] ?? 0) + value;
-      else if (name.endsWith('_sum')) h.sum += value;
-      else if (name.endsWith('_count')) h.count += value;
-    }
+      if (l.result === 'none') addSample(c.missLookup, name, l.le, value);
+    } else if (name.startsWith('peerpull_mirror_miss_seconds_')) addSample(c.missAnswer, name, labels(m[2] ?? '').le, value);
   }
   return c;
 }
@@ -74,18 +84,25 @@ export async function scrape(metricsUrl: string, dispatcher?: Dispatcher): Promi
   }
 }
 
+function addMaps(a: Record<string, number>, b: Record<string, number>, sign: number): Record<string, number> {
+  const out = { ...a };
+  for (const [k, v] of Object.entries(b)) out[k] = (out[k] ?? 0) + sign * v;
+  return out;
+}
+
+function addHistograms(a: Histogram, b: Histogram, sign: number): Histogram {
+  return { buckets: addMaps(a.buckets, b.buckets, sign), sum: a.sum + sign * b.sum, count: a.count + sign * b.count };
+}
+
 export function addCounters(a: NodeCounters, b: NodeCounters, sign = 1): NodeCounters {
-  const out: NodeCounters = {
-    requests: { ...a.requests },
+  return {
+    requests: addMaps(a.requests, b.requests, sign),
     peerBytes: a.peerBytes + sign * b.peerBytes,
     servedBytes: a.servedBytes + sign * b.servedBytes,
-    shared: { ...a.shared },
-    missLookup: { buckets: { ...a.missLookup.buckets }, sum: a.missLookup.sum + sign * b.missLookup.sum, count: a.missLookup.count + sign * b.missLookup.count },
+    shared: addMaps(a.shared, b.shared, sign),
+    missLookup: addHistograms(a.missLookup, b.missLookup, sign),
+    missAnswer: addHistograms(a.missAnswer, b.missAnswer, sign),
   };
-  for (const [k, v] of Object.entries(b.requests)) out.requests[k] = (out.requests[k] ?? 0) + sign * v;
-  for (const [k, v] of Object.entries(b.shared)) out.shared[k] = (out.shared[k] ?? 0) + sign * v;
-  for (const [k, v] of Object.entries(b.missLookup.buckets)) out.missLookup.buckets[k] = (out.missLookup.buckets[k] ?? 0) + sign * v;
-  return out;
 }
 
 /**

@@ -3,7 +3,7 @@
 
 import { PHASES } from './pull.js';
 import type { RunResult } from './run.js';
-import { fmtBytes, fmtMs, fmtQ, fmtRatio, table } from './util.js';
+import { fmtBytes, fmtMs, fmtQ, fmtRatio, table } from './summary.js';
 
 export interface Comparison {
   scenario: string;

@@ -2,11 +2,13 @@
 // counters before and after, the upstream's counters. Used by both the local cluster scenarios and
 // runs against a live cluster's endpoints.
 
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { delta, emptyCounters, histogramSummary, scrape, type NodeCounters } from './metrics.js';
 import { PHASES, pullImage, type HostKind, type LayoutSink, type Phase, type PullOptions, type PullResult } from './pull.js';
+import { summarize, type Summary } from './summary.js';
 import type { UpstreamRegistry, UpstreamStats } from './upstream.js';
-import os from 'node:os';
-import { cpuSnapshot, sleep, summarize, type Summary } from './util.js';
 
 export type Mode = 'peerpull' | 'baseline';
 
@@ -79,8 +81,9 @@ export interface RunResult {
   /** Time to the mirror's 404s: what peerpull adds before containerd falls back. */
   missMs: Summary;
   /**
-   * The same misses timed inside the nodes (their lookup histogram, bucketed): without the
-   * puller's own waits for a CPU, which on one machine running every node include everyone's.
+   * The same misses timed inside the nodes, from a request's arrival to its 404 (lookup and
+   * shared-download claim included; their histogram, bucketed): without the puller's own waits
+   * for a CPU, which on one machine running every node include everyone's.
    */
   nodeMissMs: Summary;
   mirrorErrors: number;
@@ -197,7 +200,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
         if (killed) killed.atMs = null; // the wave finished before the threshold: not mid-run
       }
       await midDone;
-      if (w < spec.waves.length - 1 && spec.waveGapMs > 0) await sleep(spec.waveGapMs, spec.signal);
+      if (w < spec.waves.length - 1 && spec.waveGapMs > 0) await sleep(spec.waveGapMs, undefined, spec.signal ? { signal: spec.signal } : {}).catch(() => undefined);
     }
   } finally {
     clearInterval(tick);
@@ -214,9 +217,10 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
   // A containerd pull has no phases storm can see: only pulls that measured them count.
   const phased = okPulls.filter((p) => PHASES.some((ph) => p.phases[ph] > 0));
   const phaseMs = Object.fromEntries(PHASES.map((ph) => [ph, summarize(phased.map((p) => p.phases[ph]))])) as Record<Phase, Summary>;
-  // Mirror 404s storm saw itself; containerd's are read from the nodes' lookup histogram instead.
+  // Mirror 404s storm saw itself; containerd's are read from the nodes' histogram instead.
+  const nodeMisses = counters.missAnswer.count > 0 ? counters.missAnswer : counters.missLookup;
   const ownMisses = pulls.flatMap((p) => p.mirrorMissMs);
-  const missMs = ownMisses.length > 0 || !spec.targets.some((t) => t.pull) ? summarize(ownMisses) : histogramSummary(counters.missLookup);
+  const missMs = ownMisses.length > 0 || !spec.targets.some((t) => t.pull) ? summarize(ownMisses) : histogramSummary(nodeMisses);
   const viaMirror = pulls.reduce((a, p) => a + p.bytes.mirror, 0);
   const viaUpstream = pulls.reduce((a, p) => a + p.bytes.upstream, 0);
   const gets = Object.values(up.perBlob);
@@ -241,7 +245,7 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
     pullMs: summarize(okPulls.map((p) => p.totalMs)),
     phaseMs,
     missMs,
-    nodeMissMs: histogramSummary(counters.missLookup),
+    nodeMissMs: histogramSummary(nodeMisses),
     mirrorErrors: pulls.reduce((a, p) => a + p.mirrorErrors, 0),
     bytes: {
       upstream: spec.upstreamServer ? up.bytes : viaUpstream,
@@ -269,4 +273,37 @@ export async function runWaves(spec: RunSpec): Promise<RunResult> {
         })()
       : {}),
   };
+}
+
+/**
+ * CPU seconds used so far by the whole machine (busy time), by the given processes, and by this
+ * process's reaped children (short-lived `ctr` pulls, killed nodes) (Linux /proc; null elsewhere).
+ * Synchronous: a few small /proc files, read once before and once after a run by the storm CLI.
+ */
+export function cpuSnapshot(pids: number[]): { machine: number; ours: number; perPid: Map<number, number>; children: number } | null {
+  try {
+    const hz = 100;
+    const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal
+    const busy = cpu[0]! + cpu[1]! + cpu[2]! + cpu[5]! + cpu[6]! + cpu[7]!;
+    let ours = 0;
+    const perPid = new Map<number, number>();
+    for (const pid of pids) {
+      try {
+        const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+        const t = (Number(rest[11]) + Number(rest[12])) / hz; // utime stime
+        perPid.set(pid, t);
+        ours += t;
+      } catch {
+        // exited
+      }
+    }
+    const self = readFileSync('/proc/self/stat', 'utf8');
+    const selfRest = self.slice(self.lastIndexOf(')') + 2).split(' ');
+    const children = (Number(selfRest[13]) + Number(selfRest[14])) / hz; // cutime cstime
+    return { machine: busy / hz, ours, perPid, children };
+  } catch {
+    return null;
+  }
 }
