@@ -366,11 +366,16 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const victimHost = await c.spawnHost('victims');
     hosts.push({ host: victimHost, ips: [...victims] });
 
+    // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the cold start (until every
+    // node is ready), the idle and the lookup windows.
+    const profileDir = process.env.PEERPULL_SCALE_PROFILE;
     // ---- cold start: every node at once ----
     log(`cold start of ${o.n} nodes on ${hosts.length} hosts`);
     await c.snapshot(true);
+    if (profileDir) await c.profile('start');
     const hostStart = await Promise.all(hosts.map(({ host, ips: list }) => c.startNodes(host, list.map((ip) => c.spec(ip)))));
     const cold = await waitReady(c, new Set(ips), o.readyTimeoutMs, log);
+    if (profileDir) log(`  cold-start profiles: ${(await c.profile('stop', profileDir, 'cold')).join(' ')}`);
     const readyTimes = cold.nodes.map((x) => x.readyAfterMs ?? Infinity);
     log(`  ready: all=${cold.all} max ${Math.max(...readyTimes.filter(Number.isFinite))} ms`);
     const coldSnaps = await c.snapshot(true);
@@ -393,8 +398,6 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     log(`steady state: settling (${o.settleMs / 1000} s), idle CPU, advertising, lookups`);
     await sleep(o.settleMs);
     await c.snapshot(true);
-    // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the idle and the lookup windows.
-    const profileDir = process.env.PEERPULL_SCALE_PROFILE;
     if (profileDir) await c.profile('start');
     const tIdle = Date.now();
     await sleep(15_000);

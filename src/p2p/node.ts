@@ -304,14 +304,17 @@ export class P2PNode {
     // table, and a peer enters only after a ping, which dials it when unconnected: a handshake
     // on both sides, identify, and at the connection bound the eviction of another connection.
     // Measured at N=50 (bound 12) that turned each lookup into a burst of dials, and the hosts'
-    // event loops fell seconds behind during churn. Connected peers are pinged over their
-    // connection as before; unconnected ones one at a time, the rest turned away (named again
-    // by a later answer, they get their turn), so the table still fills beyond our connections.
+    // event loops fell seconds behind during churn. A connected peer needs no ping: its open
+    // connection (handshake, identify, heartbeats) already proves it alive, and at a cold start
+    // of 1,000 nodes on 2 cores the pings over fresh connections timed out behind loops seconds
+    // late, leaving connected nodes with empty tables (not ready). Unconnected ones are pinged
+    // one at a time, the rest turned away (named again by a later answer, they get their turn),
+    // so the table still fills beyond our connections.
     const kb = this.dht.routingTable.kb;
     const verify = kb.verify;
     let verifyDials = 0;
     kb.verify = async (contact, options) => {
-      if (node.getConnections(contact.peerId).length > 0) return verify.call(kb, contact, options);
+      if (node.getConnections(contact.peerId).some((c) => c.status === 'open')) return true;
       // At the bound a ping would close an idle connection to make room for itself: a member
       // the DNS answer still lists stands in for the ping there.
       if (this.bound.used() >= cfg.maxConnections) return this.members.get(contact.peerId.toString())?.ips.some((ip) => this.dnsOtherSet.has(ip)) ?? false;
@@ -440,9 +443,14 @@ export class P2PNode {
         inboundConnectionThreshold: Math.max(100, cfg.maxConnections),
         maxIncomingPendingConnections: Math.max(64, Math.ceil(cfg.maxConnections / 2)),
         maxParallelDials: 64,
-        dialTimeout: 5000,
-        addressDialTimeout: 3000,
-        inboundUpgradeTimeout: 5000,
+        // Generous: a handshake takes milliseconds, but when every node of a cluster starts at
+        // once on a busy machine, event loops run seconds late, and a timer that fires before
+        // the late answer is read fails a dial that had succeeded (at N = 1,000 on 2 cores with
+        // 5 s: almost every dial, a congestion collapse). A dead address is refused at once;
+        // only a silent one (a partition) waits this long, a few at a time.
+        dialTimeout: 15_000,
+        addressDialTimeout: 10_000,
+        inboundUpgradeTimeout: 15_000,
       },
       // Replaced by heartbeat.ts: the same job at a fraction of the CPU.
       connectionMonitor: { enabled: false },
