@@ -84,6 +84,8 @@ describe('bootstrap selection at 1,000 nodes: one component, no hot spot', () =>
       assert.equal(chosen.length, count);
       assert.ok(!chosen.includes(self));
       assert.deepEqual(selectRing(all, new Set([self]), `peer-${self}`, count), chosen, 'deterministic');
+      // A node with enough peers asks for its ring links only: the same first RING_LINKS.
+      assert.deepEqual(selectRing(all, new Set([self]), `peer-${self}`, RING_LINKS), chosen.slice(0, RING_LINKS));
       for (const c of chosen) dials.set(c, (dials.get(c) ?? 0) + 1);
     }
     const max = Math.max(...dials.values());
