@@ -61,6 +61,20 @@ describe('connection heartbeats', { timeout: 120_000 }, () => {
     assert.equal((await a.status()).peers, 1);
   });
 
+  test('a connection heard from within the interval is not pinged: one round trip stands for both ends', async () => {
+    // Each end hears the other's pings (and their answers), so over a quiet connection the two
+    // take turns instead of both pinging every interval.
+    await waitFor('skipped heartbeats on both sides', async () => {
+      const texts = await Promise.all(nodes.map((n) => n.call<string>('metrics')));
+      return texts.every((t) => sample(t, 'peerpull_p2p_heartbeats_total', 'outcome="skipped"') >= 2);
+    }, 30_000);
+    // Without the rule both ends ping every interval and nothing is ever skipped; with it the
+    // skipped pings cost nothing: no failure, the connection stays.
+    const texts = await Promise.all(nodes.map((n) => n.call<string>('metrics')));
+    for (const t of texts) assert.equal(sample(t, 'peerpull_p2p_heartbeats_total', 'outcome="failed"'), 0);
+    for (const n of nodes) assert.equal((await n.status()).peers, 1);
+  });
+
   test('a frozen peer (sockets open, nobody answering) loses its connection', async () => {
     const [a, b] = nodes;
     const before = sample(await a.call<string>('metrics'), 'peerpull_p2p_heartbeats_total', 'outcome="failed"');

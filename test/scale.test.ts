@@ -126,7 +126,7 @@ describe('bootstrap selection at 1,000 nodes: one component, no hot spot', () =>
 });
 
 /** A bootstrapper whose DNS lists `members`, at `self`; the test supplies dialling and counting. */
-function bootstrapperFor(members: string[], self: string, rest: Pick<BootstrapDeps, 'connectionCount' | 'dial' | 'onDnsAnswer' | 'onAttempt' | 'log'>): Bootstrapper {
+function bootstrapperFor(members: string[], self: string, rest: Pick<BootstrapDeps, 'connectionCount' | 'dial' | 'onDnsAnswer' | 'onAttempt' | 'log'> & Partial<Pick<BootstrapDeps, 'connectedIps'>>): Bootstrapper {
   return new Bootstrapper({
     seed: 'peer-self',
     selfIps: () => new Set([self]),
@@ -211,6 +211,45 @@ describe('bootstrap rounds under failure', () => {
     assert.equal(untried.length, members.length - 1 - 4 * target);
     assert.deepEqual(third.slice(0, untried.length), untried);
     assert.equal(third.length, 2 * target);
+  });
+});
+
+describe('bootstrap ring links', () => {
+  // A node with enough connections, none of them to a ring successor (after a partition each
+  // half has enough peers of its own): each round dials its ring successors until one stands.
+  const members = ips(0, 40);
+  const self = members[7];
+  const ring = selectRing(members, new Set([self]), 'peer-self', RING_LINKS);
+  const target = bootstrapCount(members.length - 1, 64);
+
+  /** The addresses one round dials, given which IPs are connected and whether dials succeed. */
+  async function oneRound(connected: string[], succeed: boolean): Promise<string[]> {
+    const dialled: string[] = [];
+    const b = bootstrapperFor(members, self, {
+      connectionCount: () => target + 5,
+      connectedIps: () => new Set(connected),
+      dial: async (a) => {
+        dialled.push(a.split('/')[2]);
+        if (!succeed) throw new Error('ECONNREFUSED');
+      },
+      onDnsAnswer: () => {},
+      onAttempt: () => {},
+      log: () => {},
+    });
+    await b.roundNow();
+    return dialled;
+  }
+
+  test('enough peers but no ring link: the first ring successor is dialled, and only it', async () => {
+    assert.deepEqual(await oneRound(members.filter((ip) => ip !== self && !ring.includes(ip)).slice(0, target + 5), true), [ring[0]]);
+  });
+
+  test('a ring successor that refuses: the next one is tried', async () => {
+    assert.deepEqual(await oneRound([], false), ring);
+  });
+
+  test('a ring link standing: nothing is dialled', async () => {
+    assert.deepEqual(await oneRound([ring[1]], true), []);
   });
 });
 

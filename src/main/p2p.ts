@@ -63,7 +63,7 @@ const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
-  heartbeats: { ok: 0, failed: 0 },
+  heartbeats: { ok: 0, failed: 0, skipped: 0 },
   datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
   fetchClaims: { granted: 0, joined: 0, released: 0 },
@@ -88,7 +88,7 @@ const datagrams = new Counter({
 });
 const heartbeats = new Counter({
   name: 'peerpull_p2p_heartbeats_total',
-  help: 'Connection heartbeat pings by outcome (failed: no answer within the timeout, and the connection was closed).',
+  help: 'Connection heartbeat pings by outcome (failed: no answer within the timeout, and the connection was closed; skipped: not sent, the connection had been heard from within the interval).',
   labelNames: ['cluster', 'outcome'] as const,
   registers: [registry],
 });
@@ -483,6 +483,7 @@ export class P2P {
     add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
+    add(heartbeats, 'skipped', m.heartbeats.skipped, base.heartbeats.skipped);
     for (const k of ['answered', 'unanswered', 'served', 'provided', 'taken', 'refused', 'claimsAsked', 'claimsUnanswered'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
     add(connectionBound, 'evicted', m.connectionBound.evicted, base.connectionBound.evicted);
     add(connectionBound, 'refused_inbound', m.connectionBound.refusedInbound, base.connectionBound.refusedInbound);

@@ -222,6 +222,11 @@ export class Bootstrapper {
     this.schedule(0);
   }
 
+  /** One round now, outside the schedule (exposed for tests). */
+  roundNow(): Promise<void> {
+    return this.round();
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
@@ -291,6 +296,8 @@ export class Bootstrapper {
     const connected = this.d.connectedIps();
     const haveEnough = this.d.connectionCount() >= Math.max(1, this.target);
     const addrs: string[] = [];
+    // Set when we hold enough connections but no ring link: dial the ring until one stands.
+    let ringOnly = false;
     // Static peers are few by nature: keep at least one of them connected.
     if (this.d.staticPeers.length > 0 && !haveEnough) addrs.push(...this.d.staticPeers);
     const addrOf = (ip: string) => `/ip${isIPv4(ip) ? 4 : 6}/${ip}/tcp/${this.d.p2pPort}`;
@@ -303,7 +310,10 @@ export class Bootstrapper {
       // Enough peers, but none of them a ring successor: dial those anyway. Ring links are what
       // join two halves again after a partition, when each half has enough peers of its own.
       const ring = selected.slice(0, RING_LINKS);
-      if (ring.length > 0 && !ring.some((ip) => connected.has(ip))) addrs.push(...ring.map(addrOf));
+      if (ring.length > 0 && !ring.some((ip) => connected.has(ip))) {
+        addrs.push(...ring.map(addrOf));
+        ringOnly = true;
+      }
     }
     if (addrs.length === 0) return;
     this.d.log('debug', 'bootstrap dialling', { candidates: addrs.length, members: this.members });
@@ -316,12 +326,15 @@ export class Bootstrapper {
     const order = markedLast(addrs, this.failed, 4 * this.d.intervalMs);
     const budget = Math.min(order.length, Math.max(1, this.target) * 2);
     let next = 0;
+    let ringUp = false;
     const dialer = async (): Promise<void> => {
       while (next < budget && !this.stopped) {
-        if (this.d.connectionCount() >= Math.max(1, this.target)) return;
+        // (A ring dial is made with enough connections by definition: it stops at the first that stands.)
+        if (ringOnly ? ringUp : this.d.connectionCount() >= Math.max(1, this.target)) return;
         const a = order[next++];
         try {
           await this.d.dial(a);
+          ringUp = true;
           this.failed.delete(a);
           this.d.onAttempt(true, a);
         } catch (err) {
@@ -333,7 +346,7 @@ export class Bootstrapper {
     // A node with no connection yet dials one address at a time: at a cold start every node is in
     // that state at once, and what decides whether the cluster comes up is the handshakes in
     // flight across it, not any one node's speed.
-    const parallel = this.d.connectionCount() === 0 ? 1 : BOOTSTRAP_PARALLEL_DIALS;
+    const parallel = this.d.connectionCount() === 0 || ringOnly ? 1 : BOOTSTRAP_PARALLEL_DIALS;
     await Promise.all(Array.from({ length: Math.min(parallel, budget) }, dialer));
   }
 }

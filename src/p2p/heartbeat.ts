@@ -9,12 +9,20 @@
 // lookups (scale runs: steady lookups 83% -> 100% found without it). A yamux ping frame (12 bytes
 // each way, no stream, no negotiation) proves the same thing: the peer's process read our frame
 // and answered. Connections are spread over the interval instead of pinged all at once.
+//
+// Anything received proves the same as a pong: a connection that was heard from within the
+// interval (the peer's own heartbeat, a lookup, a record) is not pinged. Both ends ran a ping
+// per interval before; now the first ping of a pair stands for both, so a quiet connection
+// costs one round trip per interval instead of two. The dead-peer bound is unchanged: a peer
+// silent for an interval is pinged, and fails after the timeout, as before.
 
 import type { Connection } from '@libp2p/interface';
 
 /** What a connection's muxer must offer (yamux does; libp2p does not type it as public API). */
 interface PingableMuxer {
   ping(): Promise<number>;
+  /** Called with every chunk the connection receives (yamux and libp2p's stream muxer base). */
+  onData?: (buf: unknown) => void;
 }
 
 export interface HeartbeatOptions {
@@ -36,9 +44,12 @@ export class Heartbeat {
   /** When each connection is next due; new connections get a random offset into the interval. */
   private readonly due = new WeakMap<Connection, number>();
   private readonly inFlight = new WeakSet<Connection>();
+  /** When each connection last received anything (muxers whose input could be observed). */
+  private readonly heard = new WeakMap<Connection, number>();
   private timer: NodeJS.Timeout | undefined;
   private warned = false;
-  readonly counters = { ok: 0, failed: 0 };
+  /** skipped: a ping not sent because the connection had been heard from within the interval. */
+  readonly counters = { ok: 0, failed: 0, skipped: 0 };
 
   constructor(private readonly o: HeartbeatOptions) {}
 
@@ -61,12 +72,35 @@ export class Heartbeat {
       const due = this.due.get(conn);
       if (due === undefined) {
         this.due.set(conn, now + Math.random() * this.o.intervalMs);
+        this.listen(conn);
         continue;
       }
       if (due > now) continue;
+      const heard = this.heard.get(conn);
+      if (heard !== undefined && now - heard < this.o.intervalMs) {
+        this.due.set(conn, heard + this.o.intervalMs);
+        this.counters.skipped++;
+        continue;
+      }
       this.due.set(conn, now + this.o.intervalMs);
       this.ping(conn);
     }
+  }
+
+  /**
+   * Notes the time of every chunk the connection receives, by wrapping its muxer's input
+   * handler (the muxer base calls `this.onData` per message). A muxer without one is pinged
+   * every interval, as before.
+   */
+  private listen(conn: Connection): void {
+    const muxer = muxerOf(conn);
+    const onData = muxer?.onData;
+    if (!muxer || typeof onData !== 'function') return;
+    const heard = this.heard;
+    muxer.onData = function (this: PingableMuxer, buf: unknown) {
+      heard.set(conn, Date.now());
+      return onData.call(this, buf);
+    };
   }
 
   private ping(conn: Connection): void {

@@ -52,6 +52,8 @@ export class Liveness {
   private members: Set<string> | undefined;
   /** When each IP was last listed by any answer: "departed" needs an earlier sighting. */
   private readonly seen = new Map<string, number>();
+  /** The answer `members` was set from, while nothing was added to it since. */
+  private acceptedAnswer: readonly string[] | undefined;
   /** A suspicious answer waiting for the next one to confirm it. */
   private unconfirmed: string | undefined;
   /** After an empty answer (an outage, or every pod gone from the Service) DNS condemns nobody. */
@@ -70,6 +72,9 @@ export class Liveness {
     this.suspended = false;
     const t = this.now();
     for (const ip of ips) this.seen.set(ip, t);
+    // The answer the members were last set from, again: nothing to compare (a settled cluster).
+    if (this.acceptedAnswer && sameAnswer(ips, this.acceptedAnswer)) return;
+    this.acceptedAnswer = undefined;
     const answer = new Set(ips);
     if (this.members && this.partial(ips, answer, this.members)) {
       // Add what it lists, condemn nobody.
@@ -77,6 +82,7 @@ export class Liveness {
       return;
     }
     this.members = answer;
+    this.acceptedAnswer = ips;
     this.unconfirmed = undefined;
   }
 
@@ -132,4 +138,11 @@ export class Liveness {
   get deadCount(): number {
     return this.dead.size;
   }
+}
+
+/** Whether two address lists are equal, element by element (DNS answers arrive sorted). */
+export function sameAnswer(a: readonly string[], b: readonly string[] | undefined): boolean {
+  if (!b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

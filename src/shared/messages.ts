@@ -264,7 +264,7 @@ export interface P2PMetricsSnapshot {
   recordBatches: { ok: number; failed: number };
   recordsReceived: number;
   /** Connection heartbeat pings answered and failed (a failure closes the connection). */
-  heartbeats: { ok: number; failed: number };
+  heartbeats: { ok: number; failed: number; skipped: number };
   /**
    * Datagrams to and from record holders (src/p2p/datagram.ts): asked / answered / unanswered by
    * this node's lookups; served: asks of other nodes this node answered; provided: records of ours
