@@ -367,11 +367,14 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     hosts.push({ host: victimHost, ips: [...victims] });
 
     // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the cold start (until every
-    // node is ready), the idle and the lookup windows.
-    const profileDir = process.env.PEERPULL_SCALE_PROFILE;
+    // node is ready), the idle and the lookup windows; PEERPULL_SCALE_PROFILE_PHASES=cold,idle,
+    // lookups picks some (the profiler's own cost slows the phases it watches).
+    const phases = new Set((process.env.PEERPULL_SCALE_PROFILE_PHASES ?? 'cold,idle,lookups').split(','));
+    const profiled = (phase: string) => (process.env.PEERPULL_SCALE_PROFILE && phases.has(phase) ? process.env.PEERPULL_SCALE_PROFILE : undefined);
     // ---- cold start: every node at once ----
     log(`cold start of ${o.n} nodes on ${hosts.length} hosts`);
     await c.snapshot(true);
+    let profileDir = profiled('cold');
     if (profileDir) await c.profile('start');
     const hostStart = await Promise.all(hosts.map(({ host, ips: list }) => c.startNodes(host, list.map((ip) => c.spec(ip)))));
     const cold = await waitReady(c, new Set(ips), o.readyTimeoutMs, log);
@@ -398,6 +401,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     log(`steady state: settling (${o.settleMs / 1000} s), idle CPU, advertising, lookups`);
     await sleep(o.settleMs);
     await c.snapshot(true);
+    profileDir = profiled('idle');
     if (profileDir) await c.profile('start');
     const tIdle = Date.now();
     await sleep(15_000);
@@ -431,6 +435,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const allKeys = [...owner.keys()];
     const steadyFailures: Array<Record<string, unknown>> = [];
     await c.snapshot(true);
+    profileDir = profiled('lookups');
     if (profileDir) await c.profile('start');
     const t0 = Date.now();
     const steadyRecs = await lookupStream(
