@@ -288,8 +288,27 @@ function collectFailures(c: ScaleCluster, into: Array<Record<string, unknown>>):
   };
 }
 
+/**
+ * Failed lookups waiting to be annotated with who held the key. Asking every node is a load on
+ * the cluster, so it waits until the window being measured is over (annotating during churn
+ * at N = 1,000 meant 1,000 store queries per failure, while the lookups ran), and at most
+ * MAX_ANNOTATED per window are.
+ */
+const pendingAnnotations: Array<() => Promise<void>> = [];
+const MAX_ANNOTATED = 40;
+
+/** Annotates the failures of the window just measured (see pendingAnnotations). */
+async function annotateFailures(): Promise<void> {
+  const jobs = pendingAnnotations.splice(0).slice(0, MAX_ANNOTATED);
+  for (const job of jobs) await job();
+}
+
 function annotateFailure(c: ScaleCluster, key: string, d: Record<string, unknown>, extra?: (connected: Set<string>) => Record<string, number>): void {
-  void c.holders(key).then((hs) => {
+  pendingAnnotations.push(() => annotateNow(c, key, d, extra));
+}
+
+function annotateNow(c: ScaleCluster, key: string, d: Record<string, unknown>, extra?: (connected: Set<string>) => Record<string, number>): Promise<void> {
+  return c.holders(key).then((hs) => {
     const conn = new Set((d.connectedIps as string[] | undefined) ?? []);
     const ipH = (d.ipHolders as string[] | undefined) ?? [];
     Object.assign(d, {
@@ -454,6 +473,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const steadySecs = (Date.now() - t0) / 1000;
     if (profileDir) log(`  lookup profiles: ${(await c.profile('stop', profileDir, 'lookups')).join(' ')}`);
     const steadySnaps = await c.snapshot(true);
+    await annotateFailures();
     const steadyNodes = allNodes(steadySnaps);
     logOver('steady', steadyNodes, log);
     const totalNodes = steadyNodes.length;
@@ -639,6 +659,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         o.lookupDeadlineMs,
         collectFailures(c, replFailures),
       );
+      await annotateFailures();
       const after = allNodes(await c.snapshot());
       logOver('after churn', after, log);
       result.churn = {

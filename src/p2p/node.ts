@@ -1099,11 +1099,16 @@ export class P2PNode {
    * What this node knew when a lookup of `key` failed: for the scale harness's failure
    * breakdown (which view, whether it holds the key's records, how many holders it thinks dead).
    */
+  /** How many records of other nodes for a key this node's store holds. */
+  async recordCount(key: string): Promise<number> {
+    return (await this.dht.providers.getProviders(keyToCid(key))).filter((id) => !id.equals(this.node.peerId)).length;
+  }
+
   async diagnose(key: string): Promise<Record<string, unknown>> {
     const cid = keyToCid(key);
     const target = kadIdOf(cid.multihash.bytes);
     const holders = this.holdersOf(target);
-    const records = (await this.dht.providers.getProviders(cid)).filter((id) => !id.equals(this.node.peerId)).length;
+    const records = await this.recordCount(key);
     return {
       view: this.view(),
       settled: this.settledExact(),
