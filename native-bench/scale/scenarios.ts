@@ -115,6 +115,13 @@ export interface ScaleResult {
     idleCpuSecondsPerNodePerMinute: number;
     /** Connections opened per node per minute in that idle window: reconnect churn. */
     idleDialsPerNodePerMinute: number;
+    /**
+     * CPU per node in the 15 s after advertising, before the lookups: upkeep with records held
+     * (and whatever the advertising left running), the baseline the lookups add to.
+     */
+    heldCpuSecondsPerNodePerMinute: number;
+    /** Host event loop delay p99 in that window. */
+    heldLoopDelayP99Ms: number[];
     /** CPU per node while lookups arrive at the configured rate. */
     cpuSecondsPerNodePerMinute: number;
     /** Datagram counters summed over the nodes, from their start to the end of the lookups. */
@@ -449,7 +456,13 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const advertiseMs = await c.advertise(keysOf, true);
     log(`  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms`);
     if (o.progress) o.progress.idle = { cpuSecondsPerNodePerMinute: idleCpu, dialsPerNodePerMinute: idleDials, advertiseMs };
-    const peerIdOf = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
+    const peerIdOf = new Map(allNodes(await c.snapshot(true)).map((x) => [x.ip, x.peerId]));
+    const tHeld = Date.now();
+    await sleep(15_000);
+    const heldSnaps = await c.snapshot(true);
+    const heldCpu = heldSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / ((Date.now() - tHeld) / 60_000);
+    const heldLoops = heldSnaps.map((s) => Math.round(s.loopDelayP99Ms));
+    log(`  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s per node per minute, host loop p99 ${heldLoops.join('/')} ms`);
     const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
     const allKeys = [...owner.keys()];
     const steadyFailures: Array<Record<string, unknown>> = [];
@@ -494,6 +507,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       hostLoopDelayP99Ms: steadySnaps.map((s) => Math.round(s.loopDelayP99Ms)),
       idleCpuSecondsPerNodePerMinute: idleCpu,
       idleDialsPerNodePerMinute: idleDials,
+      heldCpuSecondsPerNodePerMinute: heldCpu,
+      heldLoopDelayP99Ms: heldLoops,
       cpuSecondsPerNodePerMinute: (steadySnaps.reduce((t, s) => t + s.cpuSeconds, 0) / totalNodes / steadySecs) * 60,
       datagrams: (['asked', 'answered', 'served', 'provided', 'taken'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.datagrams[k], 0) }),
