@@ -14,7 +14,7 @@ import { StoreCopy } from '../src/main/store-copy.js';
 import { IndexedMemoryDatastore } from '../src/p2p/datastore.js';
 import { StoreFeed } from '../src/p2p/store-feed.js';
 import type { FeedPeer } from '../src/shared/messages.js';
-import { bootstrapCount, sortAddresses } from '../src/p2p/bootstrap.js';
+import { bootstrapCount, nextRoundDelay, sortAddresses } from '../src/p2p/bootstrap.js';
 import { KEY_FILE, loadOrCreateIdentity } from '../src/p2p/identity.js';
 import { keyToCid } from '../src/shared/keys.js';
 import { registryAnnounceFilter, registryEndpoint } from '../src/p2p/peer-addr.js';
@@ -270,4 +270,27 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
   await settle();
   assert.equal(copy.answer('bulk99', 2), undefined, 'the old records went with the old thread');
   assert.deepEqual(sizeOf(copy), { keys: 1, peers: 1 });
+});
+
+test('bootstrap rounds are spread around the interval, so nodes started together drift apart', () => {
+  for (const [random, want] of [
+    [0, 12_000],
+    [0.5, 15_000],
+    [1, 18_000],
+    [-1, 12_000],
+    [2, 18_000],
+  ] as const) {
+    assert.equal(nextRoundDelay(15_000, random), want, `random ${random}`);
+  }
+  // 1,000 nodes that resolved in the same second: their next rounds fall over a 6 s window,
+  // at most a few per 100 ms bucket, not all in one.
+  const buckets = new Map<number, number>();
+  for (let i = 0; i < 1000; i++) {
+    const d = nextRoundDelay(15_000);
+    assert.ok(d >= 12_000 && d <= 18_000, `delay ${d}`);
+    const b = Math.floor(d / 100);
+    buckets.set(b, (buckets.get(b) ?? 0) + 1);
+  }
+  assert.ok(buckets.size > 40, `only ${buckets.size} distinct 100 ms buckets`);
+  assert.ok(Math.max(...buckets.values()) < 60, `a bucket of ${Math.max(...buckets.values())}`);
 });

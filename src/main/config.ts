@@ -399,7 +399,7 @@ export const settings = {
     'Comma-separated static multiaddrs to join through (e.g. /ip4/10.0.0.5/tcp/5001), for clusters without DNS; a /p2p/<id> suffix is optional.',
     parseMultiaddrList,
   ),
-  bootstrapInterval: setting('BOOTSTRAP_INTERVAL', '15s', 'How often the bootstrap DNS name is resolved again to heal after churn or partitions.', durationIn(500, 3_600_000)),
+  bootstrapInterval: setting('BOOTSTRAP_INTERVAL', '15s', 'How often (on average; each wait is spread by +-20% so nodes started together do not resolve in step) the bootstrap DNS name is resolved again to heal after churn or partitions.', durationIn(500, 3_600_000)),
   maxConnections: setting(
     'MAX_CONNECTIONS',
     '64',

@@ -29,6 +29,16 @@ const BOOTSTRAP_PARALLEL_DIALS = 4;
 /** Successors in the sorted ring each node dials and keeps connected. */
 export const RING_LINKS = 2;
 
+/**
+ * The wait before the next round: the interval, spread by +-20%. Every node of a DaemonSet
+ * starts its rounds in the same second (a rollout, a cold start), and a fixed interval keeps
+ * them in step: N resolves of an N-record answer at the DNS server, and N sorts of it on the
+ * nodes, in the same second every interval. The mean wait stays the interval.
+ */
+export function nextRoundDelay(intervalMs: number, random: number = Math.random()): number {
+  return Math.round(intervalMs * (0.8 + 0.4 * Math.min(Math.max(random, 0), 1)));
+}
+
 /** Bootstrap peers for a cluster of `members` other nodes: 3 at ~2 nodes, ~12 at 1000, capped. */
 export function bootstrapCount(members: number, maxConnections: number): number {
   if (members <= 0) return 0;
@@ -261,7 +271,7 @@ export class Bootstrapper {
       this.schedule(Math.min(this.d.intervalMs, 500 * 2 ** Math.min(this.aloneRounds, 4)));
     } else {
       this.aloneRounds = 0;
-      this.schedule(this.d.intervalMs);
+      this.schedule(nextRoundDelay(this.d.intervalMs));
     }
   }
 
