@@ -339,6 +339,16 @@ function logOver(phase: string, nodes: NodeSnapshot[], log: (m: string) => void)
   }
 }
 
+/** The hosts' CPU over a window of `minutes`, per node and minute. */
+function cpuPerNodePerMinute(snaps: HostSnapshot[], nodes: number, minutes: number): number {
+  return snaps.reduce((t, s) => t + s.cpuSeconds, 0) / nodes / minutes;
+}
+
+/** Each host's event loop delay p99 since its last reset, in whole ms. */
+function loopP99s(snaps: HostSnapshot[]): number[] {
+  return snaps.map((s) => Math.round(s.loopDelayP99Ms));
+}
+
 function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
   return snaps.flatMap((s) => s.nodes);
 }
@@ -358,7 +368,7 @@ async function waitReady(c: ScaleCluster, ips: Set<string>, timeoutMs: number, l
       const waiting = nodes.filter((x) => x.readyAfterMs === undefined);
       const noDns = waiting.filter((x) => x.dnsMembers === 0).length;
       const noConn = waiting.filter((x) => x.dnsMembers > 0 && x.connections === 0).length;
-      const loops = snaps.map((s) => Math.round(s.loopDelayP99Ms)).join('/');
+      const loops = loopP99s(snaps).join('/');
       log(`  ${ready}/${ips.size} ready; waiting: ${noDns} without DNS answer, ${noConn} unconnected, ${waiting.length - noDns - noConn} with an empty routing table; host loop p99 ${loops} ms`);
     }
     await sleep(1000);
@@ -434,7 +444,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const idleSnaps = await c.snapshot(true);
     if (profileDir) log(`  idle profiles: ${(await c.profile('stop', profileDir, 'idle')).join(' ')}`);
     const idleMinutes = (Date.now() - tIdle) / 60_000;
-    const idleCpu = idleSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / idleMinutes;
+    const idleCpu = cpuPerNodePerMinute(idleSnaps, o.n, idleMinutes);
     const idleDials = idleSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / idleMinutes;
     const idleCloses = idleSnaps.reduce((t, s) => t + s.connectionCloses, 0) / o.n / idleMinutes;
     log(`  idle: ${idleCpu.toFixed(3)} CPU-s, ${idleDials.toFixed(2)} connections opened and ${idleCloses.toFixed(2)} closes seen per node per minute`);
@@ -460,8 +470,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const tHeld = Date.now();
     await sleep(15_000);
     const heldSnaps = await c.snapshot(true);
-    const heldCpu = heldSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / ((Date.now() - tHeld) / 60_000);
-    const heldLoops = heldSnaps.map((s) => Math.round(s.loopDelayP99Ms));
+    const heldCpu = cpuPerNodePerMinute(heldSnaps, o.n, (Date.now() - tHeld) / 60_000);
+    const heldLoops = loopP99s(heldSnaps);
     log(`  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s per node per minute, host loop p99 ${heldLoops.join('/')} ms`);
     const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
     const allKeys = [...owner.keys()];
@@ -504,12 +514,12 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         heapPerNodeMiB: steadySnaps.reduce((t, s) => t + s.heapUsedBytes, 0) / totalNodes / 1048576,
         hostBaseMiB: steadySnaps.reduce((t, s) => t + s.baseRssBytes, 0) / steadySnaps.length / 1048576,
       },
-      hostLoopDelayP99Ms: steadySnaps.map((s) => Math.round(s.loopDelayP99Ms)),
+      hostLoopDelayP99Ms: loopP99s(steadySnaps),
       idleCpuSecondsPerNodePerMinute: idleCpu,
       idleDialsPerNodePerMinute: idleDials,
       heldCpuSecondsPerNodePerMinute: heldCpu,
       heldLoopDelayP99Ms: heldLoops,
-      cpuSecondsPerNodePerMinute: (steadySnaps.reduce((t, s) => t + s.cpuSeconds, 0) / totalNodes / steadySecs) * 60,
+      cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(steadySnaps, totalNodes, steadySecs / 60),
       datagrams: (['asked', 'answered', 'served', 'provided', 'taken'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.datagrams[k], 0) }),
         { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
@@ -695,8 +705,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         replacementLookups: lookupStats(replRecs),
         replacementFailures: replFailures,
         connectionsMaxAfter: Math.max(...after.map((x) => x.connections)),
-        hostLoopDelayP99Ms: churnSnaps.map((s) => Math.round(s.loopDelayP99Ms)),
-        cpuSecondsPerNodePerMinute: churnSnaps.reduce((t, s) => t + s.cpuSeconds, 0) / o.n / (churnMs / 60_000),
+        hostLoopDelayP99Ms: loopP99s(churnSnaps),
+        cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(churnSnaps, o.n, churnMs / 60_000),
         dialsPerNodePerMinute: churnSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / (churnMs / 60_000),
       };
       log(`  dead returned last at ${deadLast ?? '-'} ms (${deadReturned}/${deadLookups}); live lookups ${result.churn.lookups.ok}/${result.churn.lookups.total}; replacements ready=${repl.all}, found ${result.churn.replacementLookups.ok}/${replRecs.length}`);
