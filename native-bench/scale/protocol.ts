@@ -41,6 +41,7 @@ export interface NodeSnapshot {
   dnsMembers: number;
   /** The node's datagram counters (src/p2p/datagram.ts), cumulative. */
   datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
+  lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
   /** The node's connection-bound counters (src/p2p/bound.ts), cumulative. */
   connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
   /** With PEERPULL_SCALE_TRACE=1, above the bound: one line per connection (direction, age, streams, opener). */

@@ -126,6 +126,8 @@ export interface ScaleResult {
     cpuSecondsPerNodePerMinute: number;
     /** Datagram counters summed over the nodes, from their start to the end of the lookups. */
     datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
+    /** Lookup steps beyond connected peers (src/p2p/node.ts networkProviders), summed the same way. */
+    lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
     /** Connection-bound counters summed over the nodes, from their start to the end of the lookups. */
     connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
   };
@@ -524,6 +526,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.datagrams[k], 0) }),
         { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
       ),
+      lookupSteps: (['datagramAsks', 'holderRetries', 'holderDials', 'dhtQueries'] as const).reduce(
+        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.lookupSteps[k], 0) }),
+        { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
+      ),
       connectionBound: (['evicted', 'refusedInbound', 'refusedOutbound', 'unwanted'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.connectionBound[k], 0) }),
         { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
@@ -531,6 +537,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     };
     log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}`);
     log(`  datagrams: ${steady.datagrams.answered}/${steady.datagrams.asked} asks answered, ${steady.datagrams.provided} records acknowledged by IP holders`);
+    const ls = steady.lookupSteps;
+    log(`  lookup steps: ${ls.datagramAsks} datagram asks, ${ls.holderRetries} asks of the next holder (one was slow), ${ls.holderDials} holder dials, ${ls.dhtQueries} DHT queries`);
     const cb = steady.connectionBound;
     log(`  connection bound: ${cb.evicted} idle connections closed to make room, ${cb.refusedInbound + cb.refusedOutbound} refused (${cb.refusedOutbound} outbound)`);
 

@@ -58,11 +58,12 @@ const recordBatches = new Counter({
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
 /** The cumulative counters of a metrics snapshot. */
-type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
 const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
+  lookupSteps: { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
   heartbeats: { ok: 0, failed: 0, skipped: 0 },
   datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
@@ -84,6 +85,12 @@ const datagrams = new Counter({
   name: 'peerpull_p2p_datagrams_total',
   help: 'Datagrams to and from record holders (UDP): this node\'s lookups (outcome answered, unanswered), other nodes\' asks it answered (served), records of ours IP holders acknowledged (provided), records other nodes sent (taken), datagrams dropped (refused).',
   labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
+const lookupSteps = new Counter({
+  name: 'peerpull_p2p_lookup_steps_total',
+  help: 'What network lookups did beyond asking connected peers: datagram_ask (an IP holder asked by UDP), holder_retry (the next IP holder asked because one was slow), holder_dial (an IP holder dialled), dht_query (a Kademlia query started, which dials its way to the key).',
+  labelNames: ['cluster', 'step'] as const,
   registers: [registry],
 });
 const heartbeats = new Counter({
@@ -481,6 +488,9 @@ export class P2P {
     add(bootstrapAttempts, 'failed', m.bootstrapAttempts.failed, base.bootstrapAttempts.failed);
     add(recordBatches, 'ok', m.recordBatches.ok, base.recordBatches.ok);
     add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
+    for (const [k, step] of [['datagramAsks', 'datagram_ask'], ['holderRetries', 'holder_retry'], ['holderDials', 'holder_dial'], ['dhtQueries', 'dht_query']] as const) {
+      if (m.lookupSteps[k] > base.lookupSteps[k]) lookupSteps.inc({ cluster, step }, m.lookupSteps[k] - base.lookupSteps[k]);
+    }
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
     add(heartbeats, 'skipped', m.heartbeats.skipped, base.heartbeats.skipped);

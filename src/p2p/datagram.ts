@@ -82,6 +82,8 @@ export class Datagrams {
   readonly counters = { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 };
   /** The UDP port: the p2p TCP listener's port number, on every node alike. */
   private port = 0;
+  /** When a member's datagram (an answer to us, or a request it may send) last arrived. */
+  private heardAt = -Infinity;
 
   constructor(private readonly o: DatagramOptions) {}
 
@@ -124,6 +126,14 @@ export class Datagrams {
 
   get running(): boolean {
     return this.socket !== undefined;
+  }
+
+  /**
+   * Whether members' datagrams arrived within `withinMs`: the port is open between us, so an
+   * answer that is late means a busy holder, not a firewall dropping UDP.
+   */
+  heardWithin(withinMs: number): boolean {
+    return performance.now() - this.heardAt < withinMs;
   }
 
   /** Asks the node at `ip` for a key's providers; undefined if no (valid) answer in time. */
@@ -273,6 +283,7 @@ export class Datagrams {
       this.o.foreign(ip);
       return;
     }
+    this.heardAt = performance.now();
     p.resolve(m);
   }
 
@@ -325,7 +336,10 @@ export class Datagrams {
    * cluster's name is told so (and nothing else); anything else is dropped unanswered.
    */
   private admitted(m: Record<string, unknown>, ip: string, port: number): boolean {
-    if (m.c === this.o.cluster && this.o.member(ip)) return true;
+    if (m.c === this.o.cluster && this.o.member(ip)) {
+      this.heardAt = performance.now();
+      return true;
+    }
     this.counters.refused++;
     if (typeof m.c === 'string' && m.c !== this.o.cluster && this.o.member(ip)) this.socket?.send(this.seal(JSON.stringify({ n: m.n, x: 'cluster' })), port, this.dest(ip));
     return false;

@@ -89,6 +89,8 @@ const IP_ASKS = 3;
 const DATAGRAM_WAIT_MS = 250;
 /** How long records sent to an IP holder by datagram wait for its acknowledgement before a dial. */
 const DATAGRAM_ACK_MS = 1000;
+/** Members' datagrams heard within this long make a lookup wait for slow holders (networkProviders). */
+const DATAGRAM_HEARD_MS = 60_000;
 /** Dials at once to let an unconnected peer into the routing table (see the constructor). */
 const TABLE_DIALS = 1;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
@@ -156,6 +158,30 @@ function dhtInternals(dht: KadDHT): DhtInternals {
 
 type Services = { dht: KadDHT; identify: Identify; ping: Ping };
 
+/** The `count` IPs of a DNS answer whose hash is nearest a key's position, nearest first. */
+function nearestIps(target: Uint8Array, answer: readonly string[], count: number, kadOf: (ip: string) => Uint8Array): string[] {
+  // By insertion into a short sorted list: no sort of the whole answer per key (a reprovide of
+  // 1,000 keys in a 1,000-node cluster).
+  const best: Array<{ ip: string; k: Uint8Array }> = [];
+  for (const ip of answer) {
+    const k = kadOf(ip);
+    if (best.length === count && compareDistance(k, best[count - 1].k, target) >= 0) continue;
+    let i = best.length;
+    while (i > 0 && compareDistance(k, best[i - 1].k, target) < 0) i--;
+    best.splice(i, 0, { ip, k });
+    if (best.length > count) best.pop();
+  }
+  return best.map((b) => b.ip);
+}
+
+/**
+ * A key's IP holders among `answer`, in the order a lookup asks them (for tests and tools: the
+ * node itself is left in; a node leaves itself out).
+ */
+export function ipHoldersOfKey(key: string, answer: readonly string[], count = IP_HOLDERS): string[] {
+  return nearestIps(kadIdOf(keyToCid(key).multihash.bytes), answer, count, (ip) => kadIdOf(new TextEncoder().encode(ip)));
+}
+
 /** A position in Kademlia's key space, as kad-dht computes it: sha2-256 of the key bytes. */
 function kadIdOf(bytes: Uint8Array): Uint8Array {
   return createHash('sha256').update(bytes).digest();
@@ -199,6 +225,8 @@ export class P2PNode {
   /** When an unconnected peer last answered a knock (see screen()). */
   private readonly verifiedAt = new Map<string, number>();
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
+  /** What network lookups did beyond asking connected peers: the cost of a lookup on the cluster. */
+  private readonly lookupSteps = { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 };
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
   private dnsMemberCount = 0;
   private statusTimer: NodeJS.Timeout | undefined;
@@ -1295,19 +1323,9 @@ export class P2PNode {
       }
       return k;
     };
-    // The `count` nearest by insertion into a short sorted list: no sort of the whole answer
-    // per key (a reprovide of 1,000 keys in a 1,000-node cluster).
-    const best: Array<{ ip: string; k: Uint8Array }> = [];
-    for (const ip of answer) {
-      const k = kadOf(ip);
-      if (best.length === count && compareDistance(k, best[count - 1].k, target) >= 0) continue;
-      let i = best.length;
-      while (i > 0 && compareDistance(k, best[i - 1].k, target) < 0) i--;
-      best.splice(i, 0, { ip, k });
-      if (best.length > count) best.pop();
-    }
+    const best = nearestIps(target, answer, count, kadOf);
     const self = this.selfIps();
-    return best.flatMap((r) => (self.has(r.ip) ? [] : [r.ip]));
+    return best.filter((ip) => !self.has(ip));
   }
 
   /** Downloads in flight that this node, as a key's claim holder, knows of (claims.ts). */
@@ -1603,6 +1621,7 @@ export class P2PNode {
     // they are asked that way first, at the bound too, and dialled if no answer comes soon.
     const roomy = this.node.getConnections().length < this.cfg.maxConnections;
     const dialAsk = (t: PeerId | Multiaddr) => {
+      this.lookupSteps.holderDials++;
       if (!isMultiaddr(t)) return ask(t, () => firstPending--);
       // Not known by id yet: the dial by address learns it.
       track(
@@ -1617,45 +1636,93 @@ export class P2PNode {
         ),
       );
     };
-    let datagramAsks = 0;
-    for (const ip of this.ipHolders(target, IP_ASKS)) {
-      const t = this.ipTarget(ip);
-      if (!isMultiaddr(t) && this.node.getConnections(t).length > 0) {
-        if (first.some((p) => p.equals(t))) continue;
-        firstPending++;
-        ask(t, () => firstPending--);
-        continue;
-      }
-      if (!this.datagrams.running) {
-        if (!roomy) continue;
-        firstPending++;
-        dialAsk(t);
-        continue;
-      }
+    // Where members' datagrams arrive, an IP holder that has not answered yet is busy, not
+    // unreachable: at N = 1,000 on loaded hosts, dialling it and starting the DHT query (more
+    // dials, more handshakes, on the same busy hosts) is what turned slow answers into failed
+    // lookups. So a silent holder gets its next-closest IP holder asked by datagram instead,
+    // and the query waits until some holder has answered (without enough) or all went silent.
+    const patient = this.datagrams.running && this.datagrams.heardWithin(DATAGRAM_HEARD_MS);
+    const holderIps = this.ipHolders(target, IP_HOLDERS);
+    let nextHolder = 0;
+    // Holder asks waited on (connected ones, and datagram ones when patient), and their answers.
+    let holderPending = 0;
+    let holderAnswers = 0;
+    const datagramAsk = (ip: string) => {
       firstPending++;
-      datagramAsks++;
+      if (patient) holderPending++;
+      this.lookupSteps.datagramAsks++;
       let settled = false;
+      const settle = () => {
+        if (settled) return;
+        settled = true;
+        firstPending--;
+        if (patient) holderPending--;
+      };
+      const t = this.ipTarget(ip);
       const fallback = setTimeout(() => {
         if (settled || signal.aborted) return;
-        settled = true;
-        if (roomy) dialAsk(t);
-        else firstPending--;
+        if (patient) {
+          // Still waiting on this one: its answer counts when it comes.
+          askHolder(true);
+          return;
+        }
+        settle();
+        if (roomy) {
+          firstPending++;
+          dialAsk(t);
+        }
       }, DATAGRAM_WAIT_MS);
       track(
         this.datagrams.ask(ip, cid.multihash.bytes, this.cfg.lookupTimeoutMs, signal).then((a) => {
           clearTimeout(fallback);
-          if (a) this.datagramAnswer(a, response);
-          if (!settled) {
-            settled = true;
-            firstPending--;
+          if (a) {
+            holderAnswers++;
+            this.datagramAnswer(a, response);
           }
+          settle();
         }),
       );
-    }
+    };
+    // The next IP holder not asked yet: on a warm connection directly, else by datagram (or a dial).
+    const askHolder = (retry: boolean): boolean => {
+      while (nextHolder < holderIps.length) {
+        const ip = holderIps[nextHolder++];
+        const t = this.ipTarget(ip);
+        if (!isMultiaddr(t) && this.node.getConnections(t).length > 0) {
+          if (first.some((p) => p.equals(t))) continue;
+          if (retry) this.lookupSteps.holderRetries++;
+          firstPending++;
+          holderPending++;
+          let done = false;
+          ask(t, () => {
+            done = true;
+            firstPending--;
+            holderPending--;
+            if (answered.has(t.toString())) holderAnswers++;
+          });
+          // A hung holder keeps its connection open: the next one is asked as for a datagram.
+          setTimeout(() => !done && !signal.aborted && askHolder(true), DATAGRAM_WAIT_MS);
+          return true;
+        }
+        if (this.datagrams.running) {
+          if (retry) this.lookupSteps.holderRetries++;
+          datagramAsk(ip);
+          return true;
+        }
+        if (!roomy) continue;
+        firstPending++;
+        dialAsk(t);
+        return true;
+      }
+      return false;
+    };
+    for (let i = 0; i < IP_ASKS && askHolder(false); i++);
     let queryStarted = false;
+    let graceOver = first.length === 0 && holderPending === 0;
     const startQuery = () => {
       if (queryStarted || signal.aborted || finalMiss) return;
       queryStarted = true;
+      this.lookupSteps.dhtQueries++;
       track(
         (async () => {
           for await (const ev of this.node.services.dht.findProviders(cid, { signal })) {
@@ -1667,7 +1734,10 @@ export class P2PNode {
         })(),
       );
     };
-    const grace = setTimeout(startQuery, first.length > 0 || datagramAsks > 0 ? DIRECT_GRACE_MS : 0);
+    const grace = setTimeout(() => {
+      graceOver = true;
+      notify();
+    }, DIRECT_GRACE_MS);
     const onAbort = () => notify();
     signal.addEventListener('abort', onAbort);
     try {
@@ -1677,8 +1747,9 @@ export class P2PNode {
           if (screened.length > 0) yield screened;
         }
         if (finalMiss || signal.aborted) return;
-        // The nearest connected peers had nothing: no need to wait out the grace period.
-        if (firstPending === 0 && !queryStarted) {
+        // The nearest peers had nothing: no need to wait out the grace period. After it, the
+        // query waits only for IP holders none of which has answered yet (slow, not wrong).
+        if (!queryStarted && (firstPending === 0 || (graceOver && !(holderPending > 0 && holderAnswers === 0)))) {
           startQuery();
           continue;
         }
@@ -1896,6 +1967,7 @@ export class P2PNode {
       bootstrapAttempts: { ok: this.counters.bootstrapOk, failed: this.counters.bootstrapFailed },
       recordBatches: { ok: this.counters.batchesSent, failed: this.counters.batchesFailed },
       recordsReceived: this.counters.recordsReceived,
+      lookupSteps: { ...this.lookupSteps },
       heartbeats: { ...this.heartbeat.counters },
       datagrams: { ...this.datagrams.counters },
       fetchClaims: { ...this.claims.counters },

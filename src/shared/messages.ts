@@ -263,6 +263,12 @@ export interface P2PMetricsSnapshot {
   /** Provider-record batches this node sent (delivered or not) and records it took from peers. */
   recordBatches: { ok: number; failed: number };
   recordsReceived: number;
+  /**
+   * Network lookups' steps beyond asking connected peers (src/p2p/node.ts, networkProviders): IP
+   * holders asked by datagram, further holders asked because one was slow, holders dialled, and
+   * DHT queries started (each dials its way to the key). Their rate per lookup is a lookup's cost.
+   */
+  lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
   /** Connection heartbeat pings answered and failed (a failure closes the connection). */
   heartbeats: { ok: number; failed: number; skipped: number };
   /**

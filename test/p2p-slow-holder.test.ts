@@ -1,0 +1,85 @@
+// A key's nearest IP holders hung (SIGSTOP: their sockets stay open, nothing answers): a lookup
+// asks the next holders by datagram rather than dialling the silent ones, and finds the key.
+// 12 real node processes, the bound low enough (8) that the cluster is not a full mesh, so
+// lookups go through IP holders. Addresses 127.0.1.11-22.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { ipHoldersOfKey } from '../src/p2p/node.js';
+import type { LookupResult } from '../src/shared/messages.js';
+import { Dnsmasq } from './support/dnsmasq.js';
+import { P2PNodeProcess, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
+
+const N = 12;
+const P2P_PORT = 17201;
+const NAME = 'slow.p2p.test';
+const ips = Array.from({ length: N }, (_, i) => nodeIp(i, 260));
+const KEY = `sha256:${'5'.repeat(64)}`;
+
+/** peerpull_p2p_lookup_steps_total by step, from a node's Prometheus text. */
+async function steps(n: P2PNodeProcess): Promise<Record<string, number>> {
+  const text = await n.call<string>('metrics');
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^peerpull_p2p_lookup_steps_total\{[^}]*step="([a-z_]+)"[^}]*\} (\d+)/gm)) out[m[1]] = Number(m[2]);
+  return out;
+}
+
+describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
+  let dns: Dnsmasq;
+  const nodes: P2PNodeProcess[] = [];
+  const stopped: P2PNodeProcess[] = [];
+
+  before(async () => {
+    dns = await Dnsmasq.start({ [NAME]: ips });
+    for (let i = 0; i < N; i++) {
+      nodes.push(
+        await P2PNodeProcess.start({
+          ip: ips[i],
+          p2pPort: P2P_PORT,
+          registryPort: 16200 + i,
+          env: { PEERPULL_BOOTSTRAP_DNS: NAME, PEERPULL_DNS_SERVERS: dns.server, PEERPULL_MAX_CONNECTIONS: '8', PEERPULL_CLUSTER: 'slow-test', PEERPULL_LOOKUP_CACHE_TTL: '0s', PEERPULL_NEGATIVE_CACHE_TTL: '0s' },
+        }),
+      );
+    }
+    await Promise.all(nodes.map((n) => n.started));
+    await waitFor('every node connected', async () => (await Promise.all(nodes.map((n) => n.status()))).every((s) => s.ready && s.peers >= 2), 90_000, 500);
+  });
+
+  after(async () => {
+    // A stopped process cannot exit: wake it first, also when the test failed.
+    for (const n of stopped) if (n.child.exitCode === null) process.kill(n.pid, 'SIGCONT');
+    await stopAll(nodes);
+    await dns?.stop();
+  });
+
+  test('the key is found without dialling the silent holders or starting the DHT query', async () => {
+    const order = ipHoldersOfKey(KEY, ips, 6);
+    // The provider and the asker: neither among the key's holders.
+    const rest = ips.filter((ip) => !order.includes(ip));
+    const provider = nodes[ips.indexOf(rest[0])];
+    const asker = nodes[ips.indexOf(rest[1])];
+    await provider.call('advertise', { keys: [KEY], wait: true }, 120_000);
+    // Warm up: the asker finds the key, and has heard members' datagrams (what makes it patient).
+    // Misses of other keys ask other holders, some unconnected: by datagram, answered.
+    for (let i = 0; i < 4; i++) await asker.find(`sha256:${i.toString(16).repeat(64)}`, { timeoutMs: 3000 });
+    await waitFor('the key found before the holders hang', async () => (await asker.find(KEY, { timeoutMs: 3000 })).providers.length > 0, 60_000, 500);
+    const before = await steps(asker);
+    for (const ip of order.slice(0, 3)) {
+      const n = nodes[ips.indexOf(ip)];
+      process.kill(n.pid, 'SIGSTOP');
+      stopped.push(n);
+    }
+    const results: LookupResult[] = [];
+    for (let i = 0; i < 5; i++) results.push(await asker.find(KEY, { timeoutMs: 3000 }));
+    const afterSteps = await steps(asker);
+    const delta = (k: string) => (afterSteps[k] ?? 0) - (before[k] ?? 0);
+    const found = results.filter((r) => r.providers.some((p) => p.peerId === results[0].providers[0]?.peerId)).length;
+    assert.ok(results.every((r) => r.providers.length > 0), `every lookup found the provider: ${JSON.stringify(results.map((r) => r.outcome))}`);
+    assert.equal(found, 5);
+    // Found by the next holders (or a connected peer) in one hop: neither a dial of a silent
+    // holder nor the DHT query, which dials on (before, both started at 250-300 ms).
+    const seen = JSON.stringify({ before, afterSteps });
+    assert.equal(delta('holder_dial'), 0, `no silent holder was dialled: ${seen}`);
+    assert.equal(delta('dht_query'), 0, `no DHT query: ${seen}`);
+  });
+});
