@@ -89,8 +89,12 @@ const IP_ASKS = 3;
 const DATAGRAM_WAIT_MS = 250;
 /** How long records sent to an IP holder by datagram wait for its acknowledgement before a dial. */
 const DATAGRAM_ACK_MS = 1000;
-/** Members' datagrams heard within this long make a lookup wait for slow holders (networkProviders). */
-const DATAGRAM_HEARD_MS = 60_000;
+/**
+ * Members' datagrams heard within this long make a lookup wait for slow holders (networkProviders).
+ * Long: a quiet cluster sends none for minutes (at N = 1,000, 1 minute after advertising most
+ * nodes had heard none, and dialled again); UDP newly blocked costs misses for this long.
+ */
+const DATAGRAM_HEARD_MS = 600_000;
 /** Dials at once to let an unconnected peer into the routing table (see the constructor). */
 const TABLE_DIALS = 1;
 /** Negative answers from record holders that make a miss final (see networkProviders). */
