@@ -1651,7 +1651,9 @@ export class P2PNode {
     // Holder asks waited on (connected ones, and datagram ones when patient), and their answers.
     let holderPending = 0;
     let holderAnswers = 0;
+    let datagramsSent = 0;
     const datagramAsk = (ip: string) => {
+      datagramsSent++;
       firstPending++;
       if (patient) holderPending++;
       this.lookupSteps.datagramAsks++;
@@ -1722,7 +1724,8 @@ export class P2PNode {
     };
     for (let i = 0; i < IP_ASKS && askHolder(false); i++);
     let queryStarted = false;
-    let graceOver = first.length === 0 && holderPending === 0;
+    // Nothing asked that could answer soon (dials at most): the query need not wait.
+    let graceOver = first.length === 0 && holderPending === 0 && datagramsSent === 0;
     const startQuery = () => {
       if (queryStarted || signal.aborted || finalMiss) return;
       queryStarted = true;
