@@ -1,6 +1,6 @@
-// p2p pieces that need no network: bootstrap selection, key mapping, the registry-port address
-// convention, message validation, the persistent identity, the indexed datastore and main's
-// copy of the record store.
+// p2p pieces that need no peers: bootstrap selection, key mapping, the registry-port address
+// convention, message validation, the persistent identity, the indexed datastore, main's copy of
+// the record store, and the timers of a lone node's DHT (one node listening on loopback).
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, stat, writeFile, chmod } from 'node:fs/promises';
@@ -21,6 +21,8 @@ import { registryAnnounceFilter, registryEndpoint } from '../src/p2p/peer-addr.j
 import { BadMessageError, parseRequest } from '../src/p2p/protocol.js';
 import { loadConfig, ConfigError } from '../src/main/config.js';
 import { p2pWorkerConfig } from '../src/main/p2p.js';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { P2PNode, republishNeedsQuery } from '../src/p2p/node.js';
 
 test('addresses sort numerically, IPv4 first, the same on every node', () => {
   const ips = ['10.0.0.10', '10.0.0.9', 'fd00::2', '10.0.0.100', 'fd00::10', '9.255.0.1', '10.0.0.9'];
@@ -293,4 +295,41 @@ test('bootstrap rounds are spread around the interval, so nodes started together
   }
   assert.ok(buckets.size > 40, `only ${buckets.size} distinct 100 ms buckets`);
   assert.ok(Math.max(...buckets.values()) < 60, `a bucket of ${Math.max(...buckets.values())}`);
+});
+
+test("kad-dht's table refresh and self query run at per-node spread intervals, the refresh at PEERPULL_DHT_REFRESH_INTERVAL", async () => {
+  // Read from the running kad-dht objects: the test fails if the setting stops reaching them
+  // (or a kad-dht update renames them) and nodes go back to refreshing every 5 min in step.
+  const cfg = await p2pWorkerConfig(loadConfig({ PEERPULL_P2P_ADDR: '127.0.0.1:0', PEERPULL_DHT_REFRESH_INTERVAL: '10m' }));
+  const seen: Array<{ refresh: number; self: number }> = [];
+  for (let i = 0; i < 4; i++) {
+    const node = await P2PNode.create(cfg, await generateKeyPair('Ed25519'), () => {}, () => {});
+    try {
+      const dht = (node as unknown as { node: { services: { dht: { routingTableRefresh: { refreshInterval: number }; querySelf: { interval: number } } } } }).node.services.dht;
+      seen.push({ refresh: dht.routingTableRefresh.refreshInterval, self: dht.querySelf.interval });
+    } finally {
+      await node.stop();
+    }
+  }
+  for (const s of seen) {
+    assert.ok(s.refresh >= 480_000 && s.refresh <= 720_000, `table refresh ${s.refresh} ms, want 10 min +-20%`);
+    assert.ok(s.self >= 240_000 && s.self <= 360_000, `self query ${s.self} ms, want 5 min +-20%`);
+  }
+  assert.ok(new Set(seen.map((s) => s.refresh)).size > 1, `four nodes, one refresh interval: ${seen.map((s) => s.refresh)}`);
+  assert.ok(new Set(seen.map((s) => s.self)).size > 1, `four nodes, one self-query interval: ${seen.map((s) => s.self)}`);
+});
+
+test('a republish skips its provide query while the last one\'s records outlive the next round', () => {
+  const min = 60_000;
+  const now = 100 * min;
+  const cases: Array<{ name: string; queriedAt: number | undefined; ttl: number; interval: number; want: boolean }> = [
+    { name: 'never queried', queriedAt: undefined, ttl: 15 * min, interval: 5 * min, want: true },
+    { name: 'defaults, queried one round ago', queriedAt: now - 5 * min, ttl: 15 * min, interval: 5 * min, want: false },
+    { name: 'defaults, queried two rounds ago', queriedAt: now - 10 * min, ttl: 15 * min, interval: 5 * min, want: true },
+    { name: 'defaults, a late round (+20%) after a query', queriedAt: now - 6 * min, ttl: 15 * min, interval: 5 * min, want: false },
+    { name: 'TTL barely above the interval: every round', queriedAt: now - 1 * min, ttl: 6 * min, interval: 5 * min, want: true },
+    { name: 'long TTL, short rounds: skipped for many', queriedAt: now - 10 * min, ttl: 60 * min, interval: 1 * min, want: false },
+    { name: 'long TTL, short rounds: due near the end', queriedAt: now - 59 * min, ttl: 60 * min, interval: 1 * min, want: true },
+  ];
+  for (const c of cases) assert.equal(republishNeedsQuery(c.queriedAt, now, c.ttl, c.interval), c.want, c.name);
 });

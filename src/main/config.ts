@@ -420,7 +420,13 @@ export const settings = {
   ),
   clusterKeyFile: setting('CLUSTER_KEY_FILE', '', 'File holding the pre-shared key (64 hex characters, or a libp2p swarm.key), e.g. a mounted Secret.', parseOptionalAbsolutePath),
   dataDir: setting('DATA_DIR', '/var/lib/peerpull', 'Directory for the persistent peer identity (`peer.key`, mode 0600), reused across restarts.', parseAbsolutePath),
-  reprovideInterval: setting('REPROVIDE_INTERVAL', '5m', 'How often this node\'s provider records are published again; must be shorter than PROVIDER_TTL.', durationIn(1000, 24 * 3_600_000)),
+  reprovideInterval: setting('REPROVIDE_INTERVAL', '5m', 'How often (on average, each round spread by +-20%) this node\'s provider records are published again; must be shorter than PROVIDER_TTL.', durationIn(1000, 24 * 3_600_000)),
+  dhtRefreshInterval: setting(
+    'DHT_REFRESH_INTERVAL',
+    '30m',
+    'How often (on average, spread by +-20% per node) the DHT routing table is refreshed by a lookup per bucket; membership itself comes from BOOTSTRAP_DNS every BOOTSTRAP_INTERVAL.',
+    durationIn(60_000, 24 * 3_600_000),
+  ),
   providerTtl: setting(
     'PROVIDER_TTL',
     '15m',

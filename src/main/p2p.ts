@@ -58,12 +58,13 @@ const recordBatches = new Counter({
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
 /** The cumulative counters of a metrics snapshot. */
-type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'provideQueries' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
 const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
   lookupSteps: { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
+  provideQueries: { run: 0, skipped: 0 },
   heartbeats: { ok: 0, failed: 0, skipped: 0 },
   datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
@@ -84,6 +85,12 @@ const connectionBound = new Counter({
 const datagrams = new Counter({
   name: 'peerpull_p2p_datagrams_total',
   help: 'Datagrams to and from record holders (UDP): this node\'s lookups (outcome answered, unanswered), other nodes\' asks it answered (served), records of ours IP holders acknowledged (provided), records other nodes sent (taken), datagrams dropped (refused).',
+  labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
+const provideQueries = new Counter({
+  name: 'peerpull_p2p_provide_queries_total',
+  help: 'kad-dht provide queries for this node\'s keys (each dials its way to the key\'s closest peers): run, or skipped by a republish because the records the last one placed outlive the next round.',
   labelNames: ['cluster', 'outcome'] as const,
   registers: [registry],
 });
@@ -154,6 +161,7 @@ export async function p2pWorkerConfig(config: Config): Promise<P2PWorkerConfig> 
     clusterKey,
     dataDir: config.dataDir,
     reprovideIntervalMs: config.reprovideInterval,
+    dhtRefreshIntervalMs: config.dhtRefreshInterval,
     providerTtlMs: config.providerTtl,
     deadPeerTimeoutMs: config.deadPeerTimeout,
     lookupTimeoutMs: config.lookupTimeout,
@@ -491,6 +499,8 @@ export class P2P {
     for (const [k, step] of [['datagramAsks', 'datagram_ask'], ['holderRetries', 'holder_retry'], ['holderDials', 'holder_dial'], ['dhtQueries', 'dht_query']] as const) {
       if (m.lookupSteps[k] > base.lookupSteps[k]) lookupSteps.inc({ cluster, step }, m.lookupSteps[k] - base.lookupSteps[k]);
     }
+    add(provideQueries, 'run', m.provideQueries.run, base.provideQueries.run);
+    add(provideQueries, 'skipped', m.provideQueries.skipped, base.provideQueries.skipped);
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
     add(heartbeats, 'skipped', m.heartbeats.skipped, base.heartbeats.skipped);

@@ -30,7 +30,7 @@ import type {
   ProviderPeer,
   StoreFeed as StoreFeedMessage,
 } from '../shared/messages.js';
-import { Bootstrapper, DnsMembers, ringNeighbours } from './bootstrap.js';
+import { Bootstrapper, DnsMembers, nextRoundDelay, ringNeighbours } from './bootstrap.js';
 import { ConnectionBound } from './bound.js';
 import { FetchClaims, type ClaimAnswer } from './claims.js';
 import { Datagrams, type DatagramAnswer, type DatagramRecords } from './datagram.js';
@@ -102,6 +102,8 @@ const MISS_QUORUM = 2;
 /** Advertise calls arriving within this window go out as one batch. */
 const BATCH_WINDOW_MS = 25;
 const PROVIDE_TIMEOUT_MS = 30_000;
+/** kad-dht's own default for its periodic query for our own id (before the per-node spread). */
+const QUERY_SELF_INTERVAL_MS = 5 * 60_000;
 /** Liveness probes (dials) in flight at once. */
 const MAX_PROBES = 4;
 /**
@@ -140,10 +142,15 @@ interface DhtRoutingTable {
 interface DhtNetwork {
   sendRequest(to: PeerId, msg: { type: MessageType; key: Uint8Array }, options: { signal: AbortSignal }): AsyncIterable<QueryEvent>;
 }
+interface DhtTableRefresh {
+  /** ms from the end of one refresh (a closest-peers query per bucket) to the next; 5 min in kad-dht. */
+  refreshInterval: number;
+}
 interface DhtInternals {
   providers: DhtProviders;
   routingTable: DhtRoutingTable;
   network: DhtNetwork;
+  routingTableRefresh: DhtTableRefresh;
 }
 function dhtInternals(dht: KadDHT): DhtInternals {
   const d = dht as unknown as Partial<DhtInternals>;
@@ -153,14 +160,26 @@ function dhtInternals(dht: KadDHT): DhtInternals {
     typeof d.routingTable?.size !== 'number' ||
     typeof d.routingTable.addEventListener !== 'function' ||
     typeof d.routingTable.kb?.verify !== 'function' ||
-    typeof d.network?.sendRequest !== 'function'
+    typeof d.network?.sendRequest !== 'function' ||
+    typeof d.routingTableRefresh?.refreshInterval !== 'number'
   ) {
-    throw new Error('@libp2p/kad-dht internals changed: providers store, routing table or network not found (pinned version 16.4.5 expected)');
+    throw new Error('@libp2p/kad-dht internals changed: providers store, routing table, network or table refresh not found (pinned version 16.4.5 expected)');
   }
   return d as DhtInternals;
 }
 
 type Services = { dht: KadDHT; identify: Identify; ping: Ping };
+
+/**
+ * Whether a republish of a key needs its provide query again: not while the records the last
+ * query placed (at `queriedAt`) outlive the next round (its latest start, +20%, and a query's
+ * time), since this round's pushes refresh the holders we know. With the defaults (TTL 15 min,
+ * rounds of 5) every other round queries instead of every one: a query dials its way to 20 peers,
+ * and a node holding hundreds of blobs runs one per blob.
+ */
+export function republishNeedsQuery(queriedAt: number | undefined, now: number, providerTtlMs: number, reprovideIntervalMs: number): boolean {
+  return queriedAt === undefined || queriedAt + providerTtlMs <= now + reprovideIntervalMs * 1.2 + PROVIDE_TIMEOUT_MS;
+}
 
 /** The `count` IPs of a DNS answer whose hash is nearest a key's position, nearest first. */
 function nearestIps(target: Uint8Array, answer: readonly string[], count: number, kadOf: (ip: string) => Uint8Array): string[] {
@@ -204,6 +223,8 @@ interface ProvideJob {
   key: string;
   cid: CID;
   waiters: Array<() => void>;
+  /** Queued by the periodic republish, not by advertise(): its provide query may be skipped. */
+  republish?: boolean;
 }
 
 export class P2PNode {
@@ -231,6 +252,9 @@ export class P2PNode {
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   /** What network lookups did beyond asking connected peers: the cost of a lookup on the cluster. */
   private readonly lookupSteps = { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 };
+  private readonly provideQueries = { run: 0, skipped: 0 };
+  /** When each key's last provide query placed records (CID string -> ms). */
+  private readonly queriedAt = new Map<string, number>();
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
   private dnsMemberCount = 0;
   private statusTimer: NodeJS.Timeout | undefined;
@@ -301,6 +325,11 @@ export class P2PNode {
     private readonly bound: ConnectionBound,
   ) {
     this.dht = dhtInternals(node.services.dht);
+    // kad-dht refreshes its table every 5 minutes, a query per bucket (~10 at N = 1,000), on
+    // every node of a DaemonSet in the same minute. Here membership comes from DNS every
+    // BOOTSTRAP_INTERVAL and lookups ask IP holders first, so the refresh only keeps the DHT
+    // fallback's table fresh: rarer, and spread so nodes started together do not refresh together.
+    this.dht.routingTableRefresh.refreshInterval = nextRoundDelay(cfg.dhtRefreshIntervalMs);
     // Pings every connection half the dead-peer bound apart; a ping is sent at most a tenth of
     // the bound late (heartbeat ticks) and fails after 0.4 of it: a silent peer's connection is
     // gone within the bound. The timeout stays generous (a lagging event loop must not look like
@@ -517,6 +546,8 @@ export class P2PNode {
           // The adaptive default gives up on a peer after a few hundred ms, which a busy node (or
           // a busy us) exceeds; a lookup's own deadline bounds the total anyway.
           networkDialTimeout: { minTimeout: 1500, maxTimeout: 10_000 },
+          // The self query's 5 minutes, spread per node for the same reason as the table refresh.
+          querySelfInterval: nextRoundDelay(QUERY_SELF_INTERVAL_MS),
           reprovide: {
             // The sweep that republishes our records and deletes expired ones of others.
             interval: Math.max(1000, Math.min(60_000, Math.floor(cfg.reprovideIntervalMs / 2), Math.floor(cfg.providerTtlMs / 4))),
@@ -625,10 +656,7 @@ export class P2PNode {
     if (threadLoop.users === 1) threadLoop.histogram.enable();
     this.statusTimer = setInterval(() => this.pushStatus(), STATUS_INTERVAL_MS);
     this.statusTimer.unref();
-    this.reprovideTimer = setInterval(() => {
-      this.reprovide().catch((err: Error) => this.log('warn', 'reprovide failed', { error: err.message }));
-    }, this.cfg.reprovideIntervalMs);
-    this.reprovideTimer.unref();
+    this.scheduleReprovide();
     this.log('info', 'p2p node started', { peerId: n.peerId.toString(), addrs: n.getMultiaddrs().map(String), cluster: this.cfg.cluster, private: this.cfg.clusterKey !== '' });
   }
 
@@ -639,8 +667,8 @@ export class P2PNode {
     this.bootstrapper.stop();
     this.heartbeat.stop();
     this.datagrams.stop();
-    for (const t of [this.statusTimer, this.reprovideTimer]) if (t) clearInterval(t);
-    for (const t of [this.batchTimer, this.catchUpTimer]) if (t) clearTimeout(t);
+    if (this.statusTimer) clearInterval(this.statusTimer);
+    for (const t of [this.reprovideTimer, this.batchTimer, this.catchUpTimer]) if (t) clearTimeout(t);
     this.queue.clear();
     this.queryQueue.clear();
     await this.node.stop();
@@ -666,6 +694,7 @@ export class P2PNode {
         job = { key, cid, waiters: [] };
         this.queue.set(c, job);
       }
+      job.republish = false; // asked for: its query runs, whatever the republish had queued
       if (wait) {
         const j = job;
         waits.push(new Promise<void>((resolve) => j.waiters.push(resolve)));
@@ -840,6 +869,11 @@ export class P2PNode {
           // dialling their way to 20 holders took up to the 30 s timeout).
           const placed = (reached.get(j.cid.toString()) ?? 0) > 0;
           const c = j.cid.toString();
+          if (placed && j.republish && this.queryStillHolds(c)) {
+            this.provideQueries.skipped++;
+            for (const w of j.waiters) w();
+            continue;
+          }
           const q = this.queryQueue.get(c);
           if (placed) for (const w of j.waiters) w();
           const waiters = placed ? [] : j.waiters;
@@ -964,8 +998,13 @@ export class P2PNode {
     }
   }
 
+  private queryStillHolds(c: string): boolean {
+    return !republishNeedsQuery(this.queriedAt.get(c), Date.now(), this.cfg.providerTtlMs, this.cfg.reprovideIntervalMs);
+  }
+
   private async provideOne(c: string, job: ProvideJob): Promise<void> {
     if (!this.advertised.has(c)) return;
+    this.provideQueries.run++;
     let stored = 0;
     const t0 = Date.now();
     try {
@@ -977,7 +1016,10 @@ export class P2PNode {
       this.log('debug', 'provide failed', { key: job.key, stored, ms: Date.now() - t0, error: (err as Error).message });
     }
     // The batch may have reached holders the query did not: only a total failure is unpublished.
-    if (stored > 0) this.unpublished.delete(c);
+    if (stored > 0) {
+      this.unpublished.delete(c);
+      this.queriedAt.set(c, t0);
+    }
   }
 
   /**
@@ -1042,6 +1084,20 @@ export class P2PNode {
   }
 
   /**
+   * Each round's wait spread by +-20%: a fixed interval keeps the nodes of a DaemonSet, started
+   * in the same minute, republishing (and running their provide queries) in the same second.
+   */
+  private scheduleReprovide(): void {
+    if (this.stopped) return;
+    this.reprovideTimer = setTimeout(() => {
+      this.reprovide()
+        .catch((err: Error) => this.log('warn', 'reprovide failed', { error: err.message }))
+        .finally(() => this.scheduleReprovide());
+    }, nextRoundDelay(this.cfg.reprovideIntervalMs));
+    this.reprovideTimer.unref();
+  }
+
+  /**
    * Our own republish: refreshes our records in our store (so kad-dht's reprovider, which
    * would query once per key, never finds them due) and sends them to the current holders.
    */
@@ -1053,7 +1109,7 @@ export class P2PNode {
     for (const cid of cids) {
       const c = cid.toString();
       const key = this.advertised.get(c);
-      if (key && !this.queue.has(c)) this.queue.set(c, { key, cid, waiters: [] });
+      if (key && !this.queue.has(c)) this.queue.set(c, { key, cid, waiters: [], republish: true });
     }
     this.schedulePublish();
   }
@@ -1064,6 +1120,7 @@ export class P2PNode {
       const cid = keyToCid(key);
       const c = cid.toString();
       if (!this.advertised.delete(c)) continue;
+      this.queriedAt.delete(c);
       this.queue.delete(c);
       this.queryQueue.delete(c);
       this.unpublished.delete(c);
@@ -1975,6 +2032,7 @@ export class P2PNode {
       recordBatches: { ok: this.counters.batchesSent, failed: this.counters.batchesFailed },
       recordsReceived: this.counters.recordsReceived,
       lookupSteps: { ...this.lookupSteps },
+      provideQueries: { ...this.provideQueries },
       heartbeats: { ...this.heartbeat.counters },
       datagrams: { ...this.datagrams.counters },
       fetchClaims: { ...this.claims.counters },

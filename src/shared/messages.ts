@@ -171,6 +171,8 @@ export interface P2PWorkerConfig {
   clusterKey: string;
   dataDir: string;
   reprovideIntervalMs: number;
+  /** kad-dht's routing table refresh (a query per bucket), per node spread by +-20%. */
+  dhtRefreshIntervalMs: number;
   providerTtlMs: number;
   deadPeerTimeoutMs: number;
   lookupTimeoutMs: number;
@@ -269,6 +271,11 @@ export interface P2PMetricsSnapshot {
    * DHT queries started (each dials its way to the key). Their rate per lookup is a lookup's cost.
    */
   lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
+  /**
+   * kad-dht provide queries (each dials its way to a key's 20 closest peers) run for our keys,
+   * and republishes that skipped theirs because the last query's records outlive the next round.
+   */
+  provideQueries: { run: number; skipped: number };
   /** Connection heartbeat pings answered and failed (a failure closes the connection). */
   heartbeats: { ok: number; failed: number; skipped: number };
   /**
