@@ -4,6 +4,7 @@
 // (churn) can share a host and die by SIGKILL, sockets and all, as a crashed node does.
 
 import { fork, type ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Dnsmasq } from '../../test/support/dnsmasq.js';
@@ -200,6 +201,7 @@ export class ScaleCluster {
       await Promise.all(this.liveHosts().map((h) => h.call({ type: 'profile', action })));
       return [];
     }
+    await mkdir(dir, { recursive: true });
     return Promise.all(this.liveHosts().map((h) => h.call<{ file: string }>({ type: 'profile', action, file: path.join(dir, `${phase}-${h.name}.cpuprofile`) }).then((r) => r.file)));
   }
 

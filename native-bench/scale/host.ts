@@ -166,7 +166,7 @@ function nodeSnapshot(h: Hosted, reset: boolean): NodeSnapshot {
     routingTable: s.routingTable,
     remotePeers: conns.map((c) => c.remotePeer.toString()),
     dnsMembers: s.dnsMembers,
-    ...(({ datagrams, connectionBound, lookupSteps }) => ({ datagrams, connectionBound, lookupSteps }))(h.node.metrics(s)),
+    ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries }))(h.node.metrics(s)),
     over: describeOver(h, conns),
   };
 }

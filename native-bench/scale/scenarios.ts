@@ -33,6 +33,12 @@ export interface ScaleOptions {
    * shared by hundreds of nodes that tail is what an early idle window measures.
    */
   settleMs: number;
+  /**
+   * The window after advertising, records held and no lookups, before the steady lookups: its
+   * CPU and loop delay are measured. 15 s by default; longer shows whether the cluster calms
+   * down after advertising every key at once (and after the first reprovide, 4-6 min after start).
+   */
+  heldMs: number;
   churnShare: number;
   /** How long after the kill dead providers are watched for (and churn lookups run). */
   churnWindowMs: number;
@@ -57,6 +63,7 @@ export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
   lookupDeadlineMs: 500,
   readyTimeoutMs: 180_000,
   settleMs: 5000,
+  heldMs: 15_000,
   churnShare: 0.1,
   churnWindowMs: 60_000,
   isolation: true,
@@ -405,9 +412,9 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     hosts.push({ host: victimHost, ips: [...victims] });
 
     // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the cold start (until every
-    // node is ready), the idle and the lookup windows; PEERPULL_SCALE_PROFILE_PHASES=cold,idle,
-    // lookups picks some (the profiler's own cost slows the phases it watches).
-    const phases = new Set((process.env.PEERPULL_SCALE_PROFILE_PHASES ?? 'cold,idle,lookups').split(','));
+    // node is ready), the idle, records-held and lookup windows; PEERPULL_SCALE_PROFILE_PHASES=
+    // cold,idle,held,lookups picks some (the profiler's own cost slows the phases it watches).
+    const phases = new Set((process.env.PEERPULL_SCALE_PROFILE_PHASES ?? 'cold,idle,held,lookups').split(','));
     const profiled = (phase: string) => (process.env.PEERPULL_SCALE_PROFILE && phases.has(phase) ? process.env.PEERPULL_SCALE_PROFILE : undefined);
     // ---- cold start: every node at once ----
     log(`cold start of ${o.n} nodes on ${hosts.length} hosts`);
@@ -468,13 +475,26 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const advertiseMs = await c.advertise(keysOf, true);
     log(`  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms`);
     if (o.progress) o.progress.idle = { cpuSecondsPerNodePerMinute: idleCpu, dialsPerNodePerMinute: idleDials, advertiseMs };
-    const peerIdOf = new Map(allNodes(await c.snapshot(true)).map((x) => [x.ip, x.peerId]));
+    const beforeHeld = allNodes(await c.snapshot(true));
+    const peerIdOf = new Map(beforeHeld.map((x) => [x.ip, x.peerId]));
+    profileDir = profiled('held');
+    if (profileDir) await c.profile('start');
     const tHeld = Date.now();
-    await sleep(15_000);
+    await sleep(o.heldMs);
     const heldSnaps = await c.snapshot(true);
+    if (profileDir) log(`  records-held profiles: ${(await c.profile('stop', profileDir, 'held')).join(' ')}`);
     const heldCpu = cpuPerNodePerMinute(heldSnaps, o.n, (Date.now() - tHeld) / 60_000);
     const heldLoops = loopP99s(heldSnaps);
-    log(`  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s per node per minute, host loop p99 ${heldLoops.join('/')} ms`);
+    const heldMinutes = (Date.now() - tHeld) / 60_000;
+    const heldDials = heldSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / heldMinutes;
+    const heldCloses = heldSnaps.reduce((t, s) => t + s.connectionCloses, 0) / o.n / heldMinutes;
+    const sum = (nodes: NodeSnapshot[], f: (x: NodeSnapshot) => number) => nodes.reduce((t, x) => t + f(x), 0);
+    const heldDelta = (f: (x: NodeSnapshot) => number) => sum(allNodes(heldSnaps), f) - sum(beforeHeld, f);
+    log(
+      `  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s, ${heldDials.toFixed(2)} connections opened and ${heldCloses.toFixed(2)} closes seen per node per minute ` +
+        `(${heldDelta((x) => x.heartbeats.failed)} closed by unanswered heartbeats), ${heldDelta((x) => x.provideQueries.run)} provide queries run and ` +
+        `${heldDelta((x) => x.provideQueries.skipped)} skipped by republishes, host loop p99 ${heldLoops.join('/')} ms`,
+    );
     const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
     const allKeys = [...owner.keys()];
     const steadyFailures: Array<Record<string, unknown>> = [];
