@@ -44,8 +44,8 @@ export interface NodeSnapshot {
   lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
   /** The node's heartbeat pings (src/p2p/heartbeat.ts), cumulative: a failure closed a connection. */
   heartbeats: { ok: number; failed: number; skipped: number };
-  /** kad-dht provide queries for the node's keys, run and skipped by republishes, cumulative. */
-  provideQueries: { run: number; skipped: number };
+  /** kad-dht provide queries for the node's keys, run and skipped (src/shared/messages.ts), cumulative. */
+  provideQueries: { run: number; ipHolders: number; recent: number };
   /** The node's connection-bound counters (src/p2p/bound.ts), cumulative. */
   connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
   /** With PEERPULL_SCALE_TRACE=1, above the bound: one line per connection (direction, age, streams, opener). */

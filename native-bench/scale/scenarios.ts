@@ -135,6 +135,8 @@ export interface ScaleResult {
     datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
     /** Lookup steps beyond connected peers (src/p2p/node.ts networkProviders), summed the same way. */
     lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
+    /** Provide queries run and skipped (src/shared/messages.ts), summed from the nodes' start to the end of the lookups. */
+    provideQueries: { run: number; ipHolders: number; recent: number };
     /** Connection-bound counters summed over the nodes, from their start to the end of the lookups. */
     connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
   };
@@ -473,9 +475,14 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       for (const h of holders) keysOf.get(h)!.push(k);
     }
     const advertiseMs = await c.advertise(keysOf, true);
-    log(`  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms`);
     if (o.progress) o.progress.idle = { cpuSecondsPerNodePerMinute: idleCpu, dialsPerNodePerMinute: idleDials, advertiseMs };
     const beforeHeld = allNodes(await c.snapshot(true));
+    const sum = (nodes: NodeSnapshot[], f: (x: NodeSnapshot) => number) => nodes.reduce((t, x) => t + f(x), 0);
+    const advDelta = (f: (x: NodeSnapshot) => number) => sum(beforeHeld, f) - sum(allNodes(idleSnaps), f);
+    log(
+      `  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms: ${advDelta((x) => x.provideQueries.run)} provide queries run, ` +
+        `${advDelta((x) => x.provideQueries.ipHolders)} skipped (IP holders took the record)`,
+    );
     const peerIdOf = new Map(beforeHeld.map((x) => [x.ip, x.peerId]));
     profileDir = profiled('held');
     if (profileDir) await c.profile('start');
@@ -488,12 +495,11 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const heldMinutes = (Date.now() - tHeld) / 60_000;
     const heldDials = heldSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / heldMinutes;
     const heldCloses = heldSnaps.reduce((t, s) => t + s.connectionCloses, 0) / o.n / heldMinutes;
-    const sum = (nodes: NodeSnapshot[], f: (x: NodeSnapshot) => number) => nodes.reduce((t, x) => t + f(x), 0);
     const heldDelta = (f: (x: NodeSnapshot) => number) => sum(allNodes(heldSnaps), f) - sum(beforeHeld, f);
     log(
       `  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s, ${heldDials.toFixed(2)} connections opened and ${heldCloses.toFixed(2)} closes seen per node per minute ` +
-        `(${heldDelta((x) => x.heartbeats.failed)} closed by unanswered heartbeats), ${heldDelta((x) => x.provideQueries.run)} provide queries run and ` +
-        `${heldDelta((x) => x.provideQueries.skipped)} skipped by republishes, host loop p99 ${heldLoops.join('/')} ms`,
+        `(${heldDelta((x) => x.heartbeats.failed)} closed by unanswered heartbeats), ${heldDelta((x) => x.provideQueries.run)} provide queries run ` +
+        `(${heldDelta((x) => x.provideQueries.ipHolders)} skipped, IP holders took the record; ${heldDelta((x) => x.provideQueries.recent)}, the last one's still held), host loop p99 ${heldLoops.join('/')} ms`,
     );
     const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
     const allKeys = [...owner.keys()];
@@ -549,6 +555,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       lookupSteps: (['datagramAsks', 'holderRetries', 'holderDials', 'dhtQueries'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.lookupSteps[k], 0) }),
         { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
+      ),
+      provideQueries: (['run', 'ipHolders', 'recent'] as const).reduce(
+        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.provideQueries[k], 0) }),
+        { run: 0, ipHolders: 0, recent: 0 },
       ),
       connectionBound: (['evicted', 'refusedInbound', 'refusedOutbound', 'unwanted'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.connectionBound[k], 0) }),

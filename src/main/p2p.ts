@@ -64,7 +64,7 @@ const NO_COUNTS: ThreadCounters = {
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
   lookupSteps: { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
-  provideQueries: { run: 0, skipped: 0 },
+  provideQueries: { run: 0, ipHolders: 0, recent: 0 },
   heartbeats: { ok: 0, failed: 0, skipped: 0 },
   datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
@@ -90,7 +90,7 @@ const datagrams = new Counter({
 });
 const provideQueries = new Counter({
   name: 'peerpull_p2p_provide_queries_total',
-  help: 'kad-dht provide queries for this node\'s keys (each dials its way to the key\'s closest peers): run, or skipped by a republish because the records the last one placed outlive the next round.',
+  help: 'kad-dht provide queries for this node\'s keys (each dials its way to the key\'s closest peers): run; skipped_ip_holders (enough of the key\'s IP holders took the record); skipped_recent (a republish while the records the last query placed outlive the next round).',
   labelNames: ['cluster', 'outcome'] as const,
   registers: [registry],
 });
@@ -500,7 +500,8 @@ export class P2P {
       if (m.lookupSteps[k] > base.lookupSteps[k]) lookupSteps.inc({ cluster, step }, m.lookupSteps[k] - base.lookupSteps[k]);
     }
     add(provideQueries, 'run', m.provideQueries.run, base.provideQueries.run);
-    add(provideQueries, 'skipped', m.provideQueries.skipped, base.provideQueries.skipped);
+    add(provideQueries, 'skipped_ip_holders', m.provideQueries.ipHolders, base.provideQueries.ipHolders);
+    add(provideQueries, 'skipped_recent', m.provideQueries.recent, base.provideQueries.recent);
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
     add(heartbeats, 'skipped', m.heartbeats.skipped, base.heartbeats.skipped);

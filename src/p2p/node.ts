@@ -252,7 +252,7 @@ export class P2PNode {
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   /** What network lookups did beyond asking connected peers: the cost of a lookup on the cluster. */
   private readonly lookupSteps = { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 };
-  private readonly provideQueries = { run: 0, skipped: 0 };
+  private readonly provideQueries = { run: 0, ipHolders: 0, recent: 0 };
   /** When each key's last provide query placed records (CID string -> ms). */
   private readonly queriedAt = new Map<string, number>();
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
@@ -853,8 +853,9 @@ export class P2PNode {
     // that arrive); queries would only load it. A big cluster needs them.
     const queryToo = this.view() === 'partial' && !this.meshEligible();
     let reached = new Map<string, number>();
+    let ipTook = new Map<string, number>();
     try {
-      [reached] = await Promise.all([this.pushRecords(jobs.map((j) => j.cid)), this.pushToIpHolders(jobs.map((j) => j.cid))]);
+      [reached, ipTook] = await Promise.all([this.pushRecords(jobs.map((j) => j.cid)), this.pushToIpHolders(jobs.map((j) => j.cid))]);
       for (const j of jobs) {
         const c = j.cid.toString();
         if ((reached.get(c) ?? 0) > 0) this.unpublished.delete(c);
@@ -869,8 +870,15 @@ export class P2PNode {
           // dialling their way to 20 holders took up to the 30 s timeout).
           const placed = (reached.get(j.cid.toString()) ?? 0) > 0;
           const c = j.cid.toString();
-          if (placed && j.republish && this.queryStillHolds(c)) {
-            this.provideQueries.skipped++;
+          // Enough of the key's IP holders took it: every lookup asks those first (each node
+          // computes them from the same DNS answer), so the query's dials (~30 per key, the
+          // bulk of advertising at N = 1,000) buy nothing. Without UDP, DNS or a complete
+          // answer they take nothing, and the query runs as before.
+          const skip = (ipTook.get(c) ?? 0) >= IP_ASKS ? 'ipHolders' : placed && j.republish && this.queryStillHolds(c) ? 'recent' : undefined;
+          if (skip) {
+            this.provideQueries[skip]++;
+            // Published: IP holders have it (else catch-up would queue it again with every new peer).
+            if (skip === 'ipHolders') this.unpublished.delete(c);
             for (const w of j.waiters) w();
             continue;
           }
@@ -1496,8 +1504,15 @@ export class P2PNode {
     return taken === cids.length;
   }
 
-  /** Sends our records for `cids` to their IP holders (only those in `onlyIps` when given). */
-  private async pushToIpHolders(cids: CID[], onlyIps?: ReadonlySet<string>): Promise<void> {
+  /**
+   * Sends our records for `cids` to their IP holders (only those in `onlyIps` when given).
+   * Returns how many IP holders took each CID (string).
+   */
+  private async pushToIpHolders(cids: CID[], onlyIps?: ReadonlySet<string>): Promise<Map<string, number>> {
+    const took = new Map<string, number>();
+    const taken = (list: CID[]) => {
+      for (const cid of list) took.set(cid.toString(), (took.get(cid.toString()) ?? 0) + 1);
+    };
     const byIp = new Map<string, CID[]>();
     for (const cid of cids) {
       for (const ip of this.ipHolders(kadIdOf(cid.multihash.bytes), IP_HOLDERS)) {
@@ -1507,7 +1522,7 @@ export class P2PNode {
         list.push(cid);
       }
     }
-    if (byIp.size === 0) return;
+    if (byIp.size === 0) return took;
     const proto = provideProtocol(this.cfg.cluster);
     let todo = [...byIp];
     // As in pushRecords: a busy holder gets two more tries, a little later (a holder left
@@ -1525,6 +1540,7 @@ export class P2PNode {
           if (!warm && this.datagrams.running) {
             if (await this.provideByDatagram(ip, list)) {
               this.counters.batchesSent++;
+              taken(list);
               continue;
             }
             // It answered that it runs another cluster: no holder of ours, nothing to dial.
@@ -1537,6 +1553,7 @@ export class P2PNode {
               await sendRecords(stream, list.slice(i, i + MAX_BATCH), AbortSignal.timeout(10_000));
               this.counters.batchesSent++;
             }
+            taken(list);
           } catch (err) {
             this.counters.batchesFailed++;
             failed.push([ip, list]);
@@ -1558,6 +1575,7 @@ export class P2PNode {
       }
       await new Promise((r) => setTimeout(r, 1000 * attempt).unref());
     }
+    return took;
   }
 
   /** The DNS answer changed: IPs that became holders of our keys get those records now. */
@@ -1565,7 +1583,10 @@ export class P2PNode {
     if (this.advertised.size === 0 || this.stopped) return;
     const cids = [...this.advertised.keys()].map((c) => CID.parse(c));
     // The first usable answer: records published before it reached no IP holder.
-    if (before.length === 0) return this.pushToIpHolders(cids);
+    if (before.length === 0) {
+      await this.pushToIpHolders(cids);
+      return;
+    }
     const old = new Set(before);
     const added = after.filter((ip) => !old.has(ip));
     const now = new Set(after);

@@ -273,9 +273,10 @@ export interface P2PMetricsSnapshot {
   lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
   /**
    * kad-dht provide queries (each dials its way to a key's 20 closest peers) run for our keys,
-   * and republishes that skipped theirs because the last query's records outlive the next round.
+   * and those skipped: enough IP holders took the record (ipHolders), or a republish while the
+   * last query's records outlive the next round (recent).
    */
-  provideQueries: { run: number; skipped: number };
+  provideQueries: { run: number; ipHolders: number; recent: number };
   /** Connection heartbeat pings answered and failed (a failure closes the connection). */
   heartbeats: { ok: number; failed: number; skipped: number };
   /**
