@@ -90,6 +90,12 @@ process.on('uncaughtException', (err) => {
  * address, opens) that P2PNode does not expose; reading its private field is checked here so a
  * refactor fails loudly instead of measuring nothing.
  */
+/** The parts of a node's publish pipeline that make up status().pendingProvides, and what feeds it. */
+function pendingOf(n: P2PNode): Record<string, unknown> {
+  const x = n as unknown as { queue?: Map<string, unknown>; queryQueue?: Map<string, unknown>; provideRunning?: number; unpublished?: Set<string>; batchRunning?: boolean; provideQueries?: unknown };
+  return { queue: x.queue?.size, queryQueue: x.queryQueue?.size, provideRunning: x.provideRunning, unpublished: x.unpublished?.size, batchRunning: x.batchRunning, provideQueries: x.provideQueries };
+}
+
 function libp2pOf(n: P2PNode): Libp2p {
   const inner = (n as unknown as { node?: Libp2p }).node;
   if (!inner || typeof inner.getConnections !== 'function') throw new Error('P2PNode no longer keeps its libp2p node in `node`: update native-bench/scale/host.ts');
@@ -217,7 +223,17 @@ async function handle(req: HostRequest): Promise<unknown> {
           await h.node.advertise(it.keys, req.wait);
           // advertise(wait) returns once the records are placed; the DHT provide queries that look
           // for holders beyond the node's view go on behind it. Measurements start after both.
-          while (req.wait && h.node.status().pendingProvides > 0) await new Promise((r) => setTimeout(r, 100));
+          const since = Date.now();
+          let told = false;
+          while (req.wait && h.node.status().pendingProvides > 0) {
+            await new Promise((r) => setTimeout(r, 100));
+            // Still pending after 2 minutes: say what is (a publish queue that never drains
+            // held whole N = 1,000 runs past the orchestrator's timeout).
+            if (!told && Date.now() - since > 120_000) {
+              told = true;
+              process.stderr.write(`${it.ip} provides pending after ${Date.now() - since} ms: ${JSON.stringify(pendingOf(h.node))}\n`);
+            }
+          }
         }),
       );
       return { ms: Date.now() - t0 };
