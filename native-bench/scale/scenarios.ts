@@ -355,6 +355,18 @@ function cpuPerNodePerMinute(snaps: HostSnapshot[], nodes: number, minutes: numb
   return snaps.reduce((t, s) => t + s.cpuSeconds, 0) / nodes / minutes;
 }
 
+/** Connections the hosts' nodes opened (outbound) and closes they saw over a window, per node and minute. */
+function connectionChurn(snaps: HostSnapshot[], nodes: number, minutes: number): { opened: number; closed: number } {
+  const opened = snaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0);
+  const closed = snaps.reduce((t, s) => t + s.connectionCloses, 0);
+  return { opened: opened / nodes / minutes, closed: closed / nodes / minutes };
+}
+
+/** A node counter summed over the nodes. */
+function sumOver(nodes: NodeSnapshot[], f: (x: NodeSnapshot) => number): number {
+  return nodes.reduce((t, x) => t + f(x), 0);
+}
+
 /** Each host's event loop delay p99 since its last reset, in whole ms. */
 function loopP99s(snaps: HostSnapshot[]): number[] {
   return snaps.map((s) => Math.round(s.loopDelayP99Ms));
@@ -456,9 +468,9 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     if (profileDir) log(`  idle profiles: ${(await c.profile('stop', profileDir, 'idle')).join(' ')}`);
     const idleMinutes = (Date.now() - tIdle) / 60_000;
     const idleCpu = cpuPerNodePerMinute(idleSnaps, o.n, idleMinutes);
-    const idleDials = idleSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / idleMinutes;
-    const idleCloses = idleSnaps.reduce((t, s) => t + s.connectionCloses, 0) / o.n / idleMinutes;
-    log(`  idle: ${idleCpu.toFixed(3)} CPU-s, ${idleDials.toFixed(2)} connections opened and ${idleCloses.toFixed(2)} closes seen per node per minute`);
+    const idleChurn = connectionChurn(idleSnaps, o.n, idleMinutes);
+    const idleDials = idleChurn.opened;
+    log(`  idle: ${idleCpu.toFixed(3)} CPU-s, ${idleDials.toFixed(2)} connections opened and ${idleChurn.closed.toFixed(2)} closes seen per node per minute`);
     const owner = new Map<string, string>(); // key -> ip
     const keysOf = new Map<string, string[]>();
     for (const ip of ips) {
@@ -477,8 +489,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const advertiseMs = await c.advertise(keysOf, true);
     if (o.progress) o.progress.idle = { cpuSecondsPerNodePerMinute: idleCpu, dialsPerNodePerMinute: idleDials, advertiseMs };
     const beforeHeld = allNodes(await c.snapshot(true));
-    const sum = (nodes: NodeSnapshot[], f: (x: NodeSnapshot) => number) => nodes.reduce((t, x) => t + f(x), 0);
-    const advDelta = (f: (x: NodeSnapshot) => number) => sum(beforeHeld, f) - sum(allNodes(idleSnaps), f);
+    const advDelta = (f: (x: NodeSnapshot) => number) => sumOver(beforeHeld, f) - sumOver(allNodes(idleSnaps), f);
     log(
       `  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms: ${advDelta((x) => x.provideQueries.run)} provide queries run, ` +
         `${advDelta((x) => x.provideQueries.ipHolders)} skipped (IP holders took the record)`,
@@ -490,14 +501,13 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     await sleep(o.heldMs);
     const heldSnaps = await c.snapshot(true);
     if (profileDir) log(`  records-held profiles: ${(await c.profile('stop', profileDir, 'held')).join(' ')}`);
-    const heldCpu = cpuPerNodePerMinute(heldSnaps, o.n, (Date.now() - tHeld) / 60_000);
-    const heldLoops = loopP99s(heldSnaps);
     const heldMinutes = (Date.now() - tHeld) / 60_000;
-    const heldDials = heldSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / heldMinutes;
-    const heldCloses = heldSnaps.reduce((t, s) => t + s.connectionCloses, 0) / o.n / heldMinutes;
-    const heldDelta = (f: (x: NodeSnapshot) => number) => sum(allNodes(heldSnaps), f) - sum(beforeHeld, f);
+    const heldCpu = cpuPerNodePerMinute(heldSnaps, o.n, heldMinutes);
+    const heldLoops = loopP99s(heldSnaps);
+    const heldChurn = connectionChurn(heldSnaps, o.n, heldMinutes);
+    const heldDelta = (f: (x: NodeSnapshot) => number) => sumOver(allNodes(heldSnaps), f) - sumOver(beforeHeld, f);
     log(
-      `  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s, ${heldDials.toFixed(2)} connections opened and ${heldCloses.toFixed(2)} closes seen per node per minute ` +
+      `  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s, ${heldChurn.opened.toFixed(2)} connections opened and ${heldChurn.closed.toFixed(2)} closes seen per node per minute ` +
         `(${heldDelta((x) => x.heartbeats.failed)} closed by unanswered heartbeats), ${heldDelta((x) => x.provideQueries.run)} provide queries run ` +
         `(${heldDelta((x) => x.provideQueries.ipHolders)} skipped, IP holders took the record; ${heldDelta((x) => x.provideQueries.recent)}, the last one's still held), host loop p99 ${heldLoops.join('/')} ms`,
     );
@@ -549,19 +559,19 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       heldLoopDelayP99Ms: heldLoops,
       cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(steadySnaps, totalNodes, steadySecs / 60),
       datagrams: (['asked', 'answered', 'served', 'provided', 'taken'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.datagrams[k], 0) }),
+        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.datagrams[k]) }),
         { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
       ),
       lookupSteps: (['datagramAsks', 'holderRetries', 'holderDials', 'dhtQueries'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.lookupSteps[k], 0) }),
+        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.lookupSteps[k]) }),
         { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
       ),
       provideQueries: (['run', 'ipHolders', 'recent'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.provideQueries[k], 0) }),
+        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.provideQueries[k]) }),
         { run: 0, ipHolders: 0, recent: 0 },
       ),
       connectionBound: (['evicted', 'refusedInbound', 'refusedOutbound', 'unwanted'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: steadyNodes.reduce((t, x) => t + x.connectionBound[k], 0) }),
+        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.connectionBound[k]) }),
         { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
       ),
     };

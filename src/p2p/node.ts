@@ -868,8 +868,8 @@ export class P2PNode {
           // A record our pushes placed is in the DHT: its waiters go now, the query that looks
           // for holders beyond our view runs behind them (at N = 50 with a bound of 12, queries
           // dialling their way to 20 holders took up to the 30 s timeout).
-          const placed = (reached.get(j.cid.toString()) ?? 0) > 0;
           const c = j.cid.toString();
+          const placed = (reached.get(c) ?? 0) > 0;
           // Enough of the key's IP holders took it: every lookup asks those first (each node
           // computes them from the same DNS answer), so the query's dials (~30 per key, the
           // bulk of advertising at N = 1,000) buy nothing. Without UDP, DNS or a complete
