@@ -23,6 +23,8 @@ import { loadConfig, ConfigError } from '../src/main/config.js';
 import { p2pWorkerConfig } from '../src/main/p2p.js';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { P2PNode, republishNeedsQuery } from '../src/p2p/node.js';
+import { Lookups } from '../src/p2p/lookup.js';
+import type { ProviderPeer } from '../src/shared/messages.js';
 
 test('addresses sort numerically, IPv4 first, the same on every node', () => {
   const ips = ['10.0.0.10', '10.0.0.9', 'fd00::2', '10.0.0.100', 'fd00::10', '9.255.0.1', '10.0.0.9'];
@@ -75,9 +77,13 @@ test('malformed or truncated messages to the p2p thread are rejected with a reas
     { id: 6, type: 'findProviders', key: 'k', count: 0, deadlineMs: 10 },
     { id: 7, type: 'findProviders', key: 'k', count: 1, deadlineMs: -1 },
     { id: 8, type: 'reportFailure' },
+    { id: 10, type: 'findProviders', key: 'k', count: 1, deadlineMs: 10, exclude: 'A' },
+    { id: 11, type: 'findProviders', key: 'k', count: 1, deadlineMs: 10, exclude: [''] },
+    { id: 12, type: 'findProviders', key: 'k', count: 1, deadlineMs: 10, exclude: Array(65).fill('A') },
   ];
   for (const m of bad) assert.throws(() => parseRequest(m), BadMessageError, JSON.stringify(m));
   assert.deepEqual(parseRequest({ id: 9, type: 'findProviders', key: 'k', count: 2, deadlineMs: 50 }), { id: 9, type: 'findProviders', key: 'k', count: 2, deadlineMs: 50 });
+  assert.deepEqual((parseRequest({ id: 9, type: 'findProviders', key: 'k', count: 2, deadlineMs: 50, exclude: ['A'] }) as { exclude?: string[] }).exclude, ['A']);
 });
 
 test('the peer identity is created 0600 and reused across restarts', async () => {
@@ -191,7 +197,7 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
   state.set('A', { peerId: 'A', host: '10.0.0.1', registryPort: 5000, addrs: ['/ip4/10.0.0.1/tcp/5001'], connected: true });
   state.set('B', { peerId: 'B', host: '10.0.0.2', registryPort: 5000, addrs: ['/ip4/10.0.0.2/tcp/5001'], connected: false });
 
-  const cases: Array<{ name: string; act: () => void; key: string; count?: number; want: string | undefined; providers?: string[] }> = [
+  const cases: Array<{ name: string; act: () => void; key: string; count?: number; exclude?: string[]; want: string | undefined; providers?: string[] }> = [
     { name: 'nothing fed, view not final: the thread must answer', act: () => {}, key: 'k1', want: undefined },
     { name: 'a connected provider is answered in main', act: () => put('k1', 'A'), key: 'k1', want: 'found', providers: ['A'] },
     { name: 'an unconnected one is left to the thread (it knocks first)', act: () => put('k2', 'B'), key: 'k2', want: undefined },
@@ -249,17 +255,32 @@ test("main's copy of the record store follows the p2p thread's datastore and ans
       want: 'found',
       providers: ['B'],
     },
+    { name: 'a provider the caller saw fail is no answer: the thread looks afresh', act: () => {}, key: 'k2', exclude: ['B'], want: undefined },
+    {
+      name: 'the others are, and are enough when they are all there is besides it',
+      act: () => {
+        put('k5', 'A');
+        put('k5', 'B');
+      },
+      key: 'k5',
+      exclude: ['B'],
+      want: 'found',
+      providers: ['A'],
+    },
   ];
   for (const c of cases) {
     c.act();
     await settle();
-    const r = copy.answer(c.key, c.count ?? 2);
+    const r = copy.answer(c.key, c.count ?? 2, c.exclude);
     assert.equal(r?.outcome, c.want, c.name);
     if (c.providers) assert.deepEqual(r!.providers.map((p) => p.peerId), c.providers, c.name);
     if (r) assert.equal(r.source, 'store-copy', c.name);
   }
   // Peers no record names are forgotten; changes are batched, not one message each.
   state.set('B', { ...state.get('B')!, connected: false });
+  del('k5', 'A');
+  del('k5', 'B');
+  await settle();
   assert.deepEqual(sizeOf(copy), { keys: 1, peers: 1 });
   const before = posted;
   for (let i = 0; i < 100; i++) put(`bulk${i}`, 'A');
@@ -332,4 +353,41 @@ test('a republish skips its provide query while the last one\'s records outlive 
     { name: 'long TTL, short rounds: due near the end', queriedAt: now - 59 * min, ttl: 60 * min, interval: 1 * min, want: true },
   ];
   for (const c of cases) assert.equal(republishNeedsQuery(c.queriedAt, now, c.ttl, c.interval), c.want, c.name);
+});
+
+test('a lookup that excludes providers the caller saw fail skips answers naming only them, and is not cached', async () => {
+  // The DHT's answer here is a list the test changes: C's record "arrives" after the first lookup.
+  const peer = (id: string): ProviderPeer => ({ peerId: id, host: '10.0.0.1', registryPort: 5000, addrs: [], connected: true });
+  let network: ProviderPeer[] = [peer('A')];
+  let queries = 0;
+  const lookups = new Lookups({
+    local: async () => [],
+    async *network() {
+      queries++;
+      yield network;
+    },
+    authoritative: () => false,
+    isLive: () => true,
+    routingTableSize: () => 5,
+    cacheTtlMs: 60_000,
+    negativeTtlMs: 60_000,
+    settleMs: 0,
+  });
+  const ids = (r: { providers: ProviderPeer[] }) => r.providers.map((p) => p.peerId);
+  const steps: Array<{ name: string; act?: () => void; exclude?: string[]; want: string[]; source: string; queries: number }> = [
+    { name: 'first lookup: from the network, cached', want: ['A'], source: 'network', queries: 1 },
+    { name: 'C now holds it too, but the cached answer stands', act: () => (network = [peer('A'), peer('C')]), want: ['A'], source: 'cache', queries: 1 },
+    { name: 'A failed: the cache names only A, so the network is asked again', exclude: ['A'], want: ['C'], source: 'network', queries: 2 },
+    { name: "that answer was not cached: A is still in everyone else's", want: ['A'], source: 'cache', queries: 2 },
+    { name: 'nobody else: an empty answer', act: () => (network = [peer('A')]), exclude: ['A'], want: [], source: 'none', queries: 3 },
+    { name: 'and that miss is not cached either', want: ['A'], source: 'cache', queries: 3 },
+  ];
+  for (const s of steps) {
+    s.act?.();
+    const r = await lookups.find('k', 3, 1000, s.exclude ? new Set(s.exclude) : undefined);
+    assert.deepEqual(ids(r), s.want, s.name);
+    assert.equal(r.source, s.source, s.name);
+    assert.equal(r.outcome, s.want.length > 0 ? 'found' : 'notfound', s.name);
+    assert.equal(queries, s.queries, s.name);
+  }
 });

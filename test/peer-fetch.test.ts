@@ -90,7 +90,13 @@ interface Collected {
 }
 
 /** Runs fetchBlob in this thread, acting as the main thread: collects chunks and grants credit. */
-async function runFetch(providers: PeerTarget[], digest: string, opts: Partial<PeerBlobTask> = {}): Promise<Collected> {
+async function runFetch(
+  providers: PeerTarget[],
+  digest: string,
+  opts: Partial<PeerBlobTask> = {},
+  /** Answers the task's asks for a fresh lookup, as routes.ts does (none: an empty answer). */
+  moreProviders?: (exclude: string[]) => PeerTarget[],
+): Promise<Collected> {
   const { port1, port2 } = new MessageChannel();
   const chunks: Buffer[] = [];
   const out: Partial<Collected> = { ended: false };
@@ -98,7 +104,8 @@ async function runFetch(providers: PeerTarget[], digest: string, opts: Partial<P
     if (m instanceof ArrayBuffer) {
       chunks.push(Buffer.from(m));
       port1.postMessage({ type: 'credit', n: 1 });
-    } else if (m.type === 'open') out.open = m.peer;
+    } else if (m.type === 'providers') port1.postMessage({ type: 'providers', providers: moreProviders?.(m.exclude) ?? [] });
+    else if (m.type === 'open') out.open = m.peer;
     else if (m.type === 'end') out.ended = true;
     else if (m.type === 'error') {
       out.error = m.error;
@@ -282,6 +289,44 @@ describe('peer fetch: hedging, resume, faults', () => {
       assert.ok(r1.body.equals(blob.subarray(1000, 2_000_000)));
       const r2 = await runFetch([goodTarget], digest, { range: `bytes=-5000` });
       assert.ok(r2.body.equals(blob.subarray(blob.length - 5000)));
+    } finally {
+      await bad.close();
+    }
+  });
+
+  test('the only provider breaks mid-body: a fresh lookup without it finds another, which finishes the blob', async () => {
+    const bad = await faultyPeer('short', blob, digest);
+    try {
+      const asked: string[][] = [];
+      const r = await runFetch([bad.target], digest, {}, (exclude) => {
+        asked.push(exclude);
+        // The answer may name the failed peer again (a stale record): the task must not retry it.
+        return [bad.target, goodTarget];
+      });
+      assert.equal(r.error, undefined, r.error);
+      assert.ok(r.ended);
+      assert.equal(sha(r.body), digest);
+      assert.deepEqual(asked, [[bad.target.peerId]], 'one lookup, without the failed peer');
+      assert.equal(bad.hits(), 1, 'the failed peer was not asked again');
+      assert.equal(r.report.resumes, 1);
+      assert.deepEqual(r.report.relookups, { found: 1, none: 0 });
+    } finally {
+      await bad.close();
+    }
+  });
+
+  test('the only provider breaks mid-body and nobody else has it: a cut transfer, the lookup counted', async () => {
+    const bad = await faultyPeer('short', blob, digest);
+    try {
+      const r = await runFetch([bad.target], digest, {}, () => []);
+      assert.match(r.error ?? '', /no other could resume/);
+      assert.ok(!r.ended);
+      assert.ok(r.body.length < blob.length);
+      assert.deepEqual(r.report.relookups, { found: 0, none: 1 });
+      // With one attempt in the budget, nothing is looked up: the provider was the last try.
+      const once = await runFetch([bad.target], digest, { maxAttempts: 1 }, () => [goodTarget]);
+      assert.ok(once.error);
+      assert.deepEqual(once.report.relookups, { found: 0, none: 0 });
     } finally {
       await bad.close();
     }

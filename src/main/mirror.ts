@@ -11,7 +11,7 @@ import type { Digest, Registry } from '../shared/oci.js';
 
 /** What the mirror needs from the p2p thread (the P2P handle in p2p.ts provides it). */
 export interface ProviderFinder {
-  findProviders(key: string, opts: { count?: number; timeoutMs?: number }): Promise<ProviderPeer[]>;
+  findProviders(key: string, opts: { count?: number; timeoutMs?: number; exclude?: string[] }): Promise<ProviderPeer[]>;
   reportFailure(peerId: string): void;
   claimFetch(key: string, timeoutMs: number): Promise<FetchClaimResult>;
   releaseFetch(key: string): void;
@@ -78,6 +78,13 @@ const peerResumes = new Counter({
   registers: [metricsRegistry],
 });
 
+const peerRelookups = new Counter({
+  name: 'peerpull_peer_relookups_total',
+  help: 'Fresh provider lookups during a blob transfer whose every known provider had failed mid-body, by result (found: it named other providers to go on from; none: the transfer broke).',
+  labelNames: ['result'] as const,
+  registers: [metricsRegistry],
+});
+
 const peerHedges = new Counter({
   name: 'peerpull_peer_hedges_total',
   help: 'Extra providers asked because the first was slow to answer.',
@@ -134,8 +141,11 @@ export class Mirror {
     return this.config.resolveTags && this.mirrors(registry);
   }
 
-  /** Providers of a key, best first; [] when nobody has it or the lookup deadline passed. */
-  async providers(key: string): Promise<PeerTarget[]> {
+  /**
+   * Providers of a key, best first; [] when nobody has it or the lookup deadline passed.
+   * `exclude`: peers that just failed a fetch of it (a fresh lookup, not their cached answer).
+   */
+  async providers(key: string, exclude?: string[]): Promise<PeerTarget[]> {
     const started = performance.now();
     let found: ProviderPeer[];
     let timer: NodeJS.Timeout | undefined;
@@ -143,7 +153,7 @@ export class Mirror {
       // The deadline is enforced here too: a busy p2p thread must not hold a miss past it.
       const deadline = new Promise<ProviderPeer[]>((resolve) => (timer = setTimeout(() => resolve([]), this.config.mirrorLookupTimeout + 5)));
       found = await Promise.race([
-        this.finder.findProviders(key, { count: this.config.peerMaxAttempts + 1, timeoutMs: this.config.mirrorLookupTimeout }),
+        this.finder.findProviders(key, { count: this.config.peerMaxAttempts + 1, timeoutMs: this.config.mirrorLookupTimeout, ...(exclude ? { exclude } : {}) }),
         deadline,
       ]);
     } catch (err) {
@@ -226,6 +236,8 @@ export class Mirror {
     if (report.bytes > 0) peerBytes.inc(report.bytes);
     if (report.resumes > 0) peerResumes.inc(report.resumes);
     if (report.hedges > 0) peerHedges.inc(report.hedges);
+    if (report.relookups.found > 0) peerRelookups.inc({ result: 'found' }, report.relookups.found);
+    if (report.relookups.none > 0) peerRelookups.inc({ result: 'none' }, report.relookups.none);
     for (const peer of new Set(report.failedPeers)) {
       peerFailures.inc();
       this.finder.reportFailure(peer);
@@ -234,7 +246,7 @@ export class Mirror {
       this.lastPeerHit = { time: new Date().toISOString(), kind, key, outcome: 'peer', ...(report.winner ? { peer: report.winner } : {}) };
     }
     if (report.failedPeers.length > 0 || report.resumes > 0) {
-      this.log.info('peer fetch had trouble', { kind, key, ok, winner: report.winner, failedPeers: report.failedPeers, resumes: report.resumes, hedges: report.hedges, detail });
+      this.log.info('peer fetch had trouble', { kind, key, ok, winner: report.winner, failedPeers: report.failedPeers, resumes: report.resumes, relookups: report.relookups, hedges: report.hedges, detail });
     }
   }
 

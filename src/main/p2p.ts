@@ -194,6 +194,13 @@ const LOOKUP_SLACK_MS = 250;
 const REQUEST_TIMEOUT_MS = 30_000;
 const P2P_YOUNG_GENERATION_MB = 12;
 
+export interface LookupOptions {
+  count?: number;
+  timeoutMs?: number;
+  /** Peers to leave out (they just failed a fetch of this key); at most 64 are passed on. */
+  exclude?: string[];
+}
+
 export class P2PError extends Error {
   constructor(message: string) {
     super(message);
@@ -307,18 +314,19 @@ export class P2P {
    * Never rejects: a failure, a dead p2p thread or the deadline gives [] (the registry then
    * answers 404 and containerd falls back).
    */
-  async findProviders(key: string, opts: { count?: number; timeoutMs?: number } = {}): Promise<ProviderPeer[]> {
+  async findProviders(key: string, opts: LookupOptions = {}): Promise<ProviderPeer[]> {
     return (await this.lookup(key, opts)).providers;
   }
 
   /** findProviders with where the answer came from (diagnostics, the doctor command). */
-  async lookup(key: string, opts: { count?: number; timeoutMs?: number } = {}): Promise<LookupResult> {
+  async lookup(key: string, opts: LookupOptions = {}): Promise<LookupResult> {
     const t0 = process.hrtime.bigint();
     const count = opts.count ?? 2;
+    const exclude = opts.exclude && opts.exclude.length > 0 ? opts.exclude.slice(0, 64) : undefined;
     const result: LookupResult = !this.worker
       ? { providers: [], source: 'none', outcome: 'error' }
       : // main's copy of the thread's records first: an answer there needs no thread hop
-        (this.copy.answer(key, count) ?? (await this.askThread(key, count, Math.max(1, opts.timeoutMs ?? this.config.lookupTimeoutMs))));
+        (this.copy.answer(key, count, exclude) ?? (await this.askThread(key, count, Math.max(1, opts.timeoutMs ?? this.config.lookupTimeoutMs), exclude)));
     const cluster = this.config.cluster;
     lookups.inc({ cluster, outcome: result.outcome, source: result.source });
     lookupDuration.observe({ cluster, outcome: result.outcome }, Number(process.hrtime.bigint() - t0) / 1e9);
@@ -326,9 +334,9 @@ export class P2P {
     return result;
   }
 
-  private async askThread(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
+  private async askThread(key: string, count: number, deadlineMs: number, exclude?: string[]): Promise<LookupResult> {
     try {
-      return (await this.request({ type: 'findProviders', key, count, deadlineMs }, deadlineMs + LOOKUP_SLACK_MS)) as LookupResult;
+      return (await this.request({ type: 'findProviders', key, count, deadlineMs, ...(exclude ? { exclude } : {}) }, deadlineMs + LOOKUP_SLACK_MS)) as LookupResult;
     } catch (err) {
       this.log.debug('lookup failed', { key, error: err });
       return { providers: [], source: 'none', outcome: (err as Error).message.includes('timed out') ? 'timeout' : 'error' };

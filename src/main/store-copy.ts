@@ -44,12 +44,17 @@ export class StoreCopy {
   }
 
   /** The answer, or undefined when only the p2p thread can give it. */
-  answer(key: string, count: number): LookupResult | undefined {
+  answer(key: string, count: number, exclude?: readonly string[]): LookupResult | undefined {
     const set = this.records.get(keyHashHex(key));
     if (!set) return this.finalMisses ? miss() : undefined;
     const providers: ProviderPeer[] = [];
     let dead = 0;
+    let left = set.size;
     for (const id of set) {
+      if (exclude?.includes(id)) {
+        left--;
+        continue;
+      }
       const p = this.peers.get(id);
       if (!p?.connected) {
         if (p?.dead) dead++;
@@ -60,11 +65,12 @@ export class StoreCopy {
       if (providers.length >= count) break;
     }
     // Every record names a node the thread found dead (a killed holder whose records have not
-    // expired yet): with a final view, nobody has it.
-    if (providers.length === 0 && dead === set.size && this.finalMisses) return miss();
+    // expired yet): with a final view, nobody has it. Records of only excluded peers go to the
+    // thread: it may hold a record this copy has not been fed yet.
+    if (providers.length === 0 && left > 0 && dead === left && this.finalMisses) return miss();
     // As many as the thread would give (the fetch hedges over them), or the thread decides: it
     // may add unconnected providers once a knock showed them alive.
-    if (providers.length === 0 || providers.length < Math.min(count, set.size)) return undefined;
+    if (providers.length === 0 || providers.length < Math.min(count, left)) return undefined;
     return { providers, source: 'store-copy', outcome: 'found', queried: 0 };
   }
 

@@ -46,14 +46,20 @@ export class Lookups {
     this.now = d.now ?? Date.now;
   }
 
-  async find(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
-    const cached = this.fromCache(key, count);
+  /**
+   * `exclude`: peers the caller just saw fail for this key. They are left out of the answer, and a
+   * cached or joined answer naming only them is not trusted: the lookup runs afresh.
+   */
+  async find(key: string, count: number, deadlineMs: number, exclude?: ReadonlySet<string>): Promise<LookupResult> {
+    const cached = this.fromCache(key, count, exclude);
     if (cached) return cached;
     const running = this.inflight.get(key);
     if (running) {
-      const r = await running;
-      return { ...r, source: 'coalesced' };
+      const r = without(await running, exclude);
+      if (r.providers.length > 0 || !exclude) return { ...r, source: 'coalesced' };
     }
+    // Neither joined by later lookups nor cached: its answer leaves out peers theirs must include.
+    if (exclude) return this.run(key, count, deadlineMs, exclude);
     const p = this.run(key, count, deadlineMs).finally(() => this.inflight.delete(key));
     this.inflight.set(key, p);
     return p;
@@ -84,20 +90,22 @@ export class Lookups {
     if (e && e.providers.length === 0) this.cache.delete(key);
   }
 
-  private fromCache(key: string, count: number): LookupResult | undefined {
+  private fromCache(key: string, count: number, exclude?: ReadonlySet<string>): LookupResult | undefined {
     const e = this.cache.get(key);
     if (!e) return undefined;
     if (e.expires <= this.now()) {
       this.cache.delete(key);
       return undefined;
     }
-    if (e.providers.length === 0) return { providers: [], source: 'negative-cache', outcome: 'notfound' };
+    if (e.providers.length === 0) return exclude ? undefined : { providers: [], source: 'negative-cache', outcome: 'notfound' };
     const live = e.providers.filter((p) => this.d.isLive(p));
     if (live.length === 0) {
       this.cache.delete(key);
       return undefined;
     }
-    return { providers: live.slice(0, count), source: 'cache', outcome: 'found' };
+    const usable = exclude ? live.filter((p) => !exclude.has(p.peerId)) : live;
+    if (usable.length === 0) return undefined;
+    return { providers: usable.slice(0, count), source: 'cache', outcome: 'found' };
   }
 
   private remember(key: string, providers: ProviderPeer[]): void {
@@ -114,10 +122,10 @@ export class Lookups {
     this.cache.set(key, { providers, expires: this.now() + ttl });
   }
 
-  private async run(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
+  private async run(key: string, count: number, deadlineMs: number, exclude?: ReadonlySet<string>): Promise<LookupResult> {
     const found = new Map<string, ProviderPeer>();
     const add = (ps: ProviderPeer[]) => {
-      for (const p of ps) if (!found.has(p.peerId) && this.d.isLive(p)) found.set(p.peerId, p);
+      for (const p of ps) if (!found.has(p.peerId) && !exclude?.has(p.peerId) && this.d.isLive(p)) found.set(p.peerId, p);
     };
     // The deadline covers everything, and is enforced here rather than by trusting the DHT
     // query to notice its signal: a query waiting on a slow peer may take a while to unwind,
@@ -183,7 +191,7 @@ export class Lookups {
     if (found.size > 0) outcome = 'found';
     else if (timedOut) outcome = 'timeout';
     // A query cut by its deadline proves nothing: cache only real answers.
-    return { ...this.finish(key, found, count, source, outcome, found.size > 0 || complete), queried: stats.queried };
+    return { ...this.finish(key, found, count, source, outcome, !exclude && (found.size > 0 || complete)), queried: stats.queried };
   }
 
   private finish(
@@ -200,4 +208,11 @@ export class Lookups {
     if (cacheable) this.remember(key, providers);
     return { providers: providers.slice(0, count), source, outcome };
   }
+}
+
+/** A result without the excluded peers (at most `count` of the rest); found only if any are left. */
+function without(r: LookupResult, exclude: ReadonlySet<string> | undefined, count = r.providers.length): LookupResult {
+  if (!exclude) return r;
+  const providers = r.providers.filter((p) => !exclude.has(p.peerId)).slice(0, count);
+  return { ...r, providers, outcome: providers.length > 0 ? 'found' : r.outcome === 'found' ? 'notfound' : r.outcome };
 }

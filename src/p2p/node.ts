@@ -1177,9 +1177,9 @@ export class P2PNode {
 
   // ---- lookups ----
 
-  async findProviders(key: string, count: number, deadlineMs: number): Promise<LookupResult> {
+  async findProviders(key: string, count: number, deadlineMs: number, exclude?: string[]): Promise<LookupResult> {
     const t0 = performance.now();
-    const r = await this.lookups.find(keyToCid(key).toString(), count, deadlineMs);
+    const r = await this.lookups.find(keyToCid(key).toString(), count, deadlineMs, exclude && exclude.length > 0 ? new Set(exclude) : undefined);
     // Cached answers too (local and network ones, and lookups joined to them, were screened
     // where they came from): a provider that died since it was cached goes at its first return.
     if (r.source === 'cache' && r.providers.some((p) => !p.connected)) {

@@ -42,7 +42,11 @@ export function parseRequest(raw: unknown): P2PRequest {
       const deadlineMs = m.deadlineMs;
       if (typeof count !== 'number' || !Number.isInteger(count) || count < 1 || count > 20) throw new BadMessageError('findProviders: "count" must be 1..20', id);
       if (typeof deadlineMs !== 'number' || !(deadlineMs > 0) || deadlineMs > 60_000) throw new BadMessageError('findProviders: "deadlineMs" must be in (0, 60000]', id);
-      return { id, type: 'findProviders', key: m.key, count, deadlineMs };
+      const exclude = m.exclude;
+      if (exclude !== undefined && !(Array.isArray(exclude) && exclude.length <= 64 && exclude.every((p) => typeof p === 'string' && p.length > 0 && p.length <= 128))) {
+        throw new BadMessageError('findProviders: "exclude" must be at most 64 peer id strings', id);
+      }
+      return { id, type: 'findProviders', key: m.key, count, deadlineMs, ...(exclude ? { exclude: exclude as string[] } : {}) };
     }
     case 'claimFetch': {
       if (!isKey(m.key)) throw new BadMessageError('claimFetch: "key" must be a string of 1..1024 characters', id);

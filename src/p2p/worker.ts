@@ -58,7 +58,7 @@ async function handle(n: P2PNode, req: P2PRequest): Promise<unknown> {
     case 'withdraw':
       return n.withdraw(req.keys);
     case 'findProviders':
-      return n.findProviders(req.key, req.count, req.deadlineMs);
+      return n.findProviders(req.key, req.count, req.deadlineMs, req.exclude);
     case 'claimFetch':
       return n.claimFetch(req.key, req.deadlineMs);
     case 'releaseFetch':

@@ -73,7 +73,13 @@ export type StreamFromWorker =
    * `missing`: the content is gone (GC) or no peer could serve it, which becomes a 404 if nothing
    * was sent yet. `status` 416: every peer found the client's range unsatisfiable.
    */
-  | { type: 'error'; missing: boolean; error: string; status?: 416 };
+  | { type: 'error'; missing: boolean; error: string; status?: 416 }
+  /**
+   * Every provider the task was given failed mid-body: look the key up again, without these
+   * peers (answered by a `providers` message). Nodes that got the blob since, or whose records
+   * had not arrived at the first lookup, can take the transfer over.
+   */
+  | { type: 'providers'; exclude: string[] };
 
 /** A peer that holds a key, as the pool fetches from it. */
 export interface PeerTarget {
@@ -124,6 +130,8 @@ export interface PeerFetchReport {
   ttfbMs?: number;
   hedges: number;
   resumes: number;
+  /** Fresh provider lookups asked for after every known provider had failed mid-body, by whether one found another. */
+  relookups: { found: number; none: number };
   /** Peers that failed (errors, stalls, wrong answers): main tells the p2p thread. */
   failedPeers: string[];
 }
@@ -143,7 +151,7 @@ export type PeerManifestResult = PeerFetchReport &
  * Main -> worker, on the transfer port. An array is credit: one per chunk buffer in it, which the
  * main thread is done with and transfers back for reuse (bare, as chunks are).
  */
-export type StreamToWorker = ArrayBuffer[] | { type: 'credit'; n: number } | { type: 'cancel' };
+export type StreamToWorker = ArrayBuffer[] | { type: 'credit'; n: number } | { type: 'cancel' } | { type: 'providers'; providers: PeerTarget[] };
 
 // ============================================================================================
 // p2p thread (owner: p2p thread). Main <-> the libp2p Worker, over the Worker's own port.
@@ -232,7 +240,16 @@ export type P2PView = 'exact' | 'near' | 'partial';
 export type P2PRequest =
   | { id: number; type: 'advertise'; keys: string[]; /** resolve only once the records reached the DHT */ wait?: boolean }
   | { id: number; type: 'withdraw'; keys: string[] }
-  | { id: number; type: 'findProviders'; key: string; count: number; /** ms from now */ deadlineMs: number }
+  | {
+      id: number;
+      type: 'findProviders';
+      key: string;
+      count: number;
+      /** ms from now */
+      deadlineMs: number;
+      /** Peers not to return (they just failed a fetch): a cached answer of only these is no answer. */
+      exclude?: string[];
+    }
   /**
    * Nobody provides `key`: ask its first IP holder whether another node is already fetching it
    * (answer: that node), or record this node as fetching it (answer: go).

@@ -14,6 +14,7 @@ import type {
   PeerOpen,
   PeerTarget,
   StreamFromWorker,
+  StreamToWorker,
 } from '../shared/messages.js';
 import { HOP_INFLIGHT, PEER_HOP_HEADER } from '../shared/messages.js';
 import { isDigest, isManifestMediaType, type Digest } from '../shared/oci.js';
@@ -22,6 +23,31 @@ import { peerRequest, type BodySink, type PeerResponse } from './peer-http.js';
 
 /** Largest manifest accepted from a peer (registries cap manifests at 4 MiB). */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+/** Fresh lookups one transfer may ask for once its providers are used up. */
+const MAX_RELOOKUPS = 2;
+/** Main answers a lookup within its deadline; this only keeps a lost answer from holding the task. */
+const RELOOKUP_WAIT_MS = 30_000;
+
+/** Asks the main thread to look the key up again without `exclude`; [] on no answer. */
+function askForProviders(port: PeerBlobTask['port'], exclude: string[]): Promise<PeerTarget[]> {
+  return new Promise((resolve) => {
+    const done = (found: PeerTarget[]) => {
+      clearTimeout(timer);
+      port.off('message', onMessage);
+      port.off('close', onClose);
+      resolve(found);
+    };
+    const onMessage = (m: StreamToWorker) => {
+      if (!Array.isArray(m) && m.type === 'providers') done(m.providers);
+    };
+    const onClose = () => done([]);
+    const timer = setTimeout(() => done([]), RELOOKUP_WAIT_MS);
+    port.on('message', onMessage);
+    port.on('close', onClose);
+    port.postMessage({ type: 'providers', exclude } satisfies StreamFromWorker);
+  });
+}
 
 function origin(p: PeerTarget): string {
   return p.host.includes(':') ? `http://[${p.host}]:${p.port}` : `http://${p.host}:${p.port}`;
@@ -159,7 +185,7 @@ async function acceptBlob(peer: PeerTarget, res: PeerResponse, digest: Digest, w
 export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
   const { port } = task;
   const started = performance.now();
-  const report: PeerFetchReport = { bytes: 0, hedges: 0, resumes: 0, failedPeers: [] };
+  const report: PeerFetchReport = { bytes: 0, hedges: 0, resumes: 0, relookups: { found: 0, none: 0 }, failedPeers: [] };
   const credit = new Credit(task.credits, port);
   const verify = task.verify && task.range === '';
   const sender = new ChunkSender(port, credit, task.chunkSize, verify);
@@ -207,6 +233,8 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
       },
     };
     const tried = new Set<string>([first.peer.peerId]);
+    const providers = [...task.providers];
+    let relookups = 0;
     for (;;) {
       let error = '';
       servedBy.add(current.peer.peerId);
@@ -226,20 +254,39 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
       report.failedPeers.push(current.peer.peerId);
       report.resumes++;
       const want = { start: open.start + sender.accepted, end: open.end, size: open.size };
+      const resume = (order: PeerTarget[]) =>
+        hedge(
+          order,
+          task,
+          budget,
+          report,
+          async (peer, signal) => {
+            const res = await get(peer, task.path, { range: `bytes=${want.start}-${want.end - 1}` }, signal, task.stallMs, 'GET', task.inflight);
+            await acceptBlob(peer, res, task.digest, want);
+            return res;
+          },
+          (res) => res.discard(),
+        );
       // Providers not yet used first; then, as a last resort, earlier ones that answered well.
-      const order = [...task.providers.filter((p) => !tried.has(p.peerId)), ...task.providers.filter((p) => tried.has(p.peerId) && p.peerId !== current.peer.peerId)];
-      const next = await hedge(
-        order,
-        task,
-        budget,
-        report,
-        async (peer, signal) => {
-          const res = await get(peer, task.path, { range: `bytes=${want.start}-${want.end - 1}` }, signal, task.stallMs, 'GET', task.inflight);
-          await acceptBlob(peer, res, task.digest, want);
-          return res;
-        },
-        (res) => res.discard(),
-      );
+      let next = await resume([...providers.filter((p) => !tried.has(p.peerId)), ...providers.filter((p) => tried.has(p.peerId) && p.peerId !== current.peer.peerId)]);
+      // All of them failed: the ones that got the blob since the first lookup (or whose records
+      // had not arrived) may take over. A long transfer outlives the answer it started from.
+      while (!('peer' in next) && next.final !== 'range' && budget.attempts > 0 && relookups < MAX_RELOOKUPS && !sender.cancelled) {
+        relookups++;
+        const failed = new Set(report.failedPeers);
+        const fresh = (await askForProviders(port, [...failed])).filter((p) => !failed.has(p.peerId));
+        if (fresh.length === 0) {
+          report.relookups.none++;
+          break;
+        }
+        report.relookups.found++;
+        for (const p of fresh) if (!providers.some((q) => q.peerId === p.peerId)) providers.push(p);
+        next = await resume(fresh);
+      }
+      if (sender.cancelled) {
+        report.bytes = sender.sent;
+        return report;
+      }
       if (!('peer' in next)) {
         await sender.flush();
         post({ type: 'error', missing: false, error: `peer ${current.peer.peerId} broke (${error}) and no other could resume: ${next.error}` });
@@ -274,7 +321,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
 /** Fetches a manifest (by digest or tag) and checks that its bytes hash to the digest. */
 export async function fetchManifest(task: PeerManifestTask): Promise<PeerManifestResult> {
   const started = performance.now();
-  const report: PeerFetchReport = { bytes: 0, hedges: 0, resumes: 0, failedPeers: [] };
+  const report: PeerFetchReport = { bytes: 0, hedges: 0, resumes: 0, relookups: { found: 0, none: 0 }, failedPeers: [] };
   const budget = { attempts: task.maxAttempts };
   const r = await hedge(
     task.providers,

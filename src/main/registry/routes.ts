@@ -330,7 +330,7 @@ export class Registry {
     if (!mirror.mirrors(request.registry)) throw miss('registry not mirrored');
     const head = inc.method === 'HEAD';
     void (async () => {
-      let providers = (await mirror.providers(digest)).filter((p) => !failed.includes(p.peerId));
+      let providers = (await mirror.providers(digest, failed.length > 0 ? failed : undefined)).filter((p) => !failed.includes(p.peerId));
       let joining = false;
       if (providers.length === 0) {
         // Nobody holds it. Unless another node is fetching it already, this node's containerd
@@ -366,6 +366,7 @@ export class Registry {
         writeHead,
         headOnly: head,
         credits,
+        moreProviders: (exclude) => mirror.providers(digest, exclude),
       }, {
         from: 'peers',
         fallback: (o) => {

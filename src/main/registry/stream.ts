@@ -5,7 +5,7 @@
 
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { HttpResponse } from 'uWebSockets.js';
-import type { PeerOpen, StreamFromWorker, StreamToWorker } from '../../shared/messages.js';
+import type { PeerOpen, PeerTarget, StreamFromWorker, StreamToWorker } from '../../shared/messages.js';
 
 export interface StreamOptions {
   /** Starts the pool task that feeds the worker end of the channel. */
@@ -18,6 +18,8 @@ export interface StreamOptions {
   headOnly?: boolean;
   /** The credits the source starts with: written chunks go back in batches of half of them. */
   credits?: number;
+  /** A peer fetch ran out of providers mid-body: a fresh lookup without `exclude` (none: []). */
+  moreProviders?(exclude: string[]): Promise<PeerTarget[]>;
 }
 
 export type StreamOutcome =
@@ -156,6 +158,13 @@ export function streamBlob(res: HttpResponse, opts: StreamOptions, abortHook: (f
         break;
       case 'end':
         // Every byte is queued; the last tryEnd completes the response.
+        break;
+      case 'providers':
+        void (opts.moreProviders?.(m.exclude) ?? Promise.resolve([]))
+          .catch(() => [])
+          .then((providers) => {
+            if (!finished) send({ type: 'providers', providers });
+          });
         break;
       case 'error':
         if (!headersSent) finish({ kind: 'failed-before-headers', missing: m.missing, error: m.error, ...(m.status ? { status: m.status } : {}) });
