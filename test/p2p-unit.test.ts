@@ -22,7 +22,7 @@ import { BadMessageError, parseRequest } from '../src/p2p/protocol.js';
 import { loadConfig, ConfigError } from '../src/main/config.js';
 import { p2pWorkerConfig } from '../src/main/p2p.js';
 import { generateKeyPair } from '@libp2p/crypto/keys';
-import { P2PNode, republishNeedsQuery } from '../src/p2p/node.js';
+import { P2PNode, publishRetryDelay, republishNeedsQuery } from '../src/p2p/node.js';
 import { Lookups } from '../src/p2p/lookup.js';
 import type { ProviderPeer } from '../src/shared/messages.js';
 
@@ -390,4 +390,18 @@ test('a lookup that excludes providers the caller saw fail skips answers naming 
     assert.equal(r.outcome, s.want.length > 0 ? 'found' : 'notfound', s.name);
     assert.equal(queries, s.queries, s.name);
   }
+});
+
+test('a key no holder took is retried after a doubling backoff, capped at a minute, spread +-20%', () => {
+  const cases: Array<{ failures: number; random: number; ms: number }> = [
+    { failures: 1, random: 0.5, ms: 2000 },
+    { failures: 2, random: 0.5, ms: 4000 },
+    { failures: 5, random: 0.5, ms: 32_000 },
+    { failures: 6, random: 0.5, ms: 60_000 },
+    { failures: 1000, random: 0.5, ms: 60_000 },
+    { failures: 1, random: 0, ms: 1600 },
+    { failures: 1, random: 1, ms: 2400 },
+    { failures: 6, random: 1, ms: 72_000 },
+  ];
+  for (const c of cases) assert.equal(publishRetryDelay(c.failures, c.random), c.ms, JSON.stringify(c));
 });

@@ -92,7 +92,7 @@ process.on('uncaughtException', (err) => {
  */
 /** The parts of a node's publish pipeline that make up status().pendingProvides, and what feeds it. */
 function pendingOf(n: P2PNode): Record<string, unknown> {
-  const x = n as unknown as { queue?: Map<string, unknown>; queryQueue?: Map<string, unknown>; provideRunning?: number; unpublished?: Set<string>; batchRunning?: boolean; provideQueries?: unknown };
+  const x = n as unknown as { queue?: Map<string, unknown>; queryQueue?: Map<string, unknown>; provideRunning?: number; unpublished?: Map<string, unknown>; batchRunning?: boolean; provideQueries?: unknown };
   return { queue: x.queue?.size, queryQueue: x.queryQueue?.size, provideRunning: x.provideRunning, unpublished: x.unpublished?.size, batchRunning: x.batchRunning, provideQueries: x.provideQueries };
 }
 
@@ -172,6 +172,7 @@ function nodeSnapshot(h: Hosted, reset: boolean): NodeSnapshot {
     routingTable: s.routingTable,
     remotePeers: conns.map((c) => c.remotePeer.toString()),
     dnsMembers: s.dnsMembers,
+    unpublishedKeys: s.unpublishedKeys,
     ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries }))(h.node.metrics(s)),
     over: describeOver(h, conns),
   };

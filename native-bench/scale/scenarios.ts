@@ -492,7 +492,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const advDelta = (f: (x: NodeSnapshot) => number) => sumOver(beforeHeld, f) - sumOver(allNodes(idleSnaps), f);
     log(
       `  advertised ${owner.size + shared.size} keys in ${advertiseMs} ms: ${advDelta((x) => x.provideQueries.run)} provide queries run, ` +
-        `${advDelta((x) => x.provideQueries.ipHolders)} skipped (IP holders took the record)`,
+        `${advDelta((x) => x.provideQueries.ipHolders)} skipped (IP holders took the record), ${sumOver(beforeHeld, (x) => x.unpublishedKeys)} keys no peer took yet`,
     );
     const peerIdOf = new Map(beforeHeld.map((x) => [x.ip, x.peerId]));
     profileDir = profiled('held');

@@ -53,6 +53,8 @@ export interface StatusSnapshot {
     routingTable: number;
     advertisedKeys: number;
     pendingProvides: number;
+    /** Advertised keys no peer took yet: retried with backoff. */
+    unpublishedKeys: number;
     bootstrapDns: string | null;
     /** Members the last bootstrap DNS answer listed. */
     dnsMembers: number;
@@ -320,6 +322,7 @@ export class StatusBuilder {
         routingTable: p2pStatus?.routingTable ?? 0,
         advertisedKeys: p2pStatus?.advertisedKeys ?? 0,
         pendingProvides: p2pStatus?.pendingProvides ?? 0,
+        unpublishedKeys: p2pStatus?.unpublishedKeys ?? 0,
         bootstrapDns: config.bootstrapDns || null,
         dnsMembers: p2pStatus?.dnsMembers ?? 0,
         bootstrapPeers: config.bootstrapPeers.length,
@@ -420,7 +423,7 @@ th{font-weight:600;color:#555}.mono,code{font-family:ui-monospace,monospace;font
           ['peers connected', s.p2p.peers > 0 ? esc(s.p2p.peers) : '<span class="bad">0</span>'],
           ['routing table', `${esc(s.p2p.routingTable)}${s.p2p.view ? ` (${esc(VIEW_TEXT[s.p2p.view])})` : ''}`],
           ['records copied to main', `${esc(s.p2p.storeCopy.keys)} keys, ${esc(s.p2p.storeCopy.providers)} providers${s.p2p.storeCopy.finalMisses ? '; misses answered here' : ''}`],
-          ['keys advertised', `${esc(s.p2p.advertisedKeys)}${s.p2p.pendingProvides ? ` (${esc(s.p2p.pendingProvides)} still being published)` : ''}`],
+          ['keys advertised', `${esc(s.p2p.advertisedKeys)}${s.p2p.pendingProvides ? ` (${esc(s.p2p.pendingProvides)} still being published)` : ''}${s.p2p.unpublishedKeys ? ` (${esc(s.p2p.unpublishedKeys)} no peer took yet, retried)` : ''}`],
           ['bootstrap DNS', s.p2p.bootstrapDns ? `${esc(s.p2p.bootstrapDns)} (${esc(s.p2p.dnsMembers)} members)` : '(not set)'],
           ['bootstrap peers', esc(s.p2p.bootstrapPeers)],
         ]
@@ -483,7 +486,7 @@ export function formatStatusText(s: StatusSnapshot): string {
     L.push(`  thread         ${s.p2p.running ? 'running' : 'NOT RUNNING'}, ${s.p2p.ready ? 'ready' : 'not ready'}`);
     L.push(`  peers          ${s.p2p.peers} connected, ${s.p2p.routingTable} in the routing table${s.p2p.view ? ` (${VIEW_TEXT[s.p2p.view]})` : ''}`);
     L.push(`  store copy     ${s.p2p.storeCopy.keys} keys, ${s.p2p.storeCopy.providers} providers${s.p2p.storeCopy.finalMisses ? ', misses answered in main' : ''}`);
-    L.push(`  advertised     ${s.p2p.advertisedKeys} keys${s.p2p.pendingProvides ? ` (${s.p2p.pendingProvides} still being published)` : ''}`);
+    L.push(`  advertised     ${s.p2p.advertisedKeys} keys${s.p2p.pendingProvides ? ` (${s.p2p.pendingProvides} still being published)` : ''}${s.p2p.unpublishedKeys ? ` (${s.p2p.unpublishedKeys} no peer took yet, retried)` : ''}`);
     L.push(`  bootstrap      ${s.p2p.bootstrapDns ? `DNS ${s.p2p.bootstrapDns} (${s.p2p.dnsMembers} members)` : 'no DNS'}, ${s.p2p.bootstrapPeers} static peers`);
   }
   L.push('content');

@@ -102,6 +102,13 @@ const MISS_QUORUM = 2;
 /** Advertise calls arriving within this window go out as one batch. */
 const BATCH_WINDOW_MS = 25;
 const PROVIDE_TIMEOUT_MS = 30_000;
+/**
+ * A key no holder took is tried again after 2 s, doubling per failure up to 60 s (+-20%), not at
+ * every peer that connects: under saturation peers reconnect every second, and a retry per
+ * connect was a publish loop that kept a node's queue from ever draining (N = 1,000 runs).
+ */
+const REPUBLISH_RETRY_MS = 2000;
+const REPUBLISH_RETRY_MAX_MS = 60_000;
 /** kad-dht's own default for its periodic query for our own id (before the per-node spread). */
 const QUERY_SELF_INTERVAL_MS = 5 * 60_000;
 /** Liveness probes (dials) in flight at once. */
@@ -181,6 +188,12 @@ export function republishNeedsQuery(queriedAt: number | undefined, now: number, 
   return queriedAt === undefined || queriedAt + providerTtlMs <= now + reprovideIntervalMs * 1.2 + PROVIDE_TIMEOUT_MS;
 }
 
+/** How long a key whose publish reached no holder `failures` times in a row waits to be tried again. */
+export function publishRetryDelay(failures: number, random: number = Math.random()): number {
+  const base = Math.min(REPUBLISH_RETRY_MAX_MS, REPUBLISH_RETRY_MS * 2 ** Math.min(Math.max(failures - 1, 0), 16));
+  return nextRoundDelay(base, random);
+}
+
 /** The `count` IPs of a DNS answer whose hash is nearest a key's position, nearest first. */
 function nearestIps(target: Uint8Array, answer: readonly string[], count: number, kadOf: (ip: string) => Uint8Array): string[] {
   // By insertion into a short sorted list: no sort of the whole answer per key (a reprovide of
@@ -239,8 +252,13 @@ export class P2PNode {
   /** Keys waiting for kad-dht's provide query (clusters bigger than our routing table). */
   private readonly queryQueue = new Map<string, ProvideJob>();
   private provideRunning = 0;
-  /** Keys provided while no peer was known: pushed again when the first peers appear. */
-  private readonly unpublished = new Set<string>();
+  /**
+   * Keys no peer took yet: provided while alone (due at once when peers appear) or whose
+   * publish reached nobody (due after a backoff, see publishRetryDelay). `due` is Infinity
+   * while the key is queued again.
+   */
+  private readonly unpublished = new Map<string, { failures: number; due: number }>();
+  private unpublishedTimer: NodeJS.Timeout | undefined;
   private readonly probing = new Map<string, number>();
   private probesRunning = 0;
   /** Probes of a peer that timed out in a row. */
@@ -607,7 +625,7 @@ export class P2PNode {
     n.addEventListener('peer:connect', (e) => {
       this.liveness.markAlive(e.detail.toString());
       this.feed?.peerChanged(e.detail.toString());
-      if (this.unpublished.size > 0) this.scheduleCatchUp();
+      if (this.anyUnpublishedDue()) this.scheduleCatchUp();
     });
     this.dht.routingTable.addEventListener('peer:add', (e) => this.addMember(e.detail));
     n.addEventListener('peer:disconnect', (e) => {
@@ -668,7 +686,7 @@ export class P2PNode {
     this.heartbeat.stop();
     this.datagrams.stop();
     if (this.statusTimer) clearInterval(this.statusTimer);
-    for (const t of [this.reprovideTimer, this.batchTimer, this.catchUpTimer]) if (t) clearTimeout(t);
+    for (const t of [this.reprovideTimer, this.batchTimer, this.catchUpTimer, this.unpublishedTimer]) if (t) clearTimeout(t);
     this.queue.clear();
     this.queryQueue.clear();
     await this.node.stop();
@@ -843,7 +861,8 @@ export class P2PNode {
     if (this.dht.routingTable.size === 0) {
       // Alone: nobody to tell. Published when the first peers arrive (catchUp).
       for (const j of jobs) {
-        this.unpublished.add(j.cid.toString());
+        const c = j.cid.toString();
+        this.unpublished.set(c, { failures: this.unpublished.get(c)?.failures ?? 0, due: 0 });
         for (const w of j.waiters) w();
       }
       return;
@@ -859,7 +878,7 @@ export class P2PNode {
       for (const j of jobs) {
         const c = j.cid.toString();
         if ((reached.get(c) ?? 0) > 0) this.unpublished.delete(c);
-        else if (this.advertised.has(c)) this.unpublished.add(c);
+        else if (this.advertised.has(c)) this.publishFailed(c);
       }
     } finally {
       this.batchRunning = false;
@@ -1044,17 +1063,54 @@ export class P2PNode {
     this.catchUpTimer.unref();
   }
 
+  /** A publish of `c` reached no holder: try again after the backoff, not with the next peer. */
+  private publishFailed(c: string): void {
+    const failures = (this.unpublished.get(c)?.failures ?? 0) + 1;
+    this.unpublished.set(c, { failures, due: Date.now() + publishRetryDelay(failures) });
+    this.armUnpublishedTimer();
+  }
+
+  private anyUnpublishedDue(now = Date.now()): boolean {
+    for (const u of this.unpublished.values()) if (u.due <= now) return true;
+    return false;
+  }
+
+  /** Wakes catch-up when the earliest backed-off key is due. */
+  private armUnpublishedTimer(): void {
+    if (this.stopped) return;
+    let next = Infinity;
+    for (const u of this.unpublished.values()) if (u.due > 0 && u.due < next) next = u.due;
+    if (this.unpublishedTimer) clearTimeout(this.unpublishedTimer);
+    this.unpublishedTimer = undefined;
+    if (next === Infinity) return;
+    this.unpublishedTimer = setTimeout(() => {
+      this.unpublishedTimer = undefined;
+      this.scheduleCatchUp();
+    }, Math.max(0, next - Date.now()));
+    this.unpublishedTimer.unref();
+  }
+
   private async catchUp(): Promise<void> {
     if (this.stopped || this.dht.routingTable.size === 0) return;
     const fresh = new Set(this.newPeers);
     this.newPeers.clear();
-    const waiting = [...this.unpublished].flatMap((c) => {
+    const now = Date.now();
+    const waiting: ProvideJob[] = [];
+    let retries = 0;
+    for (const [c, u] of this.unpublished) {
+      if (u.due > now) continue;
       const key = this.advertised.get(c);
-      return key ? [{ key, cid: keyToCid(key), waiters: [] }] : [];
-    });
-    this.unpublished.clear();
+      if (!key) {
+        this.unpublished.delete(c);
+        continue;
+      }
+      if (u.failures > 0) retries++;
+      u.due = Infinity;
+      waiting.push({ key, cid: keyToCid(key), waiters: [] });
+    }
+    this.armUnpublishedTimer();
     if (waiting.length > 0) {
-      this.log('info', 'publishing records held back while alone', { keys: waiting.length });
+      this.log('info', retries > 0 ? 'publishing records no peer took yet' : 'publishing records held back while alone', { keys: waiting.length, retries });
       for (const w of waiting) if (!this.queue.has(w.cid.toString())) this.queue.set(w.cid.toString(), w);
       this.schedulePublish();
     }
@@ -2036,6 +2092,7 @@ export class P2PNode {
       routingTable,
       advertisedKeys: this.advertised.size,
       pendingProvides: this.queue.size + this.queryQueue.size + this.provideRunning,
+      unpublishedKeys: this.unpublished.size,
       listenAddrs: this.listenAddrs(),
       dnsMembers: this.dnsMemberCount,
       view: this.view(),

@@ -224,6 +224,8 @@ export interface P2PStatus {
   advertisedKeys: number;
   /** Provides queued or running (0 once every advertised key reached the DHT). */
   pendingProvides: number;
+  /** Advertised keys no peer took yet (held back while alone, or waiting for a retry). */
+  unpublishedKeys: number;
   listenAddrs: string[];
   /** Members the last bootstrap DNS answer listed (0 without DNS bootstrap). */
   dnsMembers: number;
