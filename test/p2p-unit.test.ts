@@ -22,7 +22,7 @@ import { BadMessageError, parseRequest } from '../src/p2p/protocol.js';
 import { loadConfig, ConfigError } from '../src/main/config.js';
 import { p2pWorkerConfig } from '../src/main/p2p.js';
 import { generateKeyPair } from '@libp2p/crypto/keys';
-import { P2PNode, publishRetryDelay, republishNeedsQuery } from '../src/p2p/node.js';
+import { P2PNode, publishRetryDelay, republishFresh, republishNeedsQuery } from '../src/p2p/node.js';
 import { Lookups } from '../src/p2p/lookup.js';
 import type { ProviderPeer } from '../src/shared/messages.js';
 
@@ -404,4 +404,20 @@ test('a key no holder took is retried after a doubling backoff, capped at a minu
     { failures: 6, random: 1, ms: 72_000 },
   ];
   for (const c of cases) assert.equal(publishRetryDelay(c.failures, c.random), c.ms, JSON.stringify(c));
+});
+
+test('a republish round passes over a key published less than half a round ago, if its records outlive the next round', () => {
+  const min = 60_000;
+  const now = 100 * min;
+  const cases: Array<{ name: string; publishedAgo: number | undefined; ttl: number; interval: number; fresh: boolean }> = [
+    { name: 'never published: sent', publishedAgo: undefined, ttl: 15 * min, interval: 5 * min, fresh: false },
+    { name: 'a minute ago (advertised just before the first round): passed over', publishedAgo: 1 * min, ttl: 15 * min, interval: 5 * min, fresh: true },
+    { name: 'just under half a round ago: passed over', publishedAgo: 2.4 * min, ttl: 15 * min, interval: 5 * min, fresh: true },
+    { name: 'half a round ago: sent', publishedAgo: 2.5 * min, ttl: 15 * min, interval: 5 * min, fresh: false },
+    { name: 'a round ago: sent', publishedAgo: 5 * min, ttl: 15 * min, interval: 5 * min, fresh: false },
+    { name: 'records that would expire before the next round: sent however fresh', publishedAgo: 1 * min, ttl: 7 * min, interval: 5 * min, fresh: false },
+  ];
+  for (const c of cases) {
+    assert.equal(republishFresh(c.publishedAgo === undefined ? undefined : now - c.publishedAgo, now, c.ttl, c.interval), c.fresh, c.name);
+  }
 });

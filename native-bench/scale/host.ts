@@ -173,7 +173,7 @@ function nodeSnapshot(h: Hosted, reset: boolean): NodeSnapshot {
     remotePeers: conns.map((c) => c.remotePeer.toString()),
     dnsMembers: s.dnsMembers,
     unpublishedKeys: s.unpublishedKeys,
-    ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries }))(h.node.metrics(s)),
+    ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes }))(h.node.metrics(s)),
     over: describeOver(h, conns),
   };
 }

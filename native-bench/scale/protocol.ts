@@ -46,6 +46,8 @@ export interface NodeSnapshot {
   heartbeats: { ok: number; failed: number; skipped: number };
   /** kad-dht provide queries for the node's keys, run and skipped (src/shared/messages.ts), cumulative. */
   provideQueries: { run: number; ipHolders: number; recent: number };
+  /** Keys the node's republish rounds sent again, and passed over as just published, cumulative. */
+  republishes: { sent: number; fresh: number };
   /** Advertised keys no peer took yet (status().unpublishedKeys): waiting for a retry. */
   unpublishedKeys: number;
   /** The node's connection-bound counters (src/p2p/bound.ts), cumulative. */

@@ -576,6 +576,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       ),
     };
     log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}`);
+    log(
+      `  republish rounds so far: ${sumOver(steadyNodes, (x) => x.republishes.sent)} keys sent again, ${sumOver(steadyNodes, (x) => x.republishes.fresh)} passed over as just published ` +
+        `(${sumOver(steadyNodes, (x) => x.republishes.sent) - sumOver(beforeHeld, (x) => x.republishes.sent)} sent while records were held or looked up)`,
+    );
     log(`  datagrams: ${steady.datagrams.answered}/${steady.datagrams.asked} asks answered, ${steady.datagrams.provided} records acknowledged by IP holders`);
     const ls = steady.lookupSteps;
     log(`  lookup steps: ${ls.datagramAsks} datagram asks, ${ls.holderRetries} asks of the next holder (one was slow), ${ls.holderDials} holder dials, ${ls.dhtQueries} DHT queries`);

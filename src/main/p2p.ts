@@ -58,13 +58,14 @@ const recordBatches = new Counter({
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
 /** The cumulative counters of a metrics snapshot. */
-type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'provideQueries' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'provideQueries' | 'republishes' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
 const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
   lookupSteps: { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
   provideQueries: { run: 0, ipHolders: 0, recent: 0 },
+  republishes: { sent: 0, fresh: 0 },
   heartbeats: { ok: 0, failed: 0, skipped: 0 },
   datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
@@ -91,6 +92,12 @@ const datagrams = new Counter({
 const provideQueries = new Counter({
   name: 'peerpull_p2p_provide_queries_total',
   help: 'kad-dht provide queries for this node\'s keys (each dials its way to the key\'s closest peers): run; skipped_ip_holders (enough of the key\'s IP holders took the record); skipped_recent (a republish while the records the last query placed outlive the next round).',
+  labelNames: ['cluster', 'outcome'] as const,
+  registers: [registry],
+});
+const republishes = new Counter({
+  name: 'peerpull_p2p_republishes_total',
+  help: 'Keys of this node\'s republish rounds: sent (records pushed to the key\'s holders again); skipped_fresh (published less than half a round ago, records outlive the next round).',
   labelNames: ['cluster', 'outcome'] as const,
   registers: [registry],
 });
@@ -510,6 +517,8 @@ export class P2P {
     add(provideQueries, 'run', m.provideQueries.run, base.provideQueries.run);
     add(provideQueries, 'skipped_ip_holders', m.provideQueries.ipHolders, base.provideQueries.ipHolders);
     add(provideQueries, 'skipped_recent', m.provideQueries.recent, base.provideQueries.recent);
+    add(republishes, 'sent', m.republishes.sent, base.republishes.sent);
+    add(republishes, 'skipped_fresh', m.republishes.fresh, base.republishes.fresh);
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
     add(heartbeats, 'skipped', m.heartbeats.skipped, base.heartbeats.skipped);

@@ -188,6 +188,15 @@ export function republishNeedsQuery(queriedAt: number | undefined, now: number, 
   return queriedAt === undefined || queriedAt + providerTtlMs <= now + reprovideIntervalMs * 1.2 + PROVIDE_TIMEOUT_MS;
 }
 
+/**
+ * Whether a republish round may pass over a key published at `publishedAt`: it was placed less
+ * than half a round ago (a key advertised just before the round, as after a node's start, when
+ * every key of a DaemonSet's nodes is) and its records outlive the next round's latest start.
+ */
+export function republishFresh(publishedAt: number | undefined, now: number, providerTtlMs: number, reprovideIntervalMs: number): boolean {
+  return publishedAt !== undefined && now - publishedAt < reprovideIntervalMs / 2 && publishedAt + providerTtlMs > now + reprovideIntervalMs * 1.2 + PROVIDE_TIMEOUT_MS;
+}
+
 /** How long a key whose publish reached no holder `failures` times in a row waits to be tried again. */
 export function publishRetryDelay(failures: number, random: number = Math.random()): number {
   const base = Math.min(REPUBLISH_RETRY_MAX_MS, REPUBLISH_RETRY_MS * 2 ** Math.min(Math.max(failures - 1, 0), 16));
@@ -273,6 +282,10 @@ export class P2PNode {
   private readonly provideQueries = { run: 0, ipHolders: 0, recent: 0 };
   /** When each key's last provide query placed records (CID string -> ms). */
   private readonly queriedAt = new Map<string, number>();
+  /** When a publish of each key last reached a holder (see republishFresh). */
+  private readonly publishedAt = new Map<string, number>();
+  /** Keys republish rounds queued (sent) and passed over as just published (fresh). */
+  private readonly republishes = { sent: 0, fresh: 0 };
   private dnsTimes = { ok: [] as number[], failed: [] as number[] };
   private dnsMemberCount = 0;
   private statusTimer: NodeJS.Timeout | undefined;
@@ -877,7 +890,7 @@ export class P2PNode {
       [reached, ipTook] = await Promise.all([this.pushRecords(jobs.map((j) => j.cid)), this.pushToIpHolders(jobs.map((j) => j.cid))]);
       for (const j of jobs) {
         const c = j.cid.toString();
-        if ((reached.get(c) ?? 0) > 0) this.unpublished.delete(c);
+        if ((reached.get(c) ?? 0) > 0) this.markPublished(c);
         else if (this.advertised.has(c)) this.publishFailed(c);
       }
     } finally {
@@ -897,7 +910,7 @@ export class P2PNode {
           if (skip) {
             this.provideQueries[skip]++;
             // Published: IP holders have it (else catch-up would queue it again with every new peer).
-            if (skip === 'ipHolders') this.unpublished.delete(c);
+            if (skip === 'ipHolders') this.markPublished(c);
             for (const w of j.waiters) w();
             continue;
           }
@@ -1044,7 +1057,7 @@ export class P2PNode {
     }
     // The batch may have reached holders the query did not: only a total failure is unpublished.
     if (stored > 0) {
-      this.unpublished.delete(c);
+      this.markPublished(c);
       this.queriedAt.set(c, t0);
     }
   }
@@ -1061,6 +1074,11 @@ export class P2PNode {
       void this.catchUp();
     }, 1000);
     this.catchUpTimer.unref();
+  }
+
+  private markPublished(c: string): void {
+    this.unpublished.delete(c);
+    if (this.advertised.has(c)) this.publishedAt.set(c, Date.now());
   }
 
   /** A publish of `c` reached no holder: try again after the backoff, not with the next peer. */
@@ -1170,10 +1188,17 @@ export class P2PNode {
     const cids = [...this.advertised.keys()].map((c) => CID.parse(c));
     for (const cid of cids) await this.dht.providers.addProvider(cid, this.node.peerId);
     if (this.dht.routingTable.size === 0) return;
+    const now = Date.now();
     for (const cid of cids) {
       const c = cid.toString();
       const key = this.advertised.get(c);
-      if (key && !this.queue.has(c)) this.queue.set(c, { key, cid, waiters: [], republish: true });
+      if (!key || this.queue.has(c)) continue;
+      if (republishFresh(this.publishedAt.get(c), now, this.cfg.providerTtlMs, this.cfg.reprovideIntervalMs)) {
+        this.republishes.fresh++;
+        continue;
+      }
+      this.republishes.sent++;
+      this.queue.set(c, { key, cid, waiters: [], republish: true });
     }
     this.schedulePublish();
   }
@@ -1185,6 +1210,7 @@ export class P2PNode {
       const c = cid.toString();
       if (!this.advertised.delete(c)) continue;
       this.queriedAt.delete(c);
+      this.publishedAt.delete(c);
       this.queue.delete(c);
       this.queryQueue.delete(c);
       this.unpublished.delete(c);
@@ -2111,6 +2137,7 @@ export class P2PNode {
       recordsReceived: this.counters.recordsReceived,
       lookupSteps: { ...this.lookupSteps },
       provideQueries: { ...this.provideQueries },
+      republishes: { ...this.republishes },
       heartbeats: { ...this.heartbeat.counters },
       datagrams: { ...this.datagrams.counters },
       fetchClaims: { ...this.claims.counters },

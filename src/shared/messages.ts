@@ -296,6 +296,8 @@ export interface P2PMetricsSnapshot {
    * last query's records outlive the next round (recent).
    */
   provideQueries: { run: number; ipHolders: number; recent: number };
+  /** Keys our republish rounds sent again, and passed over as published less than half a round ago. */
+  republishes: { sent: number; fresh: number };
   /** Connection heartbeat pings answered and failed (a failure closes the connection). */
   heartbeats: { ok: number; failed: number; skipped: number };
   /**
