@@ -370,6 +370,11 @@ export function problemsOf(s: StatusSnapshot): string[] {
 
 // ---- rendering ----
 
+/** What of the advertised keys is not in the DHT yet, for both formats ('' when all are). */
+function publishingNote(p: { pendingProvides: number; unpublishedKeys: number }): string {
+  return `${p.pendingProvides ? ` (${p.pendingProvides} still being published)` : ''}${p.unpublishedKeys ? ` (${p.unpublishedKeys} no peer took yet, retried)` : ''}`;
+}
+
 function esc(v: unknown): string {
   return String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 }
@@ -423,7 +428,7 @@ th{font-weight:600;color:#555}.mono,code{font-family:ui-monospace,monospace;font
           ['peers connected', s.p2p.peers > 0 ? esc(s.p2p.peers) : '<span class="bad">0</span>'],
           ['routing table', `${esc(s.p2p.routingTable)}${s.p2p.view ? ` (${esc(VIEW_TEXT[s.p2p.view])})` : ''}`],
           ['records copied to main', `${esc(s.p2p.storeCopy.keys)} keys, ${esc(s.p2p.storeCopy.providers)} providers${s.p2p.storeCopy.finalMisses ? '; misses answered here' : ''}`],
-          ['keys advertised', `${esc(s.p2p.advertisedKeys)}${s.p2p.pendingProvides ? ` (${esc(s.p2p.pendingProvides)} still being published)` : ''}${s.p2p.unpublishedKeys ? ` (${esc(s.p2p.unpublishedKeys)} no peer took yet, retried)` : ''}`],
+          ['keys advertised', `${esc(s.p2p.advertisedKeys)}${esc(publishingNote(s.p2p))}`],
           ['bootstrap DNS', s.p2p.bootstrapDns ? `${esc(s.p2p.bootstrapDns)} (${esc(s.p2p.dnsMembers)} members)` : '(not set)'],
           ['bootstrap peers', esc(s.p2p.bootstrapPeers)],
         ]
@@ -486,7 +491,7 @@ export function formatStatusText(s: StatusSnapshot): string {
     L.push(`  thread         ${s.p2p.running ? 'running' : 'NOT RUNNING'}, ${s.p2p.ready ? 'ready' : 'not ready'}`);
     L.push(`  peers          ${s.p2p.peers} connected, ${s.p2p.routingTable} in the routing table${s.p2p.view ? ` (${VIEW_TEXT[s.p2p.view]})` : ''}`);
     L.push(`  store copy     ${s.p2p.storeCopy.keys} keys, ${s.p2p.storeCopy.providers} providers${s.p2p.storeCopy.finalMisses ? ', misses answered in main' : ''}`);
-    L.push(`  advertised     ${s.p2p.advertisedKeys} keys${s.p2p.pendingProvides ? ` (${s.p2p.pendingProvides} still being published)` : ''}${s.p2p.unpublishedKeys ? ` (${s.p2p.unpublishedKeys} no peer took yet, retried)` : ''}`);
+    L.push(`  advertised     ${s.p2p.advertisedKeys} keys${publishingNote(s.p2p)}`);
     L.push(`  bootstrap      ${s.p2p.bootstrapDns ? `DNS ${s.p2p.bootstrapDns} (${s.p2p.dnsMembers} members)` : 'no DNS'}, ${s.p2p.bootstrapPeers} static peers`);
   }
   L.push('content');

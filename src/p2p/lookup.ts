@@ -210,9 +210,9 @@ export class Lookups {
   }
 }
 
-/** A result without the excluded peers (at most `count` of the rest); found only if any are left. */
-function without(r: LookupResult, exclude: ReadonlySet<string> | undefined, count = r.providers.length): LookupResult {
+/** A result without the excluded peers; found only if any are left. */
+function without(r: LookupResult, exclude: ReadonlySet<string> | undefined): LookupResult {
   if (!exclude) return r;
-  const providers = r.providers.filter((p) => !exclude.has(p.peerId)).slice(0, count);
+  const providers = r.providers.filter((p) => !exclude.has(p.peerId));
   return { ...r, providers, outcome: providers.length > 0 ? 'found' : r.outcome === 'found' ? 'notfound' : r.outcome };
 }

@@ -893,6 +893,8 @@ export class P2PNode {
         if ((reached.get(c) ?? 0) > 0) this.markPublished(c);
         else if (this.advertised.has(c)) this.publishFailed(c);
       }
+      // Once per batch: the timer looks over every unpublished key.
+      this.armUnpublishedTimer();
     } finally {
       this.batchRunning = false;
       if (queryToo) {
@@ -1081,11 +1083,10 @@ export class P2PNode {
     if (this.advertised.has(c)) this.publishedAt.set(c, Date.now());
   }
 
-  /** A publish of `c` reached no holder: try again after the backoff, not with the next peer. */
+  /** A publish of `c` reached no holder: try again after the backoff (armUnpublishedTimer), not with the next peer. */
   private publishFailed(c: string): void {
     const failures = (this.unpublished.get(c)?.failures ?? 0) + 1;
     this.unpublished.set(c, { failures, due: Date.now() + publishRetryDelay(failures) });
-    this.armUnpublishedTimer();
   }
 
   private anyUnpublishedDue(now = Date.now()): boolean {

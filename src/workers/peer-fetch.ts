@@ -234,7 +234,6 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
     };
     const tried = new Set<string>([first.peer.peerId]);
     const providers = [...task.providers];
-    let relookups = 0;
     for (;;) {
       let error = '';
       servedBy.add(current.peer.peerId);
@@ -271,8 +270,7 @@ export async function fetchBlob(task: PeerBlobTask): Promise<PeerFetchReport> {
       let next = await resume([...providers.filter((p) => !tried.has(p.peerId)), ...providers.filter((p) => tried.has(p.peerId) && p.peerId !== current.peer.peerId)]);
       // All of them failed: the ones that got the blob since the first lookup (or whose records
       // had not arrived) may take over. A long transfer outlives the answer it started from.
-      while (!('peer' in next) && next.final !== 'range' && budget.attempts > 0 && relookups < MAX_RELOOKUPS && !sender.cancelled) {
-        relookups++;
+      while (!('peer' in next) && next.final !== 'range' && budget.attempts > 0 && report.relookups.found + report.relookups.none < MAX_RELOOKUPS && !sender.cancelled) {
         const failed = new Set(report.failedPeers);
         const fresh = (await askForProviders(port, [...failed])).filter((p) => !failed.has(p.peerId));
         if (fresh.length === 0) {
