@@ -3,6 +3,7 @@
 // alone joins, bad input is survived.
 
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { LookupResult } from '../src/shared/messages.js';
@@ -65,6 +66,19 @@ describe('a 30-node cluster bootstrapped from headless DNS', { timeout: 420_000 
     const st = await Promise.all(nodes.map((n) => n.status()));
     for (const s of st) assert.ok(s.peers <= 64, `peers ${s.peers} within MAX_CONNECTIONS`);
     assert.ok(st[0].peers >= 1, 'the node that started alone is connected now');
+  });
+
+  test('a node bound to one address dials from it: the kernel shows every p2p connection coming from a node address', async () => {
+    // Peers judge ring links, liveness and bootstrap by a connection's source address; a
+    // kernel-chosen source would be 127.0.0.1 for all of them here.
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile('ss', ['-Htn', 'state', 'established', `( dport = :${P2P_PORT} )`], (err, stdout) => (err ? reject(err) : resolve(stdout))),
+    );
+    const sources = out.split('\n').filter(Boolean).map((l) => l.trim().split(/\s+/).at(-2)!.replace(/:\d+$/, ''));
+    assert.ok(sources.length >= N, `at least one outbound connection per node (saw ${sources.length})`);
+    const own = new Set(ips);
+    const foreign = sources.filter((ip) => !own.has(ip));
+    assert.deepEqual(foreign, [], 'no connection from an address that is not a node\'s');
   });
 
   test('every key advertised by one node is found by all others, with its registry address', async () => {

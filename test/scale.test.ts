@@ -214,6 +214,50 @@ describe('bootstrap rounds under failure', () => {
   });
 });
 
+describe('bootstrap under congestion (dials that time out)', () => {
+  // A node below its target (one connection) in a cluster too busy to finish handshakes: a dial
+  // that times out ends the round (no new addresses) and halves how many it keeps in flight;
+  // a round without timeouts widens it again by one. Refused dials are not congestion.
+  const members = ips(0, 40);
+  const timeout = () => Object.assign(new Error('The operation was aborted due to timeout'), { name: 'TimeoutError' });
+  const refused = () => Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
+  const cases: Array<{ outcome: 'timeout' | 'refused' | 'ok'; dials: number; widthAfter: number }> = [
+    { outcome: 'timeout', dials: 4, widthAfter: 2 },
+    { outcome: 'timeout', dials: 2, widthAfter: 1 },
+    { outcome: 'timeout', dials: 1, widthAfter: 1 },
+    { outcome: 'refused', dials: 2 * bootstrapCount(members.length - 1, 64), widthAfter: 1 },
+    { outcome: 'ok', dials: 1, widthAfter: 2 },
+    { outcome: 'ok', dials: 2, widthAfter: 3 },
+  ];
+  test('rounds: ' + cases.map((c) => `${c.outcome} -> ${c.dials} dials, width ${c.widthAfter}`).join('; '), async () => {
+    let outcome: (typeof cases)[number]['outcome'] = 'timeout';
+    let dials = 0;
+    let connections = 1;
+    const b = bootstrapperFor(members, members[0], {
+      connectionCount: () => connections,
+      dial: async () => {
+        dials++;
+        await new Promise((r) => setImmediate(r));
+        if (outcome === 'timeout') throw timeout();
+        if (outcome === 'refused') throw refused();
+        // One success brings the node to its target: the dials already in flight end the round.
+        connections = bootstrapCount(members.length - 1, 64);
+      },
+      onDnsAnswer: () => {},
+      onAttempt: () => {},
+      log: () => {},
+    });
+    for (const c of cases) {
+      outcome = c.outcome;
+      dials = 0;
+      connections = 1;
+      await b.roundNow();
+      assert.equal(dials, c.dials, `${c.outcome}: dials in the round`);
+      assert.equal(b.width, c.widthAfter, `${c.outcome}: width after the round`);
+    }
+  });
+});
+
 describe('bootstrap ring links', () => {
   // A node with enough connections, none of them to a ring successor (after a partition each
   // half has enough peers of its own): each round dials its ring successors until one stands.

@@ -6,7 +6,7 @@
 
 import { writeFile } from 'node:fs/promises';
 import { Session } from 'node:inspector/promises';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Connection } from '@libp2p/interface';
 import type { Libp2p } from 'libp2p';
@@ -33,6 +33,10 @@ interface Hosted {
 // the connections of a node above its bound in its snapshot (what keeps the bound soft).
 const TRACE = process.env.PEERPULL_SCALE_TRACE === '1';
 const openedBy = new WeakMap<Connection, string>();
+/** With TRACE: outbound opens since the last reset, by opener (what keeps a cluster dialling). */
+const opensBy = new Map<string, number>();
+/** With TRACE: failed bootstrap dials since the last reset, by error (numbers and addresses masked). */
+const dialFailuresBy = new Map<string, number>();
 
 function traceOpens(libp2p: Libp2p): void {
   const cm = (libp2p as unknown as { components?: { connectionManager?: { openConnection?: (...a: unknown[]) => Promise<Connection> } } }).components?.connectionManager;
@@ -46,7 +50,11 @@ function traceOpens(libp2p: Libp2p): void {
       .slice(0, 4)
       .map((l) => l.trim().replace(/^at /, '').replace(/\(?file:\/\/\S*\/(src\/p2p|kad-dht\/dist\/src)\//, '$1/').replace(/\)$/, ''));
     const conn = await orig(...a);
-    if (!openedBy.has(conn)) openedBy.set(conn, frames.join(' < ') || 'unknown');
+    if (!openedBy.has(conn)) {
+      const by = frames.join(' < ') || 'unknown';
+      openedBy.set(conn, by);
+      opensBy.set(by, (opensBy.get(by) ?? 0) + 1);
+    }
     return conn;
   };
 }
@@ -66,6 +74,16 @@ const counts = { warnings: 0, errors: 0 };
 const baseRss = process.memoryUsage().rss;
 const loop = monitorEventLoopDelay({ resolution: 10 });
 loop.enable();
+// GC pauses of the host's heap (hundreds of nodes in one heap): a long major GC stops every
+// node of the host at once, which a real node with its own small heap never sees.
+const gc = { ms: 0, maxMs: 0, count: 0 };
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    gc.ms += e.duration;
+    gc.count++;
+    if (e.duration > gc.maxMs) gc.maxMs = e.duration;
+  }
+}).observe({ entryTypes: ['gc'] });
 
 function isAbortError(err: unknown): boolean {
   const e = err as { name?: string; code?: string } | undefined;
@@ -129,6 +147,10 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
     (level, msg, fields) => {
       // PEERPULL_SCALE_LOG_IP=<ip>: every log line of that node, debug included, on stderr.
       if (spec.ip === process.env.PEERPULL_SCALE_LOG_IP) process.stderr.write(`${Date.now() - t0} ${spec.ip} ${level} ${msg} ${fields ? JSON.stringify(fields) : ''}\n`);
+      if (TRACE && msg === 'bootstrap dial failed') {
+        const why = `${fields?.ring ? 'ring: ' : ''}${String(fields?.error ?? '?').replace(/[0-9a-f]{8,}|[\d.:]+/g, '#').slice(0, 120)}`;
+        dialFailuresBy.set(why, (dialFailuresBy.get(why) ?? 0) + 1);
+      }
       if (level === 'warn' || level === 'error') problem(level, `${spec.ip} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
     },
     () => {},
@@ -173,7 +195,7 @@ function nodeSnapshot(h: Hosted, reset: boolean): NodeSnapshot {
     remotePeers: conns.map((c) => c.remotePeer.toString()),
     dnsMembers: s.dnsMembers,
     unpublishedKeys: s.unpublishedKeys,
-    ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes }))(h.node.metrics(s)),
+    ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts }))(h.node.metrics(s)),
     over: describeOver(h, conns),
   };
 }
@@ -204,6 +226,10 @@ async function handle(req: HostRequest): Promise<unknown> {
         connectionCloses: closes,
         loopDelayP99Ms: loop.percentile(99) / 1e6,
         loopDelayMaxMs: loop.max / 1e6,
+        gcPauseMs: gc.ms,
+        gcPauseMaxMs: gc.maxMs,
+        gcCount: gc.count,
+        ...(TRACE ? { opensBy: Object.fromEntries(opensBy), dialFailuresBy: Object.fromEntries(dialFailuresBy) } : {}),
         warnings: counts.warnings,
         errors: counts.errors,
         lastProblems: [...problems],
@@ -212,6 +238,9 @@ async function handle(req: HostRequest): Promise<unknown> {
         dialsByTarget.clear();
         closes = 0;
         loop.reset();
+        gc.ms = gc.maxMs = gc.count = 0;
+        opensBy.clear();
+        dialFailuresBy.clear();
         cpuBase = process.cpuUsage();
       }
       return snap;

@@ -48,6 +48,8 @@ export interface NodeSnapshot {
   provideQueries: { run: number; ipHolders: number; recent: number };
   /** Keys the node's republish rounds sent again, and passed over as just published, cumulative. */
   republishes: { sent: number; fresh: number };
+  /** The node's bootstrap dials (src/p2p/bootstrap.ts), cumulative: toward its target, and ring re-dials. */
+  bootstrapAttempts: { ok: number; failed: number; ringOk: number; ringFailed: number };
   /** Advertised keys no peer took yet (status().unpublishedKeys): waiting for a retry. */
   unpublishedKeys: number;
   /** The node's connection-bound counters (src/p2p/bound.ts), cumulative. */
@@ -71,6 +73,14 @@ export interface HostSnapshot {
   /** Event loop delay p99 since the last reset: above ~100 ms the host itself is the bottleneck. */
   loopDelayP99Ms: number;
   loopDelayMaxMs: number;
+  /** GC pauses since the last reset: total, longest, count. */
+  gcPauseMs: number;
+  gcPauseMaxMs: number;
+  gcCount: number;
+  /** With PEERPULL_SCALE_TRACE=1: outbound connection opens since the last reset, by opener. */
+  opensBy?: Record<string, number>;
+  /** With PEERPULL_SCALE_TRACE=1: failed bootstrap dials since the last reset, by error. */
+  dialFailuresBy?: Record<string, number>;
   warnings: number;
   errors: number;
   lastProblems: string[];

@@ -120,6 +120,7 @@ async function main(): Promise<void> {
   } catch {
     // first run
   }
+  let failedSizes = 0;
   for (const n of args.nodes) {
     const log = (m: string) => process.stderr.write(`[N=${n} ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
     const t0 = Date.now();
@@ -142,6 +143,7 @@ async function main(): Promise<void> {
       await mkdir(args.out, { recursive: true });
       await writeFile(resultsFile, JSON.stringify(previous, null, 1) + '\n');
     } catch (err) {
+      failedSizes++;
       log(`failed: ${(err as Error).message}`);
       if (progress.coldStart) {
         previous[String(n)] = { ...progress, incomplete: (err as Error).message } as ScaleResult;
@@ -158,6 +160,8 @@ async function main(): Promise<void> {
     await mkdir(args.out, { recursive: true });
     await writePlots(previous, args.out);
   }
+  // A size that failed is kept in the results as incomplete, and the run says so by its exit code.
+  if (failedSizes > 0) throw new Error(`${failedSizes} of ${args.nodes.length} sizes failed (see above)`);
 }
 
 main().then(

@@ -6,7 +6,7 @@
 
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import { sortAddresses } from '../../src/p2p/bootstrap.js';
+import { bootstrapCount, sortAddresses } from '../../src/p2p/bootstrap.js';
 import { ScaleCluster, scaleIp, type Host } from './cluster.js';
 import { Partition } from './netfilter.js';
 import type { FindResult, HostSnapshot, NodeSnapshot } from './protocol.js';
@@ -372,6 +372,22 @@ function loopP99s(snaps: HostSnapshot[]): number[] {
   return snaps.map((s) => Math.round(s.loopDelayP99Ms));
 }
 
+/** Per host, "loop p99 / longest GC pause / GC share of the window": a long major GC of a host's
+ * heap stalls all its nodes at once, which is the harness's cost, not a node's. */
+function hostPauses(snaps: HostSnapshot[], windowMs: number): string {
+  return snaps.map((s) => `${Math.round(s.loopDelayP99Ms)}/${Math.round(s.gcPauseMaxMs)}/${((100 * s.gcPauseMs) / windowMs).toFixed(1)}%`).join(' ');
+}
+
+/** With PEERPULL_SCALE_TRACE=1: the commonest openers of outbound connections in a window. */
+function logOpeners(snaps: HostSnapshot[], log: (m: string) => void): void {
+  const by = new Map<string, number>();
+  for (const s of snaps) for (const [k, v] of Object.entries(s.opensBy ?? {})) by.set(k, (by.get(k) ?? 0) + v);
+  for (const [k, v] of [...by].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} opened by ${k}`);
+  const failed = new Map<string, number>();
+  for (const s of snaps) for (const [k, v] of Object.entries(s.dialFailuresBy ?? {})) failed.set(k, (failed.get(k) ?? 0) + v);
+  for (const [k, v] of [...failed].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} bootstrap dials failed: ${k}`);
+}
+
 function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
   return snaps.flatMap((s) => s.nodes);
 }
@@ -459,7 +475,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     // ---- steady state ----
     log(`steady state: settling (${o.settleMs / 1000} s), idle CPU, advertising, lookups`);
     await sleep(o.settleMs);
-    await c.snapshot(true);
+    const settledSnaps = await c.snapshot(true);
     profileDir = profiled('idle');
     if (profileDir) await c.profile('start');
     const tIdle = Date.now();
@@ -470,7 +486,18 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const idleCpu = cpuPerNodePerMinute(idleSnaps, o.n, idleMinutes);
     const idleChurn = connectionChurn(idleSnaps, o.n, idleMinutes);
     const idleDials = idleChurn.opened;
-    log(`  idle: ${idleCpu.toFixed(3)} CPU-s, ${idleDials.toFixed(2)} connections opened and ${idleChurn.closed.toFixed(2)} closes seen per node per minute`);
+    log(`  idle: ${idleCpu.toFixed(3)} CPU-s, ${idleDials.toFixed(2)} connections opened and ${idleChurn.closed.toFixed(2)} closes seen per node per minute; hosts' loop p99 / longest GC ms / GC share ${hostPauses(idleSnaps, idleMinutes * 60_000)}`);
+    {
+      const before = allNodes(settledSnaps);
+      const d = (f: (x: NodeSnapshot) => number) => sumOver(allNodes(idleSnaps), f) - sumOver(before, f);
+      const below = allNodes(idleSnaps).filter((x) => x.connections < bootstrapCount(o.n - 1, o.maxConnections)).length;
+      log(
+        `  idle dials: bootstrap ${d((x) => x.bootstrapAttempts.ok)} ok / ${d((x) => x.bootstrapAttempts.failed)} failed, ring ${d((x) => x.bootstrapAttempts.ringOk)} ok / ${d((x) => x.bootstrapAttempts.ringFailed)} failed; ` +
+          `bound: ${d((x) => x.connectionBound.evicted)} evicted, ${d((x) => x.connectionBound.refusedInbound)} inbound and ${d((x) => x.connectionBound.refusedOutbound)} outbound refused; ` +
+          `${d((x) => x.heartbeats.failed)} heartbeat failures; ${below} nodes below the bootstrap target`,
+      );
+    }
+    logOpeners(idleSnaps, log);
     const owner = new Map<string, string>(); // key -> ip
     const keysOf = new Map<string, string[]>();
     for (const ip of ips) {
@@ -509,7 +536,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     log(
       `  records held, no lookups: ${heldCpu.toFixed(3)} CPU-s, ${heldChurn.opened.toFixed(2)} connections opened and ${heldChurn.closed.toFixed(2)} closes seen per node per minute ` +
         `(${heldDelta((x) => x.heartbeats.failed)} closed by unanswered heartbeats), ${heldDelta((x) => x.provideQueries.run)} provide queries run ` +
-        `(${heldDelta((x) => x.provideQueries.ipHolders)} skipped, IP holders took the record; ${heldDelta((x) => x.provideQueries.recent)}, the last one's still held), host loop p99 ${heldLoops.join('/')} ms`,
+        `(${heldDelta((x) => x.provideQueries.ipHolders)} skipped, IP holders took the record; ${heldDelta((x) => x.provideQueries.recent)}, the last one's still held), host loop p99 ${heldLoops.join('/')} ms; loop p99 / longest GC ms / GC share ${hostPauses(heldSnaps, heldMinutes * 60_000)}`,
     );
     const expectOf = (key: string) => new Set((shared.get(key) ?? [owner.get(key)!]).map((ip) => peerIdOf.get(ip)!));
     const allKeys = [...owner.keys()];
@@ -575,7 +602,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
       ),
     };
-    log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}`);
+    log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}; hosts' loop p99 / longest GC ms / GC share ${hostPauses(steadySnaps, steadySecs * 1000)}`);
     log(
       `  republish rounds so far: ${sumOver(steadyNodes, (x) => x.republishes.sent)} keys sent again, ${sumOver(steadyNodes, (x) => x.republishes.fresh)} passed over as just published ` +
         `(${sumOver(steadyNodes, (x) => x.republishes.sent) - sumOver(beforeHeld, (x) => x.republishes.sent)} sent while records were held or looked up)`,

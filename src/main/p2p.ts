@@ -42,7 +42,7 @@ const lookupDuration = new Histogram({
   buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
   registers: [registry],
 });
-const bootstrapAttempts = new Counter({ name: 'peerpull_p2p_bootstrap_attempts_total', help: 'Bootstrap dials by outcome.', labelNames: ['cluster', 'outcome'] as const, registers: [registry] });
+const bootstrapAttempts = new Counter({ name: 'peerpull_p2p_bootstrap_attempts_total', help: 'Bootstrap dials by outcome: ok and failed toward the target connection count, ring_ok and ring_failed restoring a link to a ring successor.', labelNames: ['cluster', 'outcome'] as const, registers: [registry] });
 const dnsResolve = new Histogram({
   name: 'peerpull_p2p_dns_resolve_duration_seconds',
   help: 'Time to resolve the bootstrap DNS name, by outcome.',
@@ -60,7 +60,7 @@ const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total
 /** The cumulative counters of a metrics snapshot. */
 type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'provideQueries' | 'republishes' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
 const NO_COUNTS: ThreadCounters = {
-  bootstrapAttempts: { ok: 0, failed: 0 },
+  bootstrapAttempts: { ok: 0, failed: 0, ringOk: 0, ringFailed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
   lookupSteps: { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
@@ -509,6 +509,8 @@ export class P2P {
     };
     add(bootstrapAttempts, 'ok', m.bootstrapAttempts.ok, base.bootstrapAttempts.ok);
     add(bootstrapAttempts, 'failed', m.bootstrapAttempts.failed, base.bootstrapAttempts.failed);
+    add(bootstrapAttempts, 'ring_ok', m.bootstrapAttempts.ringOk, base.bootstrapAttempts.ringOk);
+    add(bootstrapAttempts, 'ring_failed', m.bootstrapAttempts.ringFailed, base.bootstrapAttempts.ringFailed);
     add(recordBatches, 'ok', m.recordBatches.ok, base.recordBatches.ok);
     add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
     for (const [k, step] of [['datagramAsks', 'datagram_ask'], ['holderRetries', 'holder_retry'], ['holderDials', 'holder_dial'], ['dhtQueries', 'dht_query']] as const) {

@@ -23,8 +23,19 @@ function markedLast(list: string[], marks: Map<string, number>, maxAgeMs: number
   return [...list.filter((x) => !marks.has(x)), ...list.filter((x) => marks.has(x))];
 }
 
-/** Bootstrap dials in flight at once; the ring successors come first. */
-const BOOTSTRAP_PARALLEL_DIALS = 4;
+/** Bootstrap dials in flight at once, at most; the ring successors come first. */
+export const BOOTSTRAP_PARALLEL_DIALS = 4;
+
+/**
+ * A dial that ran out of time: the address answered (a dead pod's is refused at once) but the
+ * handshake did not finish, so the peers are too busy. That is congestion, and each such dial
+ * cost both sides most of a handshake.
+ */
+export function isDialTimeout(err: unknown): boolean {
+  // What libp2p's dial rejects with when its AbortSignal.timeout fires (a refused address
+  // rejects with ECONNREFUSED at once).
+  return (err as { name?: string } | undefined)?.name === 'TimeoutError';
+}
 
 /** Successors in the sorted ring each node dials and keeps connected. */
 export const RING_LINKS = 2;
@@ -194,7 +205,8 @@ export interface BootstrapDeps {
   connectionCount(): number;
   dial(addr: string): Promise<void>;
   onDnsAnswer(ips: string[] | undefined, seconds: number, ok: boolean): void;
-  onAttempt(ok: boolean, addr: string, error?: Error): void;
+  /** `ring`: a dial made with enough connections, to restore a link to a ring successor. */
+  onAttempt(ok: boolean, addr: string, error: Error | undefined, ring: boolean): void;
   log(level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>): void;
 }
 
@@ -215,6 +227,11 @@ export class Bootstrapper {
   private readonly failed = new Map<string, number>();
   /** Rendezvous ranks of the addresses seen, kept between rounds. */
   private readonly ranks = new Map<string, number>();
+  /**
+   * Dials a round keeps in flight: halved after a round whose dials timed out, one more after a
+   * round without timeouts (at most BOOTSTRAP_PARALLEL_DIALS). Exposed for status and tests.
+   */
+  width = BOOTSTRAP_PARALLEL_DIALS;
 
   constructor(private readonly d: BootstrapDeps) {}
 
@@ -337,26 +354,37 @@ export class Bootstrapper {
     const budget = Math.min(order.length, Math.max(1, this.target) * 2);
     let next = 0;
     let ringUp = false;
+    // Congestion: a dial timed out. The round stops taking new addresses (those in flight end on
+    // their own) and the next one dials fewer at a time. At N = 1,000 on two cores a cold start
+    // left 200-400 nodes below their target, each dialling four at a time and twice its target per
+    // round into peers whose loops ran 3-5 s late: ~150 handshakes a second that timed out, which
+    // kept the loops late (a congestion collapse that never ended).
+    let congested = false;
+    let succeeded = false;
     const dialer = async (): Promise<void> => {
-      while (next < budget && !this.stopped) {
+      while (next < budget && !this.stopped && !congested) {
         // (A ring dial is made with enough connections by definition: it stops at the first that stands.)
         if (ringOnly ? ringUp : this.d.connectionCount() >= Math.max(1, this.target)) return;
         const a = order[next++];
         try {
           await this.d.dial(a);
           ringUp = true;
+          succeeded = true;
           this.failed.delete(a);
-          this.d.onAttempt(true, a);
+          this.d.onAttempt(true, a, undefined, ringOnly);
         } catch (err) {
           this.failed.set(a, Date.now());
-          this.d.onAttempt(false, a, err as Error);
+          if (isDialTimeout(err)) congested = true;
+          this.d.onAttempt(false, a, err as Error, ringOnly);
         }
       }
     };
     // A node with no connection yet dials one address at a time: at a cold start every node is in
     // that state at once, and what decides whether the cluster comes up is the handshakes in
     // flight across it, not any one node's speed.
-    const parallel = this.d.connectionCount() === 0 || ringOnly ? 1 : BOOTSTRAP_PARALLEL_DIALS;
+    const parallel = this.d.connectionCount() === 0 || ringOnly ? 1 : this.width;
     await Promise.all(Array.from({ length: Math.min(parallel, budget) }, dialer));
+    if (congested) this.width = Math.max(1, Math.floor(this.width / 2));
+    else if (succeeded) this.width = Math.min(BOOTSTRAP_PARALLEL_DIALS, this.width + 1);
   }
 }

@@ -15,7 +15,7 @@ import { kadDHT, MessageType, passthroughMapper, type KadDHT, type QueryEvent } 
 import { ping, type Ping } from '@libp2p/ping';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { preSharedKey } from '@libp2p/pnet';
-import { tcp } from '@libp2p/tcp';
+import { tcp, type TCPSocketOptions } from '@libp2p/tcp';
 import { isMultiaddr, multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { CID } from 'multiformats/cid';
@@ -102,6 +102,8 @@ const MISS_QUORUM = 2;
 /** Advertise calls arriving within this window go out as one batch. */
 const BATCH_WINDOW_MS = 25;
 const PROVIDE_TIMEOUT_MS = 30_000;
+/** Dials and inbound upgrades (see connectionManager below for why this long). */
+const DIAL_TIMEOUT_MS = 15_000;
 /**
  * A key no holder took is tried again after 2 s, doubling per failure up to 60 s (+-20%), not at
  * every peer that connects: under saturation peers reconnect every second, and a retry per
@@ -276,7 +278,7 @@ export class P2PNode {
   private readonly knocks = new Map<string, Promise<'alive' | 'dead' | 'timeout' | 'unknown'>>();
   /** When an unconnected peer last answered a knock (see screen()). */
   private readonly verifiedAt = new Map<string, number>();
-  private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
+  private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, ringOk: 0, ringFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   /** What network lookups did beyond asking connected peers: the cost of a lookup on the cluster. */
   private readonly lookupSteps = { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 };
   private readonly provideQueries = { run: 0, ipHolders: 0, recent: 0 };
@@ -458,7 +460,11 @@ export class P2PNode {
       connectedIps: () => this.connectedIps(),
       connectionCount: () => this.node.getConnections().length,
       dial: async (a) => {
-        await this.node.dial(multiaddr(a), { signal: AbortSignal.timeout(5000) });
+        // The connection manager's timeout, not a shorter one of its own: until 2026-12-07 these
+        // dials gave up after 5 s, and at N = 1,000 on two cores (loops 3-5 s late) nearly every
+        // bootstrap dial of a node still below its target timed out, after costing both sides
+        // a handshake.
+        await this.node.dial(multiaddr(a), { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
       },
       onDnsAnswer: (ips, seconds, ok) => {
         (ok ? this.dnsTimes.ok : this.dnsTimes.failed).push(seconds);
@@ -486,12 +492,10 @@ export class P2PNode {
           setImmediate(() => void this.meshDial());
         }
       },
-      onAttempt: (ok, addr, err) => {
-        if (ok) this.counters.bootstrapOk++;
-        else {
-          this.counters.bootstrapFailed++;
-          this.log('debug', 'bootstrap dial failed', { addr, error: err?.message });
-        }
+      onAttempt: (ok, addr, err, ring) => {
+        if (ring) this.counters[ok ? 'ringOk' : 'ringFailed']++;
+        else this.counters[ok ? 'bootstrapOk' : 'bootstrapFailed']++;
+        if (!ok) this.log('debug', 'bootstrap dial failed', { addr, ring, error: err?.message });
       },
       log: (level, msg, fields) => this.log(level, msg, fields),
     });
@@ -510,6 +514,14 @@ export class P2PNode {
     const announce = cfg.advertiseIp ? [`/ip${cfg.advertiseIp.includes(':') ? 6 : 4}/${cfg.advertiseIp}/tcp/${cfg.listenPort}`] : [];
     // Keep loopback addresses only when the node listens on loopback on purpose.
     const keepLoopback = isLoopback(host) || (cfg.advertiseIp !== '' && isLoopback(cfg.advertiseIp));
+    // Bound to one address (hostNetwork on a multi-homed node, or several nodes on one machine):
+    // dial from it too. Peers judge liveness, ring links and bootstrap by the address a
+    // connection comes from; from a kernel-chosen source every inbound connection of nodes on
+    // 127.100.x.y looked like 127.0.0.1, so ring links were dialled again every round.
+    const wildcard = host === '0.0.0.0' || host === '::';
+    // (@libp2p/tcp passes dialOpts on to net.connect whole; its type names only a few of them.
+    // A test checks the source address a peer sees.)
+    const dialOpts = wildcard ? undefined : ({ localAddress: host } as TCPSocketOptions);
     const datastore = new IndexedMemoryDatastore();
     // The bound needs the node and the node needs the bound's gate: filled in below.
     let libp2pRef: Libp2p<Services> | undefined;
@@ -529,7 +541,7 @@ export class P2PNode {
       datastore,
       nodeInfo: { userAgent: `peerpull (cluster ${cfg.cluster})` },
       addresses: { listen: [listen], announce, announceFilter: registryAnnounceFilter(cfg.registryPort, keepLoopback) },
-      transports: [tcp()],
+      transports: [tcp({ dialOpts })],
       connectionEncrypters: [noise()],
       // Heartbeats (heartbeat.ts) ping every connection; yamux's own keep-alive would only add pings.
       streamMuxers: [yamux({ enableKeepAlive: false })],
@@ -551,9 +563,9 @@ export class P2PNode {
         // the late answer is read fails a dial that had succeeded (at N = 1,000 on 2 cores with
         // 5 s: almost every dial, a congestion collapse). A dead address is refused at once;
         // only a silent one (a partition) waits this long, a few at a time.
-        dialTimeout: 15_000,
+        dialTimeout: DIAL_TIMEOUT_MS,
         addressDialTimeout: 10_000,
-        inboundUpgradeTimeout: 15_000,
+        inboundUpgradeTimeout: DIAL_TIMEOUT_MS,
       },
       // Replaced by heartbeat.ts: the same job at a fraction of the CPU.
       connectionMonitor: { enabled: false },
@@ -839,7 +851,7 @@ export class P2PNode {
         while (next < todo.length && !this.stopped) {
           const ip = todo[next++];
           try {
-            await this.node.dial(multiaddr(`/ip${ip.includes(':') ? 6 : 4}/${ip}/tcp/${this.cfg.listenPort}`), { signal: AbortSignal.timeout(5000) });
+            await this.node.dial(multiaddr(`/ip${ip.includes(':') ? 6 : 4}/${ip}/tcp/${this.cfg.listenPort}`), { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
             this.meshFailures.delete(ip);
           } catch {
             // A pod that is gone but still listed: try again later, not every round.
@@ -2133,7 +2145,7 @@ export class P2PNode {
       peers: s.peers,
       routingTable: s.routingTable,
       advertisedKeys: s.advertisedKeys,
-      bootstrapAttempts: { ok: this.counters.bootstrapOk, failed: this.counters.bootstrapFailed },
+      bootstrapAttempts: { ok: this.counters.bootstrapOk, failed: this.counters.bootstrapFailed, ringOk: this.counters.ringOk, ringFailed: this.counters.ringFailed },
       recordBatches: { ok: this.counters.batchesSent, failed: this.counters.batchesFailed },
       recordsReceived: this.counters.recordsReceived,
       lookupSteps: { ...this.lookupSteps },

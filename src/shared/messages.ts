@@ -280,7 +280,8 @@ export interface P2PMetricsSnapshot {
   peers: number;
   routingTable: number;
   advertisedKeys: number;
-  bootstrapAttempts: { ok: number; failed: number };
+  /** Bootstrap dials: ok/failed to reach the target count, ring* to restore a ring link. */
+  bootstrapAttempts: { ok: number; failed: number; ringOk: number; ringFailed: number };
   /** Provider-record batches this node sent (delivered or not) and records it took from peers. */
   recordBatches: { ok: number; failed: number };
   recordsReceived: number;
