@@ -1,7 +1,9 @@
 // A key's nearest IP holders hung (SIGSTOP: their sockets stay open, nothing answers): a lookup
 // asks the next holders by datagram rather than dialling the silent ones, and finds the key.
-// 12 real node processes, the bound low enough (8) that the cluster is not a full mesh, so
-// lookups go through IP holders. Addresses 127.0.1.11-22.
+// 30 real node processes, the bound low enough (8) that the cluster is not a full mesh, and more
+// nodes than a record's k = 20 table holders, so some node holds no record and its lookups go
+// over the network (below 21 nodes every node holds every record and answers from its store).
+// Addresses 127.0.1.11-40.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -10,14 +12,18 @@ import type { LookupResult } from '../src/shared/messages.js';
 import { Dnsmasq } from './support/dnsmasq.js';
 import { P2PNodeProcess, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
 
-const N = 12;
+const N = 30;
 const P2P_PORT = 17201;
 const NAME = 'slow.p2p.test';
 const ips = Array.from({ length: N }, (_, i) => nodeIp(i, 260));
 const KEY = `sha256:${'5'.repeat(64)}`;
 
-/** peerpull_p2p_lookup_steps_total by step, from a node's Prometheus text. */
+/**
+ * peerpull_p2p_lookup_steps_total by step, from a node's Prometheus text. The p2p thread sends
+ * its counters with each status push (every 2 s): wait for two, so the lookups just made count.
+ */
 async function steps(n: P2PNodeProcess): Promise<Record<string, number>> {
+  await new Promise((r) => setTimeout(r, 4500));
   const text = await n.call<string>('metrics');
   const out: Record<string, number> = {};
   for (const m of text.matchAll(/^peerpull_p2p_lookup_steps_total\{[^}]*step="([a-z_]+)"[^}]*\} (\d+)/gm)) out[m[1]] = Number(m[2]);
@@ -54,15 +60,24 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
 
   test('the key is found without dialling the silent holders or starting the DHT query', async () => {
     const order = ipHoldersOfKey(KEY, ips, 6);
-    // The provider and the asker: neither among the key's holders.
+    // The provider: not among the key's IP holders.
     const rest = ips.filter((ip) => !order.includes(ip));
     const provider = nodes[ips.indexOf(rest[0])];
-    const asker = nodes[ips.indexOf(rest[1])];
     await provider.call('advertise', { keys: [KEY], wait: true }, 120_000);
-    // Warm up: the asker finds the key, and has heard members' datagrams (what makes it patient).
-    // Misses of other keys ask other holders, some unconnected: by datagram, answered.
-    for (let i = 0; i < 4; i++) await asker.find(`sha256:${i.toString(16).repeat(64)}`, { timeoutMs: 3000 });
-    await waitFor('the key found before the holders hang', async () => (await asker.find(KEY, { timeoutMs: 3000 })).providers.length > 0, 60_000, 500);
+    // The asker: a node that holds no record of the key, so its lookups leave it. Warmed up
+    // first: misses of other keys ask holders by datagram, so it has heard members' datagrams
+    // (what makes it patient).
+    let asker: P2PNodeProcess | undefined;
+    for (const ip of rest.slice(1)) {
+      const n = nodes[ips.indexOf(ip)];
+      for (let i = 0; i < 4; i++) await n.find(`sha256:${i.toString(16).repeat(64)}`, { timeoutMs: 3000 });
+      const r = await n.find(KEY, { timeoutMs: 3000 });
+      if (r.source === 'network' && r.providers.length > 0) {
+        asker = n;
+        break;
+      }
+    }
+    assert.ok(asker, 'some node holds no record of the key and finds it over the network');
     const before = await steps(asker);
     for (const ip of order.slice(0, 3)) {
       const n = nodes[ips.indexOf(ip)];
@@ -74,12 +89,17 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
     const afterSteps = await steps(asker);
     const delta = (k: string) => (afterSteps[k] ?? 0) - (before[k] ?? 0);
     const found = results.filter((r) => r.providers.some((p) => p.peerId === results[0].providers[0]?.peerId)).length;
+    assert.ok(results.every((r) => r.source === 'network'), `looked up over the network: ${JSON.stringify(results.map((r) => r.source))}`);
     assert.ok(results.every((r) => r.providers.length > 0), `every lookup found the provider: ${JSON.stringify(results.map((r) => r.outcome))}`);
     assert.equal(found, 5);
     // Found by the next holders (or a connected peer) in one hop: neither a dial of a silent
     // holder nor the DHT query, which dials on (before, both started at 250-300 ms).
-    const seen = JSON.stringify({ before, afterSteps });
+    const seen = JSON.stringify({ before, afterSteps, results: results.map((r) => ({ outcome: r.outcome, source: r.source, queried: r.queried })) });
     assert.equal(delta('holder_dial'), 0, `no silent holder was dialled: ${seen}`);
     assert.equal(delta('dht_query'), 0, `no DHT query: ${seen}`);
+    // Datagrams work here: the nearest connected peers were asked by datagram too, not by a
+    // GET_PROVIDERS stream each.
+    assert.equal(delta('stream_ask'), 0, `nothing asked over a connection: ${seen}`);
+    assert.ok(delta('datagram_ask') >= 5, `asked by datagram: ${seen}`);
   });
 });

@@ -295,19 +295,28 @@ async function handle(req: HostRequest): Promise<unknown> {
       return out;
     }
     case 'profile': {
+      // PEERPULL_SCALE_PROFILE_KIND=heap: where the window allocated (sampling heap profiler,
+      // .heapprofile) instead of where it spent CPU.
+      const heap = process.env.PEERPULL_SCALE_PROFILE_KIND === 'heap';
       if (req.action === 'start') {
         profiler = new Session();
         profiler.connect();
-        await profiler.post('Profiler.enable');
-        await profiler.post('Profiler.start');
+        if (heap) {
+          await profiler.post('HeapProfiler.enable');
+          await profiler.post('HeapProfiler.startSampling', { samplingInterval: 65536, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+        } else {
+          await profiler.post('Profiler.enable');
+          await profiler.post('Profiler.start');
+        }
         return {};
       }
       if (!profiler) throw new Error('no profile running');
-      const { profile } = await profiler.post('Profiler.stop');
+      const { profile } = heap ? await profiler.post('HeapProfiler.stopSampling') : await profiler.post('Profiler.stop');
       profiler.disconnect();
       profiler = undefined;
-      await writeFile(req.file, JSON.stringify(profile));
-      return { file: req.file };
+      const file = heap ? req.file.replace(/\.cpuprofile$/, '.heapprofile') : req.file;
+      await writeFile(file, JSON.stringify(profile));
+      return { file };
     }
     case 'stop': {
       await Promise.all(

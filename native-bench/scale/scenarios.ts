@@ -134,7 +134,7 @@ export interface ScaleResult {
     /** Datagram counters summed over the nodes, from their start to the end of the lookups. */
     datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
     /** Lookup steps beyond connected peers (src/p2p/node.ts networkProviders), summed the same way. */
-    lookupSteps: { datagramAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
+    lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
     /** Provide queries run and skipped (src/shared/messages.ts), summed from the nodes' start to the end of the lookups. */
     provideQueries: { run: number; ipHolders: number; recent: number };
     /** Connection-bound counters summed over the nodes, from their start to the end of the lookups. */
@@ -589,9 +589,9 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.datagrams[k]) }),
         { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
       ),
-      lookupSteps: (['datagramAsks', 'holderRetries', 'holderDials', 'dhtQueries'] as const).reduce(
+      lookupSteps: (['datagramAsks', 'streamAsks', 'holderRetries', 'holderDials', 'dhtQueries'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.lookupSteps[k]) }),
-        { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
+        { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
       ),
       provideQueries: (['run', 'ipHolders', 'recent'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.provideQueries[k]) }),
@@ -609,7 +609,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     );
     log(`  datagrams: ${steady.datagrams.answered}/${steady.datagrams.asked} asks answered, ${steady.datagrams.provided} records acknowledged by IP holders`);
     const ls = steady.lookupSteps;
-    log(`  lookup steps: ${ls.datagramAsks} datagram asks, ${ls.holderRetries} asks of the next holder (one was slow), ${ls.holderDials} holder dials, ${ls.dhtQueries} DHT queries`);
+    log(`  lookup steps: ${ls.datagramAsks} datagram asks, ${ls.streamAsks} asks over connections, ${ls.holderRetries} asks of the next holder (one was slow), ${ls.holderDials} holder dials, ${ls.dhtQueries} DHT queries`);
     const cb = steady.connectionBound;
     log(`  connection bound: ${cb.evicted} idle connections closed to make room, ${cb.refusedInbound + cb.refusedOutbound} refused (${cb.refusedOutbound} outbound)`);
 

@@ -280,7 +280,7 @@ export class P2PNode {
   private readonly verifiedAt = new Map<string, number>();
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, ringOk: 0, ringFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   /** What network lookups did beyond asking connected peers: the cost of a lookup on the cluster. */
-  private readonly lookupSteps = { datagramAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 };
+  private readonly lookupSteps = { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 };
   private readonly provideQueries = { run: 0, ipHolders: 0, recent: 0 };
   /** When each key's last provide query placed records (CID string -> ms). */
   private readonly queriedAt = new Map<string, number>();
@@ -592,8 +592,9 @@ export class P2PNode {
           // The self query's 5 minutes, spread per node for the same reason as the table refresh.
           querySelfInterval: nextRoundDelay(QUERY_SELF_INTERVAL_MS),
           reprovide: {
-            // The sweep that republishes our records and deletes expired ones of others.
-            interval: Math.max(1000, Math.min(60_000, Math.floor(cfg.reprovideIntervalMs / 2), Math.floor(cfg.providerTtlMs / 4))),
+            // The sweep that republishes our records and deletes expired ones of others; its period
+            // spread per node (+-20%), or a DaemonSet started together sweeps in the same second.
+            interval: nextRoundDelay(Math.max(1000, Math.min(60_000, Math.floor(cfg.reprovideIntervalMs / 2), Math.floor(cfg.providerTtlMs / 4)))),
             validity: cfg.providerTtlMs,
             // Our own timer republishes and refreshes our records (see reprovide()); kad-dht's
             // would run a query per key. 0: only a record that somehow expired is its business.
@@ -1777,7 +1778,8 @@ export class P2PNode {
         notify();
       });
     };
-    const ask = (peer: PeerId, done?: () => void) =>
+    const ask = (peer: PeerId, done?: () => void) => {
+      this.lookupSteps.streamAsks++;
       track(
         (async () => {
           try {
@@ -1789,9 +1791,33 @@ export class P2PNode {
           }
         })(),
       );
+    };
+    // Where members' datagrams arrive, an IP holder that has not answered yet is busy, not
+    // unreachable: at N = 1,000 on loaded hosts, dialling it and starting the DHT query put
+    // more dials and handshakes on the same busy hosts (357 and 124 in 400 lookups). So a
+    // silent holder gets its next-closest IP holder asked by datagram instead,
+    // and the query waits until some holder has answered (without enough) or all went silent.
+    const patient = this.datagrams.running && this.datagrams.heardWithin(DATAGRAM_HEARD_MS);
     const first = this.connectedClosest(target, DIRECT_ASKS);
     let firstPending = first.length;
-    for (const peer of first) ask(peer, () => firstPending--);
+    for (const peer of first) {
+      // Where datagrams work, by datagram: a kad GET_PROVIDERS costs both sides a stream, and
+      // its answer names 20 closer peers, each merged into the asker's peer store, all unused
+      // unless the DHT query runs. At N = 1,000 those asks took the hosts from loops ~25 ms
+      // late with records held to over a second once 20 lookups a second ran.
+      const ip = patient ? this.members.get(peer.toString())?.ips[0] : undefined;
+      if (!ip) {
+        ask(peer, () => firstPending--);
+        continue;
+      }
+      this.lookupSteps.datagramAsks++;
+      track(
+        this.datagrams.ask(ip, cid.multihash.bytes, this.cfg.lookupTimeoutMs, signal).then((a) => {
+          if (a) this.datagramAnswer(a, response);
+          firstPending--;
+        }),
+      );
+    }
     // Unconnected IP holders are dialled only below the connection bound: above it libp2p keeps
     // the new connection (its pruning spares connections with streams), and closing it again
     // made the peers re-dial (peer lost: bootstrap, probes). A datagram needs no connection, so
@@ -1813,12 +1839,6 @@ export class P2PNode {
         ),
       );
     };
-    // Where members' datagrams arrive, an IP holder that has not answered yet is busy, not
-    // unreachable: at N = 1,000 on loaded hosts, dialling it and starting the DHT query put
-    // more dials and handshakes on the same busy hosts (357 and 124 in 400 lookups). So a
-    // silent holder gets its next-closest IP holder asked by datagram instead,
-    // and the query waits until some holder has answered (without enough) or all went silent.
-    const patient = this.datagrams.running && this.datagrams.heardWithin(DATAGRAM_HEARD_MS);
     const holderIps = this.ipHolders(target, IP_HOLDERS);
     let nextHolder = 0;
     // Holder asks waited on (connected ones, and datagram ones when patient), and their answers.
@@ -1867,8 +1887,10 @@ export class P2PNode {
       while (nextHolder < holderIps.length) {
         const ip = holderIps[nextHolder++];
         const t = this.ipTarget(ip);
-        if (!isMultiaddr(t) && this.node.getConnections(t).length > 0) {
-          if (first.some((p) => p.equals(t))) continue;
+        // Asked already among the nearest connected peers.
+        if (!isMultiaddr(t) && first.some((p) => p.equals(t))) continue;
+        // Connected: over the connection, unless datagrams work (see the first asks above).
+        if (!patient && !isMultiaddr(t) && this.node.getConnections(t).length > 0) {
           if (retry) this.lookupSteps.holderRetries++;
           firstPending++;
           holderPending++;
