@@ -424,7 +424,7 @@ export const settings = {
   dhtRefreshInterval: setting(
     'DHT_REFRESH_INTERVAL',
     '30m',
-    'How often (on average, spread by +-20% per node) the DHT routing table is refreshed by a lookup per bucket; membership itself comes from BOOTSTRAP_DNS every BOOTSTRAP_INTERVAL.',
+    'How often (on average, spread by +-20% per node) the DHT routing table is refreshed by a lookup per bucket, and the DHT looks up this node\'s own id; membership itself comes from BOOTSTRAP_DNS every BOOTSTRAP_INTERVAL.',
     durationIn(60_000, 24 * 3_600_000),
   ),
   providerTtl: setting(

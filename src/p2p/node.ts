@@ -111,8 +111,6 @@ const DIAL_TIMEOUT_MS = 15_000;
  */
 const REPUBLISH_RETRY_MS = 2000;
 const REPUBLISH_RETRY_MAX_MS = 60_000;
-/** kad-dht's own default for its periodic query for our own id (before the per-node spread). */
-const QUERY_SELF_INTERVAL_MS = 5 * 60_000;
 /** Liveness probes (dials) in flight at once. */
 const MAX_PROBES = 4;
 /**
@@ -589,8 +587,13 @@ export class P2PNode {
           // The adaptive default gives up on a peer after a few hundred ms, which a busy node (or
           // a busy us) exceeds; a lookup's own deadline bounds the total anyway.
           networkDialTimeout: { minTimeout: 1500, maxTimeout: 10_000 },
-          // The self query's 5 minutes, spread per node for the same reason as the table refresh.
-          querySelfInterval: nextRoundDelay(QUERY_SELF_INTERVAL_MS),
+          // The periodic query for our own id (kad-dht's default: every 5 min) follows the table
+          // refresh, spread per node for the same reason. Members come from DNS and the ring,
+          // so it only tidies the table; every node of a DaemonSet started together ran it 4-6
+          // min later, each a query of ~10 FIND_NODE round trips whose answers (20 peers each)
+          // go through both peer stores: at N = 1,000 that minute tripled the hosts' allocation
+          // rate and set their loops seconds late (scale harness heap profiles, 2026-12-07).
+          querySelfInterval: nextRoundDelay(cfg.dhtRefreshIntervalMs),
           reprovide: {
             // The sweep that republishes our records and deletes expired ones of others; its period
             // spread per node (+-20%), or a DaemonSet started together sweeps in the same second.
