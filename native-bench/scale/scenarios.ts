@@ -162,6 +162,8 @@ export interface ScaleResult {
     deadReturnedBySource: Record<string, number>;
     windowMs: number;
     lookups: LookupStats;
+    /** Lookups of live content by 10 s after the kill: how long the cluster took to recover. */
+    lookupsBy10s: Array<{ fromS: number; ok: number; total: number }>;
     /** Lookups of live content that failed: when (ms after the kill), where, and what the node knew. */
     failures: Array<{ atMs: number; ip: string; shared: boolean; outcome: string; source: string; ms: number; queried?: number; providers: number; diag?: Record<string, unknown> }>;
     replacementsReadyMs: Distribution;
@@ -264,6 +266,18 @@ async function lookupStream(c: ScaleCluster, gen: () => LookupSpec | undefined, 
     );
   }
   await Promise.all(inflight);
+  return out;
+}
+
+/** Lookups found / asked in 10 s windows from `t0` (when they were asked). */
+function by10s(recs: LookupRecord[], t0: number): Array<{ fromS: number; ok: number; total: number }> {
+  const out: Array<{ fromS: number; ok: number; total: number }> = [];
+  for (const x of recs) {
+    const i = Math.max(0, Math.floor((x.at - t0) / 10_000));
+    while (out.length <= i) out.push({ fromS: out.length * 10, ok: 0, total: 0 });
+    out[i].total++;
+    if (x.ok) out[i].ok++;
+  }
   return out;
 }
 
@@ -442,9 +456,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     hosts.push({ host: victimHost, ips: [...victims] });
 
     // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the cold start (until every
-    // node is ready), the idle, records-held and lookup windows; PEERPULL_SCALE_PROFILE_PHASES=
-    // cold,idle,held,lookups picks some (the profiler's own cost slows the phases it watches).
-    const phases = new Set((process.env.PEERPULL_SCALE_PROFILE_PHASES ?? 'cold,idle,held,lookups').split(','));
+    // node is ready), the idle, records-held, lookup and churn windows; PEERPULL_SCALE_PROFILE_PHASES=
+    // cold,idle,held,lookups,churn picks some (the profiler's own cost slows the phases it watches);
+    // PEERPULL_SCALE_PROFILE_KIND=heap samples allocations instead.
+    const phases = new Set((process.env.PEERPULL_SCALE_PROFILE_PHASES ?? 'cold,idle,held,lookups,churn').split(','));
     const profiled = (phase: string) => (process.env.PEERPULL_SCALE_PROFILE && phases.has(phase) ? process.env.PEERPULL_SCALE_PROFILE : undefined);
     // ---- cold start: every node at once ----
     log(`cold start of ${o.n} nodes on ${hosts.length} hosts`);
@@ -696,6 +711,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       const liveKeys = [...allKeys.filter((k) => !victims.has(owner.get(k)!)), ...shared.keys()];
       const replacementHost = await c.spawnHost('replacements');
       await c.snapshot(true);
+      profileDir = profiled('churn');
+      if (profileDir) await c.profile('start');
       const tKill = Date.now();
       await c.killHost(victimHost);
       await c.setDns(c.o.dnsName, [...survivors, ...replacementIps]);
@@ -744,6 +761,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       );
       await replStart;
       const churnSnaps = await c.snapshot(true);
+      if (profileDir) log(`  churn profiles: ${(await c.profile('stop', profileDir, 'churn')).join(' ')}`);
       const churnMs = Date.now() - tKill;
       const repl = await waitReady(c, new Set(replacementIps), o.readyTimeoutMs, log);
       // The replacements' content must be found by the old nodes.
@@ -775,6 +793,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         deadReturnedBySource: deadBySource,
         windowMs,
         lookups: lookupStats(churnRecs),
+        lookupsBy10s: by10s(churnRecs, tKill),
         failures: churnRecs
           .filter((x) => !x.ok)
           .slice(0, 50)
@@ -788,6 +807,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(churnSnaps, o.n, churnMs / 60_000),
         dialsPerNodePerMinute: churnSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / (churnMs / 60_000),
       };
+      log(`  live lookups by 10 s after the kill (found/asked): ${result.churn.lookupsBy10s.map((w) => `${w.fromS}s ${w.ok}/${w.total}`).join(', ')}`);
       log(`  dead returned last at ${deadLast ?? '-'} ms (${deadReturned}/${deadLookups}); live lookups ${result.churn.lookups.ok}/${result.churn.lookups.total}; replacements ready=${repl.all}, found ${result.churn.replacementLookups.ok}/${replRecs.length}`);
       for (const [ip, ks] of replKeys) {
         keysOf.set(ip, ks);
