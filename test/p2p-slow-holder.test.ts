@@ -43,7 +43,8 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
           ip: ips[i],
           p2pPort: P2P_PORT,
           registryPort: 16200 + i,
-          env: { PEERPULL_BOOTSTRAP_DNS: NAME, PEERPULL_DNS_SERVERS: dns.server, PEERPULL_MAX_CONNECTIONS: '8', PEERPULL_CLUSTER: 'slow-test', PEERPULL_LOOKUP_CACHE_TTL: '0s', PEERPULL_NEGATIVE_CACHE_TTL: '0s' },
+          // A short bootstrap interval: IP holders count for a miss once listed for two of them.
+          env: { PEERPULL_BOOTSTRAP_DNS: NAME, PEERPULL_DNS_SERVERS: dns.server, PEERPULL_BOOTSTRAP_INTERVAL: '2s', PEERPULL_MAX_CONNECTIONS: '8', PEERPULL_CLUSTER: 'slow-test', PEERPULL_LOOKUP_CACHE_TTL: '0s', PEERPULL_NEGATIVE_CACHE_TTL: '0s' },
         }),
       );
     }
@@ -56,6 +57,22 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
     for (const n of stopped) if (n.child.exitCode === null) process.kill(n.pid, 'SIGCONT');
     await stopAll(nodes);
     await dns?.stop();
+  });
+
+  test('a key nobody has: its IP holders answer none, and the lookup ends as a miss without the DHT query', async () => {
+    const asker = nodes[0];
+    // Members' datagrams heard, and every IP listed for two bootstrap intervals.
+    for (let i = 0; i < 2; i++) await asker.find(`sha256:${'9'.repeat(63)}${i}`, { timeoutMs: 3000 });
+    await new Promise((r) => setTimeout(r, 5000));
+    const before = await steps(asker);
+    const results: LookupResult[] = [];
+    for (let i = 0; i < 5; i++) results.push(await asker.find(`sha256:${'a'.repeat(63)}${i}`, { timeoutMs: 3000 }));
+    const afterSteps = await steps(asker);
+    const delta = (k: string) => (afterSteps[k] ?? 0) - (before[k] ?? 0);
+    const seen = JSON.stringify({ before, afterSteps, results: results.map((r) => ({ outcome: r.outcome, source: r.source, queried: r.queried })) });
+    assert.ok(results.every((r) => r.outcome === 'notfound' && r.providers.length === 0), `every lookup a miss: ${seen}`);
+    assert.equal(delta('ip_quorum_miss'), 5, `each settled by IP holders: ${seen}`);
+    assert.equal(delta('dht_query'), 0, `no DHT query: ${seen}`);
   });
 
   test('the key is found without dialling the silent holders or starting the DHT query', async () => {

@@ -41,7 +41,7 @@ export interface NodeSnapshot {
   dnsMembers: number;
   /** The node's datagram counters (src/p2p/datagram.ts), cumulative. */
   datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
-  lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
+  lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number; ipQuorumMisses: number };
   /** The node's heartbeat pings (src/p2p/heartbeat.ts), cumulative: a failure closed a connection. */
   heartbeats: { ok: number; failed: number; skipped: number };
   /** kad-dht provide queries for the node's keys, run and skipped (src/shared/messages.ts), cumulative. */

@@ -134,7 +134,7 @@ export interface ScaleResult {
     /** Datagram counters summed over the nodes, from their start to the end of the lookups. */
     datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
     /** Lookup steps beyond connected peers (src/p2p/node.ts networkProviders), summed the same way. */
-    lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
+    lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number; ipQuorumMisses: number };
     /** Provide queries run and skipped (src/shared/messages.ts), summed from the nodes' start to the end of the lookups. */
     provideQueries: { run: number; ipHolders: number; recent: number };
     /** Connection-bound counters summed over the nodes, from their start to the end of the lookups. */
@@ -151,6 +151,8 @@ export interface ScaleResult {
     crossLookups: number;
     ownLookups: LookupStats;
     connectionsMaxDuring: number;
+    /** From the other cluster's stop until the hosts' loops were calm (undefined: not within 3 min). */
+    calmAfterMs: number | undefined;
   };
   churn?: {
     killed: number;
@@ -177,6 +179,8 @@ export interface ScaleResult {
     cpuSecondsPerNodePerMinute: number;
     /** Connections opened per node per minute over the churn window. */
     dialsPerNodePerMinute: number;
+    /** From the end of the churn measurements until the hosts' loops were calm. */
+    calmAfterMs: number | undefined;
   };
   partition?: {
     sideA: number;
@@ -267,6 +271,27 @@ async function lookupStream(c: ScaleCluster, gen: () => LookupSpec | undefined, 
   }
   await Promise.all(inflight);
   return out;
+}
+
+/**
+ * Waits until every host's event loop is calm again (p99 under 200 ms over 5 s), at most 3 min:
+ * each scenario starts from a settled cluster instead of the last one's tail (on two cores the
+ * tail of 100 foreign nodes, or of 100 replacements, lasts minutes). Returns how long it took,
+ * undefined if it never calmed.
+ */
+async function untilCalm(c: ScaleCluster, after: string, log: (m: string) => void): Promise<number | undefined> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < 180_000) {
+    await c.snapshot(true);
+    await sleep(5000);
+    const loops = loopP99s(await c.snapshot(false));
+    if (Math.max(...loops) < 200) {
+      log(`  calm again ${Math.round((Date.now() - t0) / 1000)} s after ${after} (host loop p99 ${loops.join('/')} ms)`);
+      return Date.now() - t0;
+    }
+  }
+  log(`  still busy 180 s after ${after}`);
+  return undefined;
 }
 
 /** Lookups found / asked in 10 s windows from `t0` (when they were asked). */
@@ -604,9 +629,9 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.datagrams[k]) }),
         { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
       ),
-      lookupSteps: (['datagramAsks', 'streamAsks', 'holderRetries', 'holderDials', 'dhtQueries'] as const).reduce(
+      lookupSteps: (['datagramAsks', 'streamAsks', 'holderRetries', 'holderDials', 'dhtQueries', 'ipQuorumMisses'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.lookupSteps[k]) }),
-        { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
+        { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0, ipQuorumMisses: 0 },
       ),
       provideQueries: (['run', 'ipHolders', 'recent'] as const).reduce(
         (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.provideQueries[k]) }),
@@ -624,7 +649,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     );
     log(`  datagrams: ${steady.datagrams.answered}/${steady.datagrams.asked} asks answered, ${steady.datagrams.provided} records acknowledged by IP holders`);
     const ls = steady.lookupSteps;
-    log(`  lookup steps: ${ls.datagramAsks} datagram asks, ${ls.streamAsks} asks over connections, ${ls.holderRetries} asks of the next holder (one was slow), ${ls.holderDials} holder dials, ${ls.dhtQueries} DHT queries`);
+    log(`  lookup steps: ${ls.datagramAsks} datagram asks, ${ls.streamAsks} asks over connections, ${ls.holderRetries} asks of the next holder (one was slow), ${ls.holderDials} holder dials, ${ls.dhtQueries} DHT queries, ${ls.ipQuorumMisses} misses settled by IP holders`);
     const cb = steady.connectionBound;
     log(`  connection bound: ${cb.evicted} idle connections closed to make room, ${cb.refusedInbound + cb.refusedOutbound} refused (${cb.refusedOutbound} outbound)`);
 
@@ -695,11 +720,13 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         crossLookups: cross.length,
         ownLookups: lookupStats(own),
         connectionsMaxDuring: Math.max(...snap.map((x) => x.connections)),
+        calmAfterMs: undefined,
       };
       log(`  other ready=${other.all}, cross connections ${crossConnections}, cross lookups found ${result.isolation.crossLookupsFound}/${cross.length}, own ${result.isolation.ownLookups.ok}/${own.length}`);
       await otherHost.stop();
       await c.setDns(c.o.dnsName, c.dnsRecords(c.o.dnsName).filter((ip) => !otherSet.has(ip)));
       await sleep(3000);
+      result.isolation.calmAfterMs = await untilCalm(c, 'isolation', log);
     }
 
     // ---- churn: 10% killed at once (SIGKILL), replaced by new nodes at new addresses ----
@@ -806,6 +833,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         hostLoopDelayP99Ms: loopP99s(churnSnaps),
         cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(churnSnaps, o.n, churnMs / 60_000),
         dialsPerNodePerMinute: churnSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / (churnMs / 60_000),
+        calmAfterMs: undefined,
       };
       log(`  live lookups by 10 s after the kill (found/asked): ${result.churn.lookupsBy10s.map((w) => `${w.fromS}s ${w.ok}/${w.total}`).join(', ')}`);
       log(`  dead returned last at ${deadLast ?? '-'} ms (${deadReturned}/${deadLookups}); live lookups ${result.churn.lookups.ok}/${result.churn.lookups.total}; replacements ready=${repl.all}, found ${result.churn.replacementLookups.ok}/${replRecs.length}`);
@@ -814,6 +842,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         for (const k of ks) owner.set(k, ip);
         peerIdOf.set(ip, replPeer.get(ip)!);
       }
+      result.churn.calmAfterMs = await untilCalm(c, 'churn', log);
     }
 
     // ---- partition: lowest half of the addresses against the rest, then healed ----

@@ -63,7 +63,7 @@ const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0, ringOk: 0, ringFailed: 0 },
   recordBatches: { ok: 0, failed: 0 },
   recordsReceived: 0,
-  lookupSteps: { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 },
+  lookupSteps: { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0, ipQuorumMisses: 0 },
   provideQueries: { run: 0, ipHolders: 0, recent: 0 },
   republishes: { sent: 0, fresh: 0 },
   heartbeats: { ok: 0, failed: 0, skipped: 0 },
@@ -103,7 +103,7 @@ const republishes = new Counter({
 });
 const lookupSteps = new Counter({
   name: 'peerpull_p2p_lookup_steps_total',
-  help: 'What network lookups did beyond asking connected peers: datagram_ask (an IP holder asked by UDP), holder_retry (the next IP holder asked because one was slow), holder_dial (an IP holder dialled), dht_query (a Kademlia query started, which dials its way to the key).',
+  help: 'What network lookups did: datagram_ask (a peer asked by UDP), stream_ask (a peer asked over a connection, outside the DHT query), holder_retry (the next IP holder asked because one was slow), holder_dial (an IP holder dialled), dht_query (a Kademlia query started, which dials its way to the key), ip_quorum_miss (a miss settled by IP holders that answered none, without the DHT query).',
   labelNames: ['cluster', 'step'] as const,
   registers: [registry],
 });
@@ -513,7 +513,7 @@ export class P2P {
     add(bootstrapAttempts, 'ring_failed', m.bootstrapAttempts.ringFailed, base.bootstrapAttempts.ringFailed);
     add(recordBatches, 'ok', m.recordBatches.ok, base.recordBatches.ok);
     add(recordBatches, 'failed', m.recordBatches.failed, base.recordBatches.failed);
-    for (const [k, step] of [['datagramAsks', 'datagram_ask'], ['streamAsks', 'stream_ask'], ['holderRetries', 'holder_retry'], ['holderDials', 'holder_dial'], ['dhtQueries', 'dht_query']] as const) {
+    for (const [k, step] of [['datagramAsks', 'datagram_ask'], ['streamAsks', 'stream_ask'], ['holderRetries', 'holder_retry'], ['holderDials', 'holder_dial'], ['dhtQueries', 'dht_query'], ['ipQuorumMisses', 'ip_quorum_miss']] as const) {
       if (m.lookupSteps[k] > base.lookupSteps[k]) lookupSteps.inc({ cluster, step }, m.lookupSteps[k] - base.lookupSteps[k]);
     }
     add(provideQueries, 'run', m.provideQueries.run, base.provideQueries.run);

@@ -83,6 +83,14 @@ const IP_HOLDERS = 6;
 /** Of those, how many a lookup asks first. */
 const IP_ASKS = 3;
 /**
+ * IP holders whose datagram answers name no provider that end a lookup as a miss, without the
+ * DHT query. Each must have been listed by DNS for IP_HOLDER_SETTLE_INTERVALS bootstrap
+ * intervals (as this node saw it), so that providers, which see the same answer within one
+ * interval, had time to send it their records.
+ */
+const IP_MISS_QUORUM = 3;
+const IP_HOLDER_SETTLE_INTERVALS = 2;
+/**
  * How long a lookup waits for an IP holder's datagram answer (datagram.ts) before it dials the
  * holder instead (below the connection bound); a late answer still counts.
  */
@@ -278,7 +286,7 @@ export class P2PNode {
   private readonly verifiedAt = new Map<string, number>();
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, ringOk: 0, ringFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   /** What network lookups did beyond asking connected peers: the cost of a lookup on the cluster. */
-  private readonly lookupSteps = { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0 };
+  private readonly lookupSteps = { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0, ipQuorumMisses: 0 };
   private readonly provideQueries = { run: 0, ipHolders: 0, recent: 0 };
   /** When each key's last provide query placed records (CID string -> ms). */
   private readonly queriedAt = new Map<string, number>();
@@ -339,6 +347,8 @@ export class P2PNode {
   private cachedListenAddrs: string[] | undefined;
   /** The last DNS answer and foreign-IP set (by version) its derived sets were computed from. */
   private lastDnsAnswer: string[] | undefined;
+  /** When each IP of the DNS answer was first listed in an unbroken run of answers. */
+  private readonly dnsListedSince = new Map<string, number>();
   private foreignVersion = 0;
   private lastForeignVersion = 0;
   private stopped = false;
@@ -480,6 +490,12 @@ export class P2PNode {
           this.lastDnsAnswer = ips;
           this.lastForeignVersion = this.foreignVersion;
           if (same) return;
+          if (ips) {
+            const now = Date.now();
+            const listed = new Set(ips);
+            for (const ip of this.dnsListedSince.keys()) if (!listed.has(ip)) this.dnsListedSince.delete(ip);
+            for (const ip of ips) if (!this.dnsListedSince.has(ip)) this.dnsListedSince.set(ip, now);
+          }
           this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip) && !this.foreignIps.has(ip));
           this.dnsOtherSet = new Set(this.dnsOthers);
           this.ringSet = new Set(ringNeighbours(ips ?? [], self));
@@ -1848,6 +1864,12 @@ export class P2PNode {
     let holderPending = 0;
     let holderAnswers = 0;
     let datagramsSent = 0;
+    // IP holders listed long enough that every provider has sent them its record, and that
+    // answered with none: at IP_MISS_QUORUM the key is nowhere, and the lookup ends as a miss
+    // instead of starting the DHT query (which asks a few dozen peers to learn the same). A pull
+    // of an image nobody has yet is all misses, on every node at once.
+    let ipNegatives = 0;
+    const settledBefore = Date.now() - IP_HOLDER_SETTLE_INTERVALS * this.cfg.bootstrapIntervalMs;
     const datagramAsk = (ip: string) => {
       datagramsSent++;
       firstPending++;
@@ -1879,6 +1901,10 @@ export class P2PNode {
           clearTimeout(fallback);
           if (a) {
             holderAnswers++;
+            if (a.providers.length === 0 && (this.dnsListedSince.get(ip) ?? Infinity) <= settledBefore && ++ipNegatives >= IP_MISS_QUORUM) {
+              this.lookupSteps.ipQuorumMisses++;
+              finalMiss = true;
+            }
             this.datagramAnswer(a, response);
           }
           settle();

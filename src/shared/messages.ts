@@ -290,8 +290,8 @@ export interface P2PMetricsSnapshot {
    * holders asked by datagram, further holders asked because one was slow, holders dialled, and
    * DHT queries started (each dials its way to the key). Their rate per lookup is a lookup's cost.
    */
-  /** streamAsks: GET_PROVIDERS sent over a connection outside the DHT query. */
-  lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number };
+  /** streamAsks: GET_PROVIDERS sent over a connection outside the DHT query; ipQuorumMisses: lookups ended as misses by IP holders' empty answers. */
+  lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number; ipQuorumMisses: number };
   /**
    * kad-dht provide queries (each dials its way to a key's 20 closest peers) run for our keys,
    * and those skipped: enough IP holders took the record (ipHolders), or a republish while the
