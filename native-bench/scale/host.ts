@@ -49,8 +49,10 @@ function traceOpens(libp2p: Libp2p): void {
       .filter((l) => /src\/p2p|kad-dht\/dist/.test(l))
       .slice(0, 4)
       .map((l) => l.trim().replace(/^at /, '').replace(/\(?file:\/\/\S*\/(src\/p2p|kad-dht\/dist\/src)\//, '$1/').replace(/\)$/, ''));
+    const t0 = Date.now();
     const conn = await orig(...a);
-    if (!openedBy.has(conn)) {
+    // An existing connection (opened by the peer, or earlier) is reused, not opened: not counted.
+    if (!openedBy.has(conn) && conn.timeline.open >= t0) {
       const by = frames.join(' < ') || 'unknown';
       openedBy.set(conn, by);
       opensBy.set(by, (opensBy.get(by) ?? 0) + 1);

@@ -737,7 +737,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       const victimKeys = [...victims].flatMap((ip) => keysOf.get(ip)!.filter((k) => owner.get(k) === ip));
       const liveKeys = [...allKeys.filter((k) => !victims.has(owner.get(k)!)), ...shared.keys()];
       const replacementHost = await c.spawnHost('replacements');
-      await c.snapshot(true);
+      const beforeChurn = allNodes(await c.snapshot(true)).filter((x) => !victims.has(x.ip));
       profileDir = profiled('churn');
       if (profileDir) await c.profile('start');
       const tKill = Date.now();
@@ -835,6 +835,12 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         dialsPerNodePerMinute: churnSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / (churnMs / 60_000),
         calmAfterMs: undefined,
       };
+      logOpeners(churnSnaps, log);
+      {
+        const now = allNodes(churnSnaps).filter((x) => beforeChurn.some((b) => b.ip === x.ip));
+        const d = (k: keyof NodeSnapshot['lookupSteps']) => sumOver(now, (x) => x.lookupSteps[k]) - sumOver(beforeChurn, (x) => x.lookupSteps[k]);
+        log(`  survivors' lookup steps during churn: ${d('datagramAsks')} datagram asks, ${d('holderRetries')} asks of the next holder, ${d('holderDials')} holder dials, ${d('dhtQueries')} DHT queries, ${d('ipQuorumMisses')} misses settled by IP holders`);
+      }
       log(`  live lookups by 10 s after the kill (found/asked): ${result.churn.lookupsBy10s.map((w) => `${w.fromS}s ${w.ok}/${w.total}`).join(', ')}`);
       log(`  dead returned last at ${deadLast ?? '-'} ms (${deadReturned}/${deadLookups}); live lookups ${result.churn.lookups.ok}/${result.churn.lookups.total}; replacements ready=${repl.all}, found ${result.churn.replacementLookups.ok}/${replRecs.length}`);
       for (const [ip, ks] of replKeys) {

@@ -1901,7 +1901,10 @@ export class P2PNode {
           clearTimeout(fallback);
           if (a) {
             holderAnswers++;
-            if (a.providers.length === 0 && (this.dnsListedSince.get(ip) ?? Infinity) <= settledBefore && ++ipNegatives >= IP_MISS_QUORUM) {
+            // Providers this node already knows dead (a refused probe, a lost heartbeat, gone
+            // from DNS) are no providers: content only the dead held is a miss too.
+            const none = a.providers.every((p) => this.knownDead(p.id, p.addrs));
+            if (none && (this.dnsListedSince.get(ip) ?? Infinity) <= settledBefore && ++ipNegatives >= IP_MISS_QUORUM) {
               this.lookupSteps.ipQuorumMisses++;
               finalMiss = true;
             }
@@ -2013,6 +2016,16 @@ export class P2PNode {
       }
     }
     response(from, providers);
+  }
+
+  /** A provider a holder named that this node knows dead: unconnected, and condemned or gone from DNS. */
+  private knownDead(id: string, addrs: string[]): boolean {
+    try {
+      if (this.node.getConnections(peerIdOf(id)).length > 0) return false;
+      return !this.liveness.isLive(id, hostsOf(addrs.map((a) => multiaddr(a))), false);
+    } catch {
+      return false; // a malformed entry proves nothing
+    }
   }
 
   private isLive(p: ProviderPeer): boolean {
