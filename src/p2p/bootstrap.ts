@@ -24,12 +24,13 @@ function markedLast(list: string[], marks: Map<string, number>, maxAgeMs: number
 }
 
 /** Bootstrap dials in flight at once, at most; the ring successors come first. */
-export const BOOTSTRAP_PARALLEL_DIALS = 4;
+const BOOTSTRAP_PARALLEL_DIALS = 4;
 
 /**
- * A dial that ran out of time: the address answered (a dead pod's is refused at once) but the
- * handshake did not finish, so the peers are too busy. That is congestion, and each such dial
- * cost both sides most of a handshake.
+ * A dial that ran out of time: the address answered (a dead pod's is mostly refused at once) but
+ * the handshake did not finish, so the peers are too busy. That is congestion, and each such
+ * dial cost both sides most of a handshake. A silent address (a partition, a pod gone without a
+ * trace) looks the same: that only slows this node's top-up a little, and it goes last next round.
  */
 export function isDialTimeout(err: unknown): boolean {
   // What libp2p's dial rejects with when its AbortSignal.timeout fires (a refused address
@@ -238,7 +239,7 @@ export class Bootstrapper {
   private readonly ranks = new Map<string, number>();
   /**
    * Dials a round keeps in flight: halved after a round whose dials timed out, one more after a
-   * round without timeouts (at most BOOTSTRAP_PARALLEL_DIALS). Exposed for status and tests.
+   * round without timeouts (at most BOOTSTRAP_PARALLEL_DIALS). Public for tests.
    */
   width = BOOTSTRAP_PARALLEL_DIALS;
 

@@ -1822,8 +1822,7 @@ export class P2PNode {
     for (const peer of first) {
       // Where datagrams work, by datagram: a kad GET_PROVIDERS costs both sides a stream, and
       // its answer names 20 closer peers, each merged into the asker's peer store, all unused
-      // unless the DHT query runs. At N = 1,000 those asks took the hosts from loops ~25 ms
-      // late with records held to over a second once 20 lookups a second ran.
+      // unless the DHT query runs (three streams and up to 60 merges per lookup).
       const ip = patient ? this.members.get(peer.toString())?.ips[0] : undefined;
       if (!ip) {
         ask(peer, () => firstPending--);
