@@ -42,6 +42,12 @@ export interface ScaleOptions {
   churnShare: number;
   /** How long after the kill dead providers are watched for (and churn lookups run). */
   churnWindowMs: number;
+  /**
+   * When the replacements start after the kill: 0 (default) at the same moment, the harshest
+   * case; a cloud autoscaler's new nodes join 30 s or more later. Separates what the kill
+   * costs from what 10% of the cluster bootstrapping at once costs on these shared cores.
+   */
+  replaceAfterMs: number;
   isolation: boolean;
   churn: boolean;
   partition: boolean;
@@ -66,6 +72,7 @@ export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
   heldMs: 15_000,
   churnShare: 0.1,
   churnWindowMs: 60_000,
+  replaceAfterMs: 0,
   isolation: true,
   churn: true,
   partition: false,
@@ -157,6 +164,8 @@ export interface ScaleResult {
   churn?: {
     killed: number;
     replaced: number;
+    /** When the replacements started, after the kill. */
+    replaceAfterMs: number;
     deadReturnedLastMs: number | undefined;
     deadLookups: number;
     deadReturned: number;
@@ -192,6 +201,13 @@ export interface ScaleResult {
     crossAfter: { before: LookupStats; during: LookupStats };
     windowMs: number;
     nodesWithCrossConnection: number;
+    /** Within-side lookups found / asked per 10 s from the cut. */
+    withinBy10s: Array<{ fromS: number; ok: number; total: number }>;
+    /** The first failed within-side lookups, with the asker's account. */
+    failures: Array<Record<string, unknown>>;
+    /** Per host, over the cut. */
+    hostLoopDelayP99Ms: number[];
+    cpuSecondsPerNodePerMinute: number;
   };
   problems: { warnings: number; errors: number; samples: string[] };
   /**
@@ -481,10 +497,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     hosts.push({ host: victimHost, ips: [...victims] });
 
     // PEERPULL_SCALE_PROFILE=<dir>: CPU profiles of each host over the cold start (until every
-    // node is ready), the idle, records-held, lookup and churn windows; PEERPULL_SCALE_PROFILE_PHASES=
-    // cold,idle,held,lookups,churn picks some (the profiler's own cost slows the phases it watches);
+    // node is ready), the idle, records-held, lookup, churn and partition windows; PEERPULL_SCALE_PROFILE_PHASES=
+    // cold,idle,held,lookups,churn,partition picks some (the profiler's own cost slows the phases it watches);
     // PEERPULL_SCALE_PROFILE_KIND=heap samples allocations instead.
-    const phases = new Set((process.env.PEERPULL_SCALE_PROFILE_PHASES ?? 'cold,idle,held,lookups,churn').split(','));
+    const phases = new Set((process.env.PEERPULL_SCALE_PROFILE_PHASES ?? 'cold,idle,held,lookups,churn,partition').split(','));
     const profiled = (phase: string) => (process.env.PEERPULL_SCALE_PROFILE && phases.has(phase) ? process.env.PEERPULL_SCALE_PROFILE : undefined);
     // ---- cold start: every node at once ----
     log(`cold start of ${o.n} nodes on ${hosts.length} hosts`);
@@ -742,8 +758,15 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       if (profileDir) await c.profile('start');
       const tKill = Date.now();
       await c.killHost(victimHost);
-      await c.setDns(c.o.dnsName, [...survivors, ...replacementIps]);
-      const replStart = c.startNodes(replacementHost, replacementIps.map((ip) => c.spec(ip)));
+      const replStart = (async () => {
+        if (o.replaceAfterMs > 0) {
+          // The dead leave the Service's endpoints first; the new nodes join later.
+          await c.setDns(c.o.dnsName, [...survivors]);
+          await sleep(o.replaceAfterMs);
+        }
+        await c.setDns(c.o.dnsName, [...survivors, ...replacementIps]);
+        await c.startNodes(replacementHost, replacementIps.map((ip) => c.spec(ip)));
+      })();
       const windowMs = o.churnWindowMs;
       let deadLookups = 0;
       let deadReturned = 0;
@@ -814,6 +837,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       result.churn = {
         killed: victims.size,
         replaced: replacementIps.length,
+        replaceAfterMs: o.replaceAfterMs,
         deadReturnedLastMs: deadLast,
         deadLookups,
         deadReturned,
@@ -860,6 +884,9 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       const cutMs = o.deadPeerTimeoutMs + 20_000;
       log(`partition: ${sideA.length} | ${sideB.length} for ${cutMs} ms`);
       const beforeKeys = [...owner].filter(([, ip]) => c.hostOf.has(ip));
+      await c.snapshot(true);
+      profileDir = profiled('partition');
+      if (profileDir) await c.profile('start');
       await partition.cut(sideA, sideB);
       const tCut = Date.now();
       // New content on both sides while cut: found on its own side, and across once healed.
@@ -868,6 +895,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       await c.advertise(duringKeys, false);
       const during = [...duringKeys].map(([ip, [k]]) => ({ ip, k }));
       const sameSide = (a: string, b: string) => aSet.has(a) === aSet.has(b);
+      const cutFailures: Array<Record<string, unknown>> = [];
       const withinRecs = await lookupStream(
         c,
         () => {
@@ -878,7 +906,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         o.lookupRate,
         { untilMs: tCut + cutMs },
         o.lookupDeadlineMs,
+        collectFailures(c, cutFailures),
       );
+      const cutSnaps = await c.snapshot(true);
+      if (profileDir) log(`  partition profiles: ${(await c.profile('stop', profileDir, 'partition')).join(' ')}`);
       await partition.heal();
       const tHeal = Date.now();
       const windowMs = Math.max(60_000, o.bootstrapIntervalMs * 4);
@@ -915,8 +946,16 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         lastCrossFailureMs: last,
         crossAfter: { before: lookupStats(recsBefore.filter((r) => r.at - tHeal > windowMs / 2)), during: lookupStats(recsDuring.filter((r) => r.at - tHeal > windowMs / 2)) },
         windowMs,
+        withinBy10s: by10s(withinRecs, tCut),
+        failures: cutFailures,
+        hostLoopDelayP99Ms: loopP99s(cutSnaps),
+        cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(cutSnaps, o.n, (tHeal - tCut) / 60_000),
         nodesWithCrossConnection: ((ipOf) => snap.filter((x) => x.remotePeers.some((p) => ipOf.has(p) && aSet.has(ipOf.get(p)!) !== aSet.has(x.ip))).length)(new Map(snap.map((x) => [x.peerId, x.ip]))),
       };
+      await annotateFailures();
+      log(`  during the cut: hosts' loop p99 / longest GC ms / GC share ${hostPauses(cutSnaps, tHeal - tCut)}`);
+      logOpeners(cutSnaps, log);
+      log(`  within-side lookups by 10 s from the cut (found/asked): ${result.partition.withinBy10s.map((w) => `${w.fromS}s ${w.ok}/${w.total}`).join(', ')}`);
       log(`  within side during cut ${result.partition.withinSideDuring.ok}/${result.partition.withinSideDuring.total}; last cross failure after heal: before-keys ${last.before ?? '-'} ms, during-keys ${last.during ?? '-'} ms`);
     }
 
