@@ -258,6 +258,52 @@ describe('bootstrap under congestion (dials that time out)', () => {
   });
 });
 
+describe('bootstrap after losing peers', () => {
+  // A mass failure takes peers from every survivor in the same second: only a node left with
+  // less than half its target (or none) runs a round at once; the others wait for their next
+  // round (here 60 s away), so the whole cluster does not re-resolve and dial in one burst.
+  const members = ips(0, 40);
+  const target = bootstrapCount(members.length - 1, 64);
+  const cases = [
+    { connections: target - 1, roundSoon: false },
+    { connections: Math.ceil(target / 2), roundSoon: false },
+    { connections: Math.ceil(target / 2) - 1, roundSoon: true },
+    { connections: 0, roundSoon: true },
+  ];
+  for (const c of cases) {
+    test(`${c.connections} of ${target} connections left: ${c.roundSoon ? 'a round within a second' : 'no round before the next interval'}`, async () => {
+      let resolves = 0;
+      const b = new Bootstrapper({
+        seed: 'peer-self',
+        selfIps: () => new Set([members[0]]),
+        p2pPort: 7001,
+        maxConnections: 64,
+        intervalMs: 60_000,
+        dns: { hostname: 'x', resolve: async () => (resolves++, members) } as unknown as DnsMembers,
+        staticPeers: [],
+        connectedIps: () => new Set(),
+        connectionCount: () => c.connections,
+        dial: async () => {
+          throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
+        },
+        onDnsAnswer: () => {},
+        onAttempt: () => {},
+        log: () => {},
+      });
+      try {
+        await b.roundNow(); // learns the member count, so the target
+        resolves = 0;
+        b.peerLost();
+        // The soon round is due after 500 ms; a late one is waited for, a missing one for 1.5 s.
+        for (let t = 0; t < (c.roundSoon ? 5000 : 1500) && resolves === 0; t += 50) await new Promise((r) => setTimeout(r, 50));
+        assert.equal(resolves > 0, c.roundSoon);
+      } finally {
+        b.stop();
+      }
+    });
+  }
+});
+
 describe('bootstrap ring links', () => {
   // A node with enough connections, none of them to a ring successor (after a partition each
   // half has enough peers of its own): each round dials its ring successors until one stands.
