@@ -261,18 +261,21 @@ describe('bootstrap under congestion (dials that time out)', () => {
 describe('bootstrap after losing peers', () => {
   // A mass failure takes peers from every survivor in the same second: only a node left with
   // less than half its target (or none) runs a round at once; the others wait for their next
-  // round (here 60 s away), so the whole cluster does not re-resolve and dial in one burst.
+  // round (here 60 s away), so the whole cluster does not re-resolve and dial in one burst. A
+  // node still coming up (never at its target) tops up at once.
   const members = ips(0, 40);
   const target = bootstrapCount(members.length - 1, 64);
   const cases = [
-    { connections: target - 1, roundSoon: false },
-    { connections: Math.ceil(target / 2), roundSoon: false },
-    { connections: Math.ceil(target / 2) - 1, roundSoon: true },
-    { connections: 0, roundSoon: true },
+    { settled: true, connections: target - 1, roundSoon: false },
+    { settled: true, connections: Math.ceil(target / 2), roundSoon: false },
+    { settled: true, connections: Math.ceil(target / 2) - 1, roundSoon: true },
+    { settled: true, connections: 0, roundSoon: true },
+    { settled: false, connections: target - 1, roundSoon: true },
   ];
   for (const c of cases) {
-    test(`${c.connections} of ${target} connections left: ${c.roundSoon ? 'a round within a second' : 'no round before the next interval'}`, async () => {
+    test(`${c.settled ? 'at its target before' : 'never at its target'}, ${c.connections} of ${target} connections left: ${c.roundSoon ? 'a round within a second' : 'no round before the next interval'}`, async () => {
       let resolves = 0;
+      let connections = c.settled ? target : c.connections;
       const b = new Bootstrapper({
         seed: 'peer-self',
         selfIps: () => new Set([members[0]]),
@@ -282,7 +285,7 @@ describe('bootstrap after losing peers', () => {
         dns: { hostname: 'x', resolve: async () => (resolves++, members) } as unknown as DnsMembers,
         staticPeers: [],
         connectedIps: () => new Set(),
-        connectionCount: () => c.connections,
+        connectionCount: () => connections,
         dial: async () => {
           throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
         },
@@ -292,6 +295,7 @@ describe('bootstrap after losing peers', () => {
       });
       try {
         await b.roundNow(); // learns the member count, so the target
+        connections = c.connections;
         resolves = 0;
         b.peerLost();
         // The soon round is due after 500 ms; a late one is waited for, a missing one for 1.5 s.

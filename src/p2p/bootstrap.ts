@@ -231,6 +231,8 @@ export class Bootstrapper {
   /** Whether DNS answered at least once (so `members` means something). */
   resolvedOnce = false;
   private target = 0;
+  /** Whether this node has held its target number of connections at the end of a round. */
+  private reachedTarget = false;
   /** IPs found to run another cluster (or no DHT), with when: dialled last, until forgotten. */
   private readonly foreign = new Map<string, number>();
   /** Addresses whose last bootstrap dial failed, with when: tried after the others next round. */
@@ -279,7 +281,9 @@ export class Bootstrapper {
    */
   peerLost(): void {
     const n = this.d.connectionCount();
-    if (n === 0 || n < Math.ceil(this.target / 2)) this.schedule(500);
+    // A node still coming up (never at its target yet) tops up at once, as it always did.
+    const urgent = n === 0 || n < (this.reachedTarget ? Math.ceil(this.target / 2) : this.target);
+    if (urgent) this.schedule(500);
   }
 
   private schedule(ms: number): void {
@@ -340,6 +344,7 @@ export class Bootstrapper {
     if (!this.d.dns) this.resolvedOnce = true;
     const connected = this.d.connectedIps();
     const haveEnough = this.d.connectionCount() >= Math.max(1, this.target);
+    if (haveEnough && this.target > 0) this.reachedTarget = true;
     const addrs: string[] = [];
     // Set when we hold enough connections but no ring link: dial the ring until one stands.
     let ringOnly = false;
