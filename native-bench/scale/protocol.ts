@@ -1,6 +1,8 @@
 // Messages between the scale orchestrator and its host processes (child_process IPC).
 // A host runs many real P2PNode instances (src/p2p/node.ts), one loopback IP each.
 
+import type { P2PMetricsSnapshot } from '../../src/shared/messages.js';
+
 /** One simulated cluster node: its own loopback IP, the shared p2p port, a cluster and a DNS name. */
 export interface NodeSpec {
   ip: string;
@@ -41,7 +43,7 @@ export interface NodeSnapshot {
   dnsMembers: number;
   /** The node's datagram counters (src/p2p/datagram.ts), cumulative. */
   datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
-  lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number; ipQuorumMisses: number };
+  lookupSteps: P2PMetricsSnapshot['lookupSteps'];
   /** The node's heartbeat pings (src/p2p/heartbeat.ts), cumulative: a failure closed a connection. */
   heartbeats: { ok: number; failed: number; skipped: number };
   /** kad-dht provide queries for the node's keys, run and skipped (src/shared/messages.ts), cumulative. */

@@ -141,7 +141,7 @@ export interface ScaleResult {
     /** Datagram counters summed over the nodes, from their start to the end of the lookups. */
     datagrams: { asked: number; answered: number; served: number; provided: number; taken: number };
     /** Lookup steps beyond connected peers (src/p2p/node.ts networkProviders), summed the same way. */
-    lookupSteps: { datagramAsks: number; streamAsks: number; holderRetries: number; holderDials: number; dhtQueries: number; ipQuorumMisses: number };
+    lookupSteps: NodeSnapshot['lookupSteps'];
     /** Provide queries run and skipped (src/shared/messages.ts), summed from the nodes' start to the end of the lookups. */
     provideQueries: { run: number; ipHolders: number; recent: number };
     /** Connection-bound counters summed over the nodes, from their start to the end of the lookups. */
@@ -418,6 +418,14 @@ function connectionChurn(snaps: HostSnapshot[], nodes: number, minutes: number):
 }
 
 /** A node counter summed over the nodes. */
+/**
+ * The named counters of one group (a node's datagrams, lookup steps...), each summed over the
+ * nodes; only those named, in that order (the hosts send more than the results keep).
+ */
+function sumFields<K extends string>(nodes: NodeSnapshot[], keys: readonly K[], group: (x: NodeSnapshot) => Record<K, number>): Record<K, number> {
+  return Object.fromEntries(keys.map((k) => [k, sumOver(nodes, (x) => group(x)[k])])) as Record<K, number>;
+}
+
 function sumOver(nodes: NodeSnapshot[], f: (x: NodeSnapshot) => number): number {
   return nodes.reduce((t, x) => t + f(x), 0);
 }
@@ -641,22 +649,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       heldCpuSecondsPerNodePerMinute: heldCpu,
       heldLoopDelayP99Ms: heldLoops,
       cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(steadySnaps, totalNodes, steadySecs / 60),
-      datagrams: (['asked', 'answered', 'served', 'provided', 'taken'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.datagrams[k]) }),
-        { asked: 0, answered: 0, served: 0, provided: 0, taken: 0 },
-      ),
-      lookupSteps: (['datagramAsks', 'streamAsks', 'holderRetries', 'holderDials', 'dhtQueries', 'ipQuorumMisses'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.lookupSteps[k]) }),
-        { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0, ipQuorumMisses: 0 },
-      ),
-      provideQueries: (['run', 'ipHolders', 'recent'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.provideQueries[k]) }),
-        { run: 0, ipHolders: 0, recent: 0 },
-      ),
-      connectionBound: (['evicted', 'refusedInbound', 'refusedOutbound', 'unwanted'] as const).reduce(
-        (acc, k) => ({ ...acc, [k]: sumOver(steadyNodes, (x) => x.connectionBound[k]) }),
-        { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
-      ),
+      datagrams: sumFields(steadyNodes, ['asked', 'answered', 'served', 'provided', 'taken'], (x) => x.datagrams),
+      lookupSteps: sumFields(steadyNodes, ['datagramAsks', 'streamAsks', 'holderRetries', 'holderDials', 'dhtQueries', 'ipQuorumMisses'], (x) => x.lookupSteps),
+      provideQueries: sumFields(steadyNodes, ['run', 'ipHolders', 'recent'], (x) => x.provideQueries),
+      connectionBound: sumFields(steadyNodes, ['evicted', 'refusedInbound', 'refusedOutbound', 'unwanted'], (x) => x.connectionBound),
     };
     log(`  lookups ${steady.lookups.ok}/${steady.lookups.total} p50 ${steady.lookups.latencyMs.p50.toFixed(1)} p99 ${steady.lookups.latencyMs.p99.toFixed(1)} ms; conns max ${steady.connections.max}; hosts' loop p99 / longest GC ms / GC share ${hostPauses(steadySnaps, steadySecs * 1000)}`);
     log(
@@ -861,7 +857,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       };
       logOpeners(churnSnaps, log);
       {
-        const now = allNodes(churnSnaps).filter((x) => beforeChurn.some((b) => b.ip === x.ip));
+        const surviving = new Set(beforeChurn.map((b) => b.ip));
+        const now = allNodes(churnSnaps).filter((x) => surviving.has(x.ip));
         const d = (k: keyof NodeSnapshot['lookupSteps']) => sumOver(now, (x) => x.lookupSteps[k]) - sumOver(beforeChurn, (x) => x.lookupSteps[k]);
         log(`  survivors' lookup steps during churn: ${d('datagramAsks')} datagram asks, ${d('holderRetries')} asks of the next holder, ${d('holderDials')} holder dials, ${d('dhtQueries')} DHT queries, ${d('ipQuorumMisses')} misses settled by IP holders`);
       }

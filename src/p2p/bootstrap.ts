@@ -231,7 +231,7 @@ export class Bootstrapper {
   /** Whether DNS answered at least once (so `members` means something). */
   resolvedOnce = false;
   private target = 0;
-  /** Whether this node has held its target number of connections at the end of a round. */
+  /** Whether this node has held its target number of connections when a round began. */
   private reachedTarget = false;
   /** IPs found to run another cluster (or no DHT), with when: dialled last, until forgotten. */
   private readonly foreign = new Map<string, number>();

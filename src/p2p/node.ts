@@ -2020,16 +2020,20 @@ export class P2PNode {
   /** A provider a holder named that this node knows dead: unconnected, and condemned or gone from DNS. */
   private knownDead(id: string, addrs: string[]): boolean {
     try {
-      if (this.node.getConnections(peerIdOf(id)).length > 0) return false;
-      return !this.liveness.isLive(id, hostsOf(addrs.map((a) => multiaddr(a))), false);
+      return !this.liveVerdict(id, addrs).live;
     } catch {
       return false; // a malformed entry proves nothing
     }
   }
 
+  /** What this node knows of a provider now: connected, or not condemned and still in DNS. */
+  private liveVerdict(id: string, addrs: string[]): { live: boolean; connected: boolean } {
+    const connected = this.node.getConnections(peerIdOf(id)).length > 0;
+    return { live: this.liveness.isLive(id, hostsOf(addrs.map((a) => multiaddr(a))), connected), connected };
+  }
+
   private isLive(p: ProviderPeer): boolean {
-    const connected = this.node.getConnections(peerIdOf(p.peerId)).length > 0;
-    const live = this.liveness.isLive(p.peerId, hostsOf(p.addrs.map((a) => multiaddr(a))), connected);
+    const { live, connected } = this.liveVerdict(p.peerId, p.addrs);
     // Unconnected: find out in the background, with the addresses the record came with (the
     // peer store may know none). Dead ones are probed again too, more slowly, so a verdict
     // that was wrong (a busy peer) heals itself.
