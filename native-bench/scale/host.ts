@@ -37,23 +37,46 @@ const openedBy = new WeakMap<Connection, string>();
 const opensBy = new Map<string, number>();
 /** With TRACE: failed bootstrap dials since the last reset, by error (numbers and addresses masked). */
 const dialFailuresBy = new Map<string, number>();
+/** With TRACE: kad-dht closest-peer queries started since the last reset, by caller. */
+const queriesBy = new Map<string, number>();
+
+/** The first frames of the current stack that are ours or kad-dht's, shortened. */
+function callerFrames(): string {
+  return (new Error().stack ?? '')
+    .split('\n')
+    .slice(3)
+    .filter((l) => /src\/p2p|kad-dht\/dist/.test(l))
+    .slice(0, 4)
+    .map((l) => l.trim().replace(/^at /, '').replace(/\(?file:\/\/\S*\/(src\/p2p|kad-dht\/dist\/src)\//, '$1/').replace(/\)$/, ''))
+    .join(' < ');
+}
+
+/**
+ * Counts kad-dht's closest-peer queries by caller. Each dials its way toward a key, and the
+ * dials' own stacks end in kad-dht's query queue: only the call itself says who wanted it.
+ */
+function traceQueries(libp2p: Libp2p): void {
+  const routing = (libp2p as unknown as { services?: { dht?: { peerRouting?: { getClosestPeers?: (...a: unknown[]) => unknown } } } }).services?.dht?.peerRouting;
+  if (!routing?.getClosestPeers) throw new Error('kad-dht peerRouting.getClosestPeers not found: update native-bench/scale/host.ts');
+  const orig = routing.getClosestPeers.bind(routing);
+  routing.getClosestPeers = (...a: unknown[]) => {
+    const by = callerFrames() || 'unknown';
+    queriesBy.set(by, (queriesBy.get(by) ?? 0) + 1);
+    return orig(...a);
+  };
+}
 
 function traceOpens(libp2p: Libp2p): void {
   const cm = (libp2p as unknown as { components?: { connectionManager?: { openConnection?: (...a: unknown[]) => Promise<Connection> } } }).components?.connectionManager;
   if (!cm?.openConnection) throw new Error('libp2p components.connectionManager.openConnection not found: update native-bench/scale/host.ts');
   const orig = cm.openConnection.bind(cm);
   cm.openConnection = async (...a: unknown[]) => {
-    const frames = (new Error().stack ?? '')
-      .split('\n')
-      .slice(2)
-      .filter((l) => /src\/p2p|kad-dht\/dist/.test(l))
-      .slice(0, 4)
-      .map((l) => l.trim().replace(/^at /, '').replace(/\(?file:\/\/\S*\/(src\/p2p|kad-dht\/dist\/src)\//, '$1/').replace(/\)$/, ''));
+    const frames = callerFrames();
     const t0 = Date.now();
     const conn = await orig(...a);
     // An existing connection (opened by the peer, or earlier) is reused, not opened: not counted.
     if (!openedBy.has(conn) && conn.timeline.open >= t0) {
-      const by = frames.join(' < ') || 'unknown';
+      const by = frames || 'unknown';
       openedBy.set(conn, by);
       opensBy.set(by, (opensBy.get(by) ?? 0) + 1);
     }
@@ -159,7 +182,10 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
   );
   // Attached before this node's first bootstrap dial (that waits for a timer and DNS).
   const libp2p = libp2pOf(node);
-  if (TRACE) traceOpens(libp2p);
+  if (TRACE) {
+    traceOpens(libp2p);
+    traceQueries(libp2p);
+  }
   libp2p.addEventListener('connection:open', (e) => {
     const h = hosted.get(spec.ip);
     if (h) h.peak = Math.max(h.peak, openConnections(libp2p).length);
@@ -231,7 +257,7 @@ async function handle(req: HostRequest): Promise<unknown> {
         gcPauseMs: gc.ms,
         gcPauseMaxMs: gc.maxMs,
         gcCount: gc.count,
-        ...(TRACE ? { opensBy: Object.fromEntries(opensBy), dialFailuresBy: Object.fromEntries(dialFailuresBy) } : {}),
+        ...(TRACE ? { opensBy: Object.fromEntries(opensBy), dialFailuresBy: Object.fromEntries(dialFailuresBy), queriesBy: Object.fromEntries(queriesBy) } : {}),
         warnings: counts.warnings,
         errors: counts.errors,
         lastProblems: [...problems],
@@ -243,6 +269,7 @@ async function handle(req: HostRequest): Promise<unknown> {
         gc.ms = gc.maxMs = gc.count = 0;
         opensBy.clear();
         dialFailuresBy.clear();
+        queriesBy.clear();
         cpuBase = process.cpuUsage();
       }
       return snap;

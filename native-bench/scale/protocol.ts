@@ -83,6 +83,8 @@ export interface HostSnapshot {
   opensBy?: Record<string, number>;
   /** With PEERPULL_SCALE_TRACE=1: failed bootstrap dials since the last reset, by error. */
   dialFailuresBy?: Record<string, number>;
+  /** With PEERPULL_SCALE_TRACE=1: kad-dht closest-peer queries started since the last reset, by caller. */
+  queriesBy?: Record<string, number>;
   warnings: number;
   errors: number;
   lastProblems: string[];

@@ -208,6 +208,14 @@ export interface ScaleResult {
     /** Per host, over the cut. */
     hostLoopDelayP99Ms: number[];
     cpuSecondsPerNodePerMinute: number;
+    /**
+     * What all nodes did over the cut (counterDeltas): heartbeats failed (cut connections),
+     * bootstrap dials that connected or timed out, datagram asks unanswered, and answers refused
+     * (most arrived after the asker's lookup had ended), lookup steps.
+     */
+    counters: Record<string, number>;
+    /** Outbound connections opened over the cut, all nodes (each a handshake at both ends). */
+    connectionsOpened: number;
   };
   problems: { warnings: number; errors: number; samples: string[] };
   /**
@@ -417,7 +425,6 @@ function connectionChurn(snaps: HostSnapshot[], nodes: number, minutes: number):
   return { opened: opened / nodes / minutes, closed: closed / nodes / minutes };
 }
 
-/** A node counter summed over the nodes. */
 /**
  * The named counters of one group (a node's datagrams, lookup steps...), each summed over the
  * nodes; only those named, in that order (the hosts send more than the results keep).
@@ -426,8 +433,29 @@ function sumFields<K extends string>(nodes: NodeSnapshot[], keys: readonly K[], 
   return Object.fromEntries(keys.map((k) => [k, sumOver(nodes, (x) => group(x)[k])])) as Record<K, number>;
 }
 
+/** A node counter summed over the nodes. */
 function sumOver(nodes: NodeSnapshot[], f: (x: NodeSnapshot) => number): number {
   return nodes.reduce((t, x) => t + f(x), 0);
+}
+
+/**
+ * What the nodes did between two snapshots, from their cumulative counters: heartbeats,
+ * bootstrap dials, datagrams, lookup steps and the bound, summed over the nodes in both.
+ */
+function counterDeltas(before: NodeSnapshot[], after: NodeSnapshot[]): Record<string, number> {
+  const prev = new Map(before.map((x) => [x.ip, x]));
+  const groups = { heartbeats: (x: NodeSnapshot) => x.heartbeats, bootstrap: (x: NodeSnapshot) => x.bootstrapAttempts, datagrams: (x: NodeSnapshot) => x.datagrams, lookupSteps: (x: NodeSnapshot) => x.lookupSteps, bound: (x: NodeSnapshot) => x.connectionBound };
+  const out: Record<string, number> = {};
+  for (const x of after) {
+    const p = prev.get(x.ip);
+    if (!p) continue;
+    for (const [g, f] of Object.entries(groups)) {
+      const a = f(x) as unknown as Record<string, number>;
+      const b = f(p) as unknown as Record<string, number>;
+      for (const k of Object.keys(a)) out[`${g}.${k}`] = (out[`${g}.${k}`] ?? 0) + a[k] - (b[k] ?? 0);
+    }
+  }
+  return out;
 }
 
 /** Each host's event loop delay p99 since its last reset, in whole ms. */
@@ -449,6 +477,9 @@ function logOpeners(snaps: HostSnapshot[], log: (m: string) => void): void {
   const failed = new Map<string, number>();
   for (const s of snaps) for (const [k, v] of Object.entries(s.dialFailuresBy ?? {})) failed.set(k, (failed.get(k) ?? 0) + v);
   for (const [k, v] of [...failed].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} bootstrap dials failed: ${k}`);
+  const queries = new Map<string, number>();
+  for (const s of snaps) for (const [k, v] of Object.entries(s.queriesBy ?? {})) queries.set(k, (queries.get(k) ?? 0) + v);
+  for (const [k, v] of [...queries].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} closest-peer queries started by ${k}`);
 }
 
 function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
@@ -881,7 +912,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       const cutMs = o.deadPeerTimeoutMs + 20_000;
       log(`partition: ${sideA.length} | ${sideB.length} for ${cutMs} ms`);
       const beforeKeys = [...owner].filter(([, ip]) => c.hostOf.has(ip));
-      await c.snapshot(true);
+      const preCut = allNodes(await c.snapshot(true));
       profileDir = profiled('partition');
       if (profileDir) await c.profile('start');
       await partition.cut(sideA, sideB);
@@ -935,6 +966,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         },
       );
       const snap = allNodes(await c.snapshot()).filter((x) => x.cluster === 'scale');
+      const did = counterDeltas(preCut, allNodes(cutSnaps));
       result.partition = {
         sideA: sideA.length,
         sideB: sideB.length,
@@ -947,11 +979,14 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         failures: cutFailures,
         hostLoopDelayP99Ms: loopP99s(cutSnaps),
         cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(cutSnaps, o.n, (tHeal - tCut) / 60_000),
+        counters: did,
+        connectionsOpened: cutSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0),
         nodesWithCrossConnection: ((ipOf) => snap.filter((x) => x.remotePeers.some((p) => ipOf.has(p) && aSet.has(ipOf.get(p)!) !== aSet.has(x.ip))).length)(new Map(snap.map((x) => [x.peerId, x.ip]))),
       };
       await annotateFailures();
       log(`  during the cut: hosts' loop p99 / longest GC ms / GC share ${hostPauses(cutSnaps, tHeal - tCut)}`);
       logOpeners(cutSnaps, log);
+      log(`  over the cut, all nodes: ${Object.entries(did).filter(([, v]) => v !== 0).map(([k, v]) => `${k} ${v}`).join(', ')}; ${result.partition.connectionsOpened} connections opened, ${cutSnaps.reduce((t, s) => t + s.connectionCloses, 0)} closes seen`);
       log(`  within-side lookups by 10 s from the cut (found/asked): ${result.partition.withinBy10s.map((w) => `${w.fromS}s ${w.ok}/${w.total}`).join(', ')}`);
       log(`  within side during cut ${result.partition.withinSideDuring.ok}/${result.partition.withinSideDuring.total}; last cross failure after heal: before-keys ${last.before ?? '-'} ms, during-keys ${last.during ?? '-'} ms`);
     }
