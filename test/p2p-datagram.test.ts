@@ -52,6 +52,14 @@ async function node(ip: string, over: Partial<DatagramOptions> = {}, held: Datag
   return d;
 }
 
+async function waitUntil(ok: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) assert.fail(`timed out waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 describe('provider asks over UDP', () => {
   test('a member is answered with the records held; an unknown key gets an empty answer', async () => {
     const asker = await node('127.0.0.160');
@@ -103,6 +111,40 @@ describe('provider asks over UDP', () => {
       forger.send(Buffer.from('not ours at all'), PORT, '127.0.0.167');
       await new Promise((r) => setTimeout(r, 200));
       assert.equal(asker.counters.refused, refusedBefore + 2);
+    } finally {
+      forger.close();
+      silent.close();
+    }
+  });
+
+  test('an answer that comes after the ask gave up counts as late, not as refused; a forged one after it still as refused', async () => {
+    const asker = await node('127.0.0.177');
+    // A real holder whose store is slow to answer: its answer leaves ~300 ms after the ask.
+    await node('127.0.0.178', { providers: async () => new Promise((r) => setTimeout(() => r(PROVIDERS), 300)) });
+    assert.equal(await asker.ask('127.0.0.178', KEY, 100), undefined, 'gave up before the answer');
+    assert.equal(asker.counters.unanswered, 1);
+    await waitUntil(() => asker.counters.late === 1, 3000, 'the slow answer counted as late');
+    assert.equal(asker.counters.refused, 0);
+    // An ask that is aborted (the lookup was over) ends the same way.
+    const ac = new AbortController();
+    const asked = asker.ask('127.0.0.178', KEY, 2000, ac.signal);
+    ac.abort();
+    assert.equal(await asked, undefined);
+    await waitUntil(() => asker.counters.late === 2, 3000, 'the answer to an aborted ask counted as late');
+    // The same nonce answered again, or answered from another address: not an answer we waited for.
+    const forger = dgram.createSocket('udp4');
+    await new Promise<void>((r) => forger.bind(0, '127.0.0.153', r));
+    const silent = dgram.createSocket('udp4');
+    await new Promise<void>((r) => silent.bind(PORT, '127.0.0.179', r));
+    let nonce = '';
+    silent.on('message', (msg) => (nonce = (JSON.parse(msg.subarray(3).toString()) as { n: string }).n));
+    try {
+      assert.equal(await asker.ask('127.0.0.179', KEY, 150), undefined);
+      assert.notEqual(nonce, '');
+      const answer = Buffer.concat([Buffer.from('PP1'), Buffer.from(JSON.stringify({ n: nonce, i: 'forger', p: [] }))]);
+      forger.send(answer, PORT, '127.0.0.177');
+      await waitUntil(() => asker.counters.refused === 1, 3000, 'a late answer from another address is refused');
+      assert.equal(asker.counters.late, 2);
     } finally {
       forger.close();
       silent.close();

@@ -67,7 +67,7 @@ const NO_COUNTS: ThreadCounters = {
   provideQueries: { run: 0, ipHolders: 0, recent: 0 },
   republishes: { sent: 0, fresh: 0 },
   heartbeats: { ok: 0, failed: 0, skipped: 0 },
-  datagrams: { asked: 0, answered: 0, unanswered: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
+  datagrams: { asked: 0, answered: 0, unanswered: 0, late: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
   fetchClaims: { granted: 0, joined: 0, released: 0 },
 };
@@ -85,7 +85,7 @@ const connectionBound = new Counter({
 });
 const datagrams = new Counter({
   name: 'peerpull_p2p_datagrams_total',
-  help: 'Datagrams to and from record holders (UDP): this node\'s lookups (outcome answered, unanswered), other nodes\' asks it answered (served), records of ours IP holders acknowledged (provided), records other nodes sent (taken), datagrams dropped (refused).',
+  help: 'Datagrams to and from record holders (UDP): this node\'s lookups (outcome answered, unanswered; late: an answer that came after the lookup had given up on it, a sign of busy holders or of this node\'s event loop running late), other nodes\' asks it answered (served), records of ours IP holders acknowledged (provided), records other nodes sent (taken), datagrams dropped (refused).',
   labelNames: ['cluster', 'outcome'] as const,
   registers: [registry],
 });
@@ -524,7 +524,7 @@ export class P2P {
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
     add(heartbeats, 'skipped', m.heartbeats.skipped, base.heartbeats.skipped);
-    for (const k of ['answered', 'unanswered', 'served', 'provided', 'taken', 'refused', 'claimsAsked', 'claimsUnanswered'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
+    for (const k of ['answered', 'unanswered', 'late', 'served', 'provided', 'taken', 'refused', 'claimsAsked', 'claimsUnanswered'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
     add(connectionBound, 'evicted', m.connectionBound.evicted, base.connectionBound.evicted);
     add(connectionBound, 'refused_inbound', m.connectionBound.refusedInbound, base.connectionBound.refusedInbound);
     add(connectionBound, 'refused_outbound', m.connectionBound.refusedOutbound, base.connectionBound.refusedOutbound);

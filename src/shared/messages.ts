@@ -304,11 +304,12 @@ export interface P2PMetricsSnapshot {
   heartbeats: { ok: number; failed: number; skipped: number };
   /**
    * Datagrams to and from record holders (src/p2p/datagram.ts): asked / answered / unanswered by
-   * this node's lookups; served: asks of other nodes this node answered; provided: records of ours
-   * IP holders acknowledged; taken: records other nodes sent; refused: datagrams dropped (bad tag,
-   * another cluster, a non-member, malformed, records for another address, an unasked answer).
+   * this node's lookups, and late: answers that came after the ask had given up; served: asks of
+   * other nodes this node answered; provided: records of ours IP holders acknowledged; taken:
+   * records other nodes sent; refused: datagrams dropped (bad tag, another cluster, a non-member,
+   * malformed, records for another address, an unasked answer).
    */
-  datagrams: { asked: number; answered: number; unanswered: number; served: number; refused: number; provided: number; taken: number; claimsAsked: number; claimsUnanswered: number };
+  datagrams: { asked: number; answered: number; unanswered: number; late: number; served: number; refused: number; provided: number; taken: number; claimsAsked: number; claimsUnanswered: number };
   /**
    * Downloads in flight (src/p2p/claims.ts), as the key holder this node is: askers told to fetch
    * (granted), askers told where a download already runs (joined), claims given up (released).
