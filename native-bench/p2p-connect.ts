@@ -12,7 +12,10 @@
 //            bound, heartbeats and its own listeners), bootstrapping from nobody.
 // Each is printed as ms of CPU per connection and as a ratio of the baseline of the same run.
 //
-//   npx tsc -p tsconfig.json && node_modules/.bin/node dist/native-bench/p2p-connect.js [--peers 30] [--rounds 4] [--reps 3] [--json]
+//   npx tsc -p tsconfig.json && node_modules/.bin/node dist/native-bench/p2p-connect.js [--peers 30] [--rounds 4] [--reps 3] [--json] [--only peerpull]
+//
+// PEERPULL_BENCH_PROFILE=<file.cpuprofile>: a CPU profile of the measured rounds of the first
+// stack measured (with --only, that stack), without the nodes' start and stop.
 
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
@@ -20,6 +23,8 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import { identify } from '@libp2p/identify';
 import type { Libp2p } from '@libp2p/interface';
 import { tcp, type TCPSocketOptions } from '@libp2p/tcp';
+import { writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector/promises';
 import { createLibp2p } from 'libp2p';
 import { loadConfig } from '../src/main/config.js';
 import { p2pWorkerConfig } from '../src/main/p2p.js';
@@ -33,6 +38,7 @@ interface Args {
   rounds: number;
   reps: number;
   json: boolean;
+  only?: Stack;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -41,6 +47,13 @@ function parseArgs(argv: string[]): Args {
     const key = argv[i];
     if (key === '--json') {
       a.json = true;
+      continue;
+    }
+    if (key === '--only') {
+      // One stack alone (to profile it, e.g. under node --cpu-prof): no baseline, no ratio.
+      const only = argv[++i] as Stack;
+      if (!STACKS.includes(only)) throw new Error(`--only takes one of ${STACKS.join(', ')}`);
+      a.only = only;
       continue;
     }
     const field = ({ '--peers': 'peers', '--rounds': 'rounds', '--reps': 'reps' } as const)[key as '--peers'];
@@ -85,6 +98,9 @@ const IDENTIFY_WAIT_MS = 2000;
 /** Per stack: connections not identified by the inbound end within IDENTIFY_WAIT_MS, and dials answered by an existing connection. */
 const anomalies: Record<Stack, { stalls: number; reused: number }> = { libp2p: { stalls: 0, reused: 0 }, identify: { stalls: 0, reused: 0 }, peerpull: { stalls: 0, reused: 0 } };
 
+/** Whether the profile (PEERPULL_BENCH_PROFILE) was taken already. */
+let profiled = false;
+
 /**
  * ms of CPU per connection, opening (with identify) and closing, for each measured round. Every
  * round dials peers the dialler has never met (hanging up and re-dialling the same peers measured
@@ -98,7 +114,14 @@ async function measure(stack: Stack, a: Args, subnet: number): Promise<Array<{ o
     for (let i = 0; i < count; i++) nodes.push(await start(stack, `127.${101 + subnet}.${Math.floor(i / 250)}.${(i % 250) + 1}`, port));
     const from = nodes[0].libp2p;
     const perRound: Array<{ open: number; close: number }> = [];
+    const profile = process.env.PEERPULL_BENCH_PROFILE && !profiled ? new Session() : undefined;
+    profiled ||= profile !== undefined;
     for (let r = 0; r <= a.rounds; r++) {
+      if (profile && r === 1) {
+        profile.connect();
+        await profile.post('Profiler.enable');
+        await profile.post('Profiler.start');
+      }
       const to = nodes.slice(1 + r * a.peers, 1 + (r + 1) * a.peers).map((n) => n.libp2p);
       const c0 = process.cpuUsage();
       for (const b of to) {
@@ -118,6 +141,11 @@ async function measure(stack: Stack, a: Args, subnet: number): Promise<Array<{ o
       const closed = process.cpuUsage(c1);
       if (r > 0) perRound.push({ open: (opened.user + opened.system) / 1000 / to.length, close: (closed.user + closed.system) / 1000 / to.length });
     }
+    if (profile) {
+      const { profile: p } = await profile.post('Profiler.stop');
+      await writeFile(process.env.PEERPULL_BENCH_PROFILE!, JSON.stringify(p));
+      profile.disconnect();
+    }
     return perRound;
   } finally {
     await Promise.all(nodes.map((n) => n.stop().catch(() => {})));
@@ -134,8 +162,9 @@ const args = parseArgs(process.argv.slice(2));
 const open: Record<Stack, number[]> = { libp2p: [], identify: [], peerpull: [] };
 const close: Record<Stack, number[]> = { libp2p: [], identify: [], peerpull: [] };
 const ratios: Record<Stack, number[]> = { libp2p: [], identify: [], peerpull: [] };
+const stacks = args.only ? [args.only] : STACKS;
 for (let rep = 0; rep < args.reps; rep++) {
-  const order = STACKS.map((_, i) => STACKS[(i + rep) % STACKS.length]);
+  const order = stacks.map((_, i) => stacks[(i + rep) % stacks.length]);
   const byStack = {} as Record<Stack, number>;
   for (const stack of order) {
     const rounds = await measure(stack, args, STACKS.indexOf(stack));
@@ -143,16 +172,17 @@ for (let rep = 0; rep < args.reps; rep++) {
     open[stack].push(byStack[stack]);
     close[stack].push(median(rounds.map((x) => x.close)));
   }
-  for (const stack of STACKS) ratios[stack].push(byStack[stack] / byStack.libp2p);
-  if (!args.json) console.log(`rep ${rep + 1}, open: ${STACKS.map((s) => `${s} ${byStack[s].toFixed(1)} ms`).join(', ')}`);
+  if (!args.only) for (const stack of STACKS) ratios[stack].push(byStack[stack] / byStack.libp2p);
+  if (!args.json) console.log(`rep ${rep + 1}, open: ${stacks.map((s) => `${s} ${byStack[s].toFixed(1)} ms`).join(', ')}`);
 }
-const result = Object.fromEntries(STACKS.map((s) => [s, { openMs: median(open[s]), closeMs: median(close[s]), openVsLibp2p: median(ratios[s]), ...anomalies[s] }]));
+const result = Object.fromEntries(stacks.map((s) => [s, { openMs: median(open[s]), closeMs: median(close[s]), ...(args.only ? {} : { openVsLibp2p: median(ratios[s]) }), ...anomalies[s] }]));
 if (args.json) console.log(JSON.stringify({ peers: args.peers, rounds: args.rounds, reps: args.reps, result }));
 else {
   console.log(`CPU per connection (both ends, one process), median of ${args.reps} runs of ${args.rounds} rounds x ${args.peers} new peers:`);
-  for (const s of STACKS) {
+  for (const s of stacks) {
     const r = result[s];
-    console.log(`  ${s.padEnd(9)} open ${r.openMs.toFixed(1)} ms (${r.openVsLibp2p.toFixed(2)}x the libp2p baseline), close ${r.closeMs.toFixed(1)} ms${r.stalls || r.reused ? `; ${r.stalls} not identified within ${IDENTIFY_WAIT_MS} ms, ${r.reused} dials answered by an existing connection` : ''}`);
+    const ratio = r.openVsLibp2p === undefined ? '' : ` (${r.openVsLibp2p.toFixed(2)}x the libp2p baseline)`;
+    console.log(`  ${s.padEnd(9)} open ${r.openMs.toFixed(1)} ms${ratio}, close ${r.closeMs.toFixed(1)} ms${r.stalls || r.reused ? `; ${r.stalls} not identified within ${IDENTIFY_WAIT_MS} ms, ${r.reused} dials answered by an existing connection` : ''}`);
   }
 }
 process.exit(0);

@@ -114,9 +114,14 @@ function isAbortError(err: unknown): boolean {
   const e = err as { name?: string; code?: string } | undefined;
   return e?.name === 'AbortError' || e?.code === 'ABORT_ERR' || e?.name === 'TimeoutError';
 }
-function problem(level: 'warn' | 'error', text: string): void {
+/** Warnings and errors by message (without the node and fields): which problem it is, in numbers. */
+const problemsBy = new Map<string, number>();
+
+function problem(level: 'warn' | 'error', text: string, msg = text): void {
   if (level === 'warn') counts.warnings++;
   else counts.errors++;
+  const key = `${level}: ${msg.slice(0, 100)}`;
+  problemsBy.set(key, (problemsBy.get(key) ?? 0) + 1);
   problems.push(`${level}: ${text}`.slice(0, 300));
   if (problems.length > 20) problems.shift();
 }
@@ -176,7 +181,7 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
         const why = `${fields?.ring ? 'ring: ' : ''}${String(fields?.error ?? '?').replace(/[0-9a-f]{8,}|[\d.:]+/g, '#').slice(0, 120)}`;
         dialFailuresBy.set(why, (dialFailuresBy.get(why) ?? 0) + 1);
       }
-      if (level === 'warn' || level === 'error') problem(level, `${spec.ip} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
+      if (level === 'warn' || level === 'error') problem(level, `${spec.ip} ${msg} ${fields ? JSON.stringify(fields) : ''}`, msg);
     },
     () => {},
   );
@@ -195,9 +200,20 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
   });
   libp2p.addEventListener('connection:close', () => closes++);
   hosted.set(spec.ip, { spec, node, libp2p, startedAt: t0, readyAfterMs: undefined, maxConnections: config.maxConnections, peak: openConnections(libp2p).length });
+  // A node becomes ready when its routing table gets an entry (or, with one, a connection
+  // opens): noted then. The poll below alone noted it when the host's loop got round to it,
+  // which at a cold start of 1,000 nodes (loops 3-6 s late) was seconds after the node's state.
+  const noteReady = () => {
+    const h = hosted.get(spec.ip);
+    if (h && h.readyAfterMs === undefined && node.status().ready) h.readyAfterMs = Date.now() - h.startedAt;
+  };
+  const table = (libp2p as unknown as { services?: { dht?: { routingTable?: EventTarget } } }).services?.dht?.routingTable;
+  if (!table?.addEventListener) throw new Error('kad-dht routingTable not found: update native-bench/scale/host.ts');
+  table.addEventListener('peer:add', noteReady);
+  libp2p.addEventListener('connection:open', noteReady);
 }
 
-// Readiness is sampled often so "time to ready" is not rounded up to the status push interval.
+// Readiness is also sampled, for what the events above do not cover (a node alone by design).
 const readyTimer = setInterval(() => {
   for (const h of hosted.values()) {
     if (h.readyAfterMs === undefined && h.node.status().ready) h.readyAfterMs = Date.now() - h.startedAt;
@@ -205,9 +221,14 @@ const readyTimer = setInterval(() => {
 }, 100);
 readyTimer.unref();
 
-function nodeSnapshot(h: Hosted, reset: boolean): NodeSnapshot {
+async function nodeSnapshot(h: Hosted, reset: boolean): Promise<NodeSnapshot> {
   const s = h.node.status();
   const conns = openConnections(h.libp2p);
+  // Only for a node not ready yet: connections whose peer identify has not described (no
+  // protocols known), the usual reason a connected node's routing table stays empty.
+  const unidentified = s.ready
+    ? undefined
+    : (await Promise.all(conns.map((c) => h.libp2p.peerStore.get(c.remotePeer).then((p) => p.protocols.length === 0, () => true)))).filter(Boolean).length;
   const peak = Math.max(h.peak, conns.length);
   if (reset) h.peak = conns.length;
   return {
@@ -225,6 +246,7 @@ function nodeSnapshot(h: Hosted, reset: boolean): NodeSnapshot {
     unpublishedKeys: s.unpublishedKeys,
     ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts }))(h.node.metrics(s)),
     over: describeOver(h, conns),
+    unidentified,
   };
 }
 
@@ -245,7 +267,7 @@ async function handle(req: HostRequest): Promise<unknown> {
       const cpu = process.cpuUsage(cpuBase);
       const snap: HostSnapshot = {
         pid: process.pid,
-        nodes: [...hosted.values()].map((h) => nodeSnapshot(h, req.resetCounters)),
+        nodes: await Promise.all([...hosted.values()].map((h) => nodeSnapshot(h, req.resetCounters))),
         dialsByTarget: Object.fromEntries(dialsByTarget),
         rssBytes: mem.rss,
         baseRssBytes: baseRss,
@@ -261,6 +283,7 @@ async function handle(req: HostRequest): Promise<unknown> {
         warnings: counts.warnings,
         errors: counts.errors,
         lastProblems: [...problems],
+        problemsBy: Object.fromEntries(problemsBy),
       };
       if (req.resetCounters) {
         dialsByTarget.clear();

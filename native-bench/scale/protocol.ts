@@ -58,6 +58,8 @@ export interface NodeSnapshot {
   connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
   /** With PEERPULL_SCALE_TRACE=1, above the bound: one line per connection (direction, age, streams, opener). */
   over?: string[];
+  /** Not ready yet: its open connections whose peer identify has not described. */
+  unidentified?: number;
 }
 
 export interface HostSnapshot {
@@ -88,6 +90,8 @@ export interface HostSnapshot {
   warnings: number;
   errors: number;
   lastProblems: string[];
+  /** Warnings and errors since the host started, by message. */
+  problemsBy: Record<string, number>;
 }
 
 export interface FindResult {

@@ -217,7 +217,7 @@ export interface ScaleResult {
     /** Outbound connections opened over the cut, all nodes (each a handshake at both ends). */
     connectionsOpened: number;
   };
-  problems: { warnings: number; errors: number; samples: string[] };
+  problems: { warnings: number; errors: number; samples: string[]; byMessage?: Record<string, number> };
   /**
    * Most connections one node held at once, over the whole run: counted by the hosts at every
    * connection open, not only when a snapshot looks (the bound is a bound at every instant).
@@ -482,6 +482,18 @@ function logOpeners(snaps: HostSnapshot[], log: (m: string) => void): void {
   for (const [k, v] of [...queries].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} closest-peer queries started by ${k}`);
 }
 
+/** The hosts' warnings and errors so far, summed by message. */
+function problemsByMessage(snaps: HostSnapshot[]): Record<string, number> {
+  const by: Record<string, number> = {};
+  for (const s of snaps) for (const [k, v] of Object.entries(s.problemsBy)) by[k] = (by[k] ?? 0) + v;
+  return by;
+}
+
+/** The commonest warnings and errors so far (a cold start's failed DNS resolves, say). */
+function logProblems(snaps: HostSnapshot[], log: (m: string) => void): void {
+  for (const [k, v] of Object.entries(problemsByMessage(snaps)).sort((a, b) => b[1] - a[1]).slice(0, 5)) log(`    ${v} x ${k}`);
+}
+
 function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
   return snaps.flatMap((s) => s.nodes);
 }
@@ -502,7 +514,10 @@ async function waitReady(c: ScaleCluster, ips: Set<string>, timeoutMs: number, l
       const noDns = waiting.filter((x) => x.dnsMembers === 0).length;
       const noConn = waiting.filter((x) => x.dnsMembers > 0 && x.connections === 0).length;
       const loops = loopP99s(snaps).join('/');
-      log(`  ${ready}/${ips.size} ready; waiting: ${noDns} without DNS answer, ${noConn} unconnected, ${waiting.length - noDns - noConn} with an empty routing table; host loop p99 ${loops} ms`);
+      const emptyTable = waiting.filter((x) => x.dnsMembers > 0 && x.connections > 0);
+      const unidentified = `${sumOver(emptyTable, (x) => x.unidentified ?? 0)} of their ${sumOver(emptyTable, (x) => x.connections)} connections unidentified`;
+      log(`  ${ready}/${ips.size} ready; waiting: ${noDns} without DNS answer, ${noConn} unconnected, ${emptyTable.length} with an empty routing table (${unidentified}); host loop p99 ${loops} ms`);
+      if (waiting.length <= 3) for (const x of waiting) log(`    ${x.ip}: ${x.dnsMembers} DNS members, ${x.connections} connections (${x.unidentified ?? 0} unidentified), routing table ${x.routingTable}`);
     }
     await sleep(1000);
   }
@@ -552,6 +567,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     const readyTimes = cold.nodes.map((x) => x.readyAfterMs ?? Infinity);
     log(`  ready: all=${cold.all} max ${Math.max(...readyTimes.filter(Number.isFinite))} ms`);
     const coldSnaps = await c.snapshot(true);
+    logProblems(coldSnaps, log);
     const dials = new Map<string, number>();
     for (const s of coldSnaps) for (const [ip, d] of Object.entries(s.dialsByTarget)) dials.set(ip, (dials.get(ip) ?? 0) + d);
     const dialAvg = ips.reduce((t, ip) => t + (dials.get(ip) ?? 0), 0) / ips.length;
@@ -998,6 +1014,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       warnings: final.reduce((t, s) => t + s.warnings, 0),
       errors: final.reduce((t, s) => t + s.errors, 0),
       samples: final.flatMap((s) => s.lastProblems).slice(0, 10),
+      byMessage: problemsByMessage(final),
     };
     result.loadAverage.end = os.loadavg();
     return result;
