@@ -421,3 +421,37 @@ test('a republish round passes over a key published less than half a round ago, 
     assert.equal(republishFresh(c.publishedAgo === undefined ? undefined : now - c.publishedAgo, now, c.ttl, c.interval), c.fresh, c.name);
   }
 });
+
+test('a node connected with an empty routing table puts its connected member in the table itself', { timeout: 60_000 }, async () => {
+  // Two real nodes, connected. Then b's table loses a while the connection stands: the state
+  // N = 1,000 cold starts left nodes in (kad-dht adds a peer when libp2p's topology reports it
+  // once per connected spell, and that report did not add it). Without a repair b stays unready.
+  type Inner = { node: { peerId: { toString(): string }; getMultiaddrs(): unknown[]; dial(a: unknown): Promise<unknown>; services: { dht: { routingTable: { size: number; remove(p: unknown): Promise<void> } } } } };
+  const start = async (ip: string) => {
+    const cfg = await p2pWorkerConfig(loadConfig({ PEERPULL_P2P_ADDR: `${ip}:17421`, PEERPULL_REGISTRY_ADDR: `${ip}:17422`, PEERPULL_ADVERTISE_IP: ip, PEERPULL_BOOTSTRAP_DNS: '', PEERPULL_BOOTSTRAP_PEERS: '' }));
+    return P2PNode.create(cfg, await generateKeyPair('Ed25519'), () => {}, () => {});
+  };
+  const a = await start('127.0.0.211');
+  const b = await start('127.0.0.212');
+  try {
+    const inner = (n: P2PNode) => (n as unknown as Inner).node;
+    await inner(b).dial(inner(a).getMultiaddrs()[0]);
+    const until = async (what: string, ok: () => boolean) => {
+      const end = Date.now() + 20_000;
+      while (!ok()) {
+        if (Date.now() > end) assert.fail(`timed out waiting: ${what}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await until('b ready', () => b.status().ready);
+    assert.equal(b.metrics(b.status()).tableRepairs.added, 0, 'kad-dht put a in the table: nothing to repair');
+    await inner(b).services.dht.routingTable.remove(inner(a).peerId);
+    assert.equal(b.status().routingTable, 0);
+    assert.equal(b.status().ready, false, 'connected, but with an empty table');
+    await until('b ready again', () => b.status().ready);
+    assert.equal(b.status().routingTable, 1);
+    assert.equal(b.metrics(b.status()).tableRepairs.added, 1);
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});

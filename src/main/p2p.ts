@@ -58,7 +58,7 @@ const recordBatches = new Counter({
 });
 const recordsReceived = new Counter({ name: 'peerpull_p2p_records_received_total', help: 'Provider records other nodes sent this node to hold.', labelNames: ['cluster'] as const, registers: [registry] });
 /** The cumulative counters of a metrics snapshot. */
-type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'provideQueries' | 'republishes' | 'heartbeats' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
+type ThreadCounters = Pick<P2PMetricsSnapshot, 'bootstrapAttempts' | 'recordBatches' | 'recordsReceived' | 'lookupSteps' | 'provideQueries' | 'republishes' | 'heartbeats' | 'tableRepairs' | 'datagrams' | 'connectionBound' | 'fetchClaims'>;
 const NO_COUNTS: ThreadCounters = {
   bootstrapAttempts: { ok: 0, failed: 0, ringOk: 0, ringFailed: 0 },
   recordBatches: { ok: 0, failed: 0 },
@@ -67,6 +67,7 @@ const NO_COUNTS: ThreadCounters = {
   provideQueries: { run: 0, ipHolders: 0, recent: 0 },
   republishes: { sent: 0, fresh: 0 },
   heartbeats: { ok: 0, failed: 0, skipped: 0 },
+  tableRepairs: { added: 0, reidentified: 0 },
   datagrams: { asked: 0, answered: 0, unanswered: 0, late: 0, served: 0, refused: 0, provided: 0, taken: 0, claimsAsked: 0, claimsUnanswered: 0 },
   connectionBound: { evicted: 0, refusedInbound: 0, refusedOutbound: 0, unwanted: 0 },
   fetchClaims: { granted: 0, joined: 0, released: 0 },
@@ -105,6 +106,12 @@ const lookupSteps = new Counter({
   name: 'peerpull_p2p_lookup_steps_total',
   help: 'What network lookups did: datagram_ask (a peer asked by UDP), stream_ask (a peer asked over a connection, outside the DHT query), holder_retry (the next IP holder asked because one was slow), holder_dial (an IP holder dialled), dht_query (a Kademlia query started, which dials its way to the key), ip_quorum_miss (a miss settled by IP holders that answered none, without the DHT query).',
   labelNames: ['cluster', 'step'] as const,
+  registers: [registry],
+});
+const tableRepairs = new Counter({
+  name: 'peerpull_p2p_table_repairs_total',
+  help: 'While connected with an empty DHT routing table (not ready): connected members this node put in the table itself (added), connections whose peer identify had not described, identified again (reidentified).',
+  labelNames: ['cluster', 'outcome'] as const,
   registers: [registry],
 });
 const heartbeats = new Counter({
@@ -524,6 +531,8 @@ export class P2P {
     add(heartbeats, 'ok', m.heartbeats.ok, base.heartbeats.ok);
     add(heartbeats, 'failed', m.heartbeats.failed, base.heartbeats.failed);
     add(heartbeats, 'skipped', m.heartbeats.skipped, base.heartbeats.skipped);
+    add(tableRepairs, 'added', m.tableRepairs.added, base.tableRepairs.added);
+    add(tableRepairs, 'reidentified', m.tableRepairs.reidentified, base.tableRepairs.reidentified);
     for (const k of ['answered', 'unanswered', 'late', 'served', 'provided', 'taken', 'refused', 'claimsAsked', 'claimsUnanswered'] as const) add(datagrams, k, m.datagrams[k], base.datagrams[k]);
     add(connectionBound, 'evicted', m.connectionBound.evicted, base.connectionBound.evicted);
     add(connectionBound, 'refused_inbound', m.connectionBound.refusedInbound, base.connectionBound.refusedInbound);

@@ -112,6 +112,8 @@ const BATCH_WINDOW_MS = 25;
 const PROVIDE_TIMEOUT_MS = 30_000;
 /** Dials and inbound upgrades (see connectionManager below for why this long). */
 const DIAL_TIMEOUT_MS = 15_000;
+/** A connection whose peer identify has not described after this long is identified again (fillEmptyTable). */
+const IDENTIFY_RETRY_MS = 10_000;
 /**
  * A key no holder took is tried again after 2 s, doubling per failure up to 60 s (+-20%), not at
  * every peer that connects: under saturation peers reconnect every second, and a retry per
@@ -151,6 +153,7 @@ interface DhtKBucket {
 }
 interface DhtRoutingTable {
   size: number;
+  add(peer: PeerId, options?: { signal?: AbortSignal }): Promise<void>;
   addEventListener(type: 'peer:add', fn: (e: CustomEvent<PeerId>) => void): void;
   kb: DhtKBucket;
 }
@@ -174,6 +177,7 @@ function dhtInternals(dht: KadDHT): DhtInternals {
     typeof d.providers.removeProvider !== 'function' ||
     typeof d.routingTable?.size !== 'number' ||
     typeof d.routingTable.addEventListener !== 'function' ||
+    typeof d.routingTable.add !== 'function' ||
     typeof d.routingTable.kb?.verify !== 'function' ||
     typeof d.network?.sendRequest !== 'function' ||
     typeof d.routingTableRefresh?.refreshInterval !== 'number'
@@ -287,6 +291,11 @@ export class P2PNode {
   private readonly counters = { bootstrapOk: 0, bootstrapFailed: 0, ringOk: 0, ringFailed: 0, batchesSent: 0, batchesFailed: 0, recordsReceived: 0 };
   /** What network lookups did beyond asking connected peers: the cost of a lookup on the cluster. */
   private readonly lookupSteps = { datagramAsks: 0, streamAsks: 0, holderRetries: 0, holderDials: 0, dhtQueries: 0, ipQuorumMisses: 0 };
+  /** fillEmptyTable(): members put in the routing table by us, connections identified again. */
+  private readonly tableRepairs = { added: 0, reidentified: 0 };
+  private fillingTable = false;
+  /** Connections fillEmptyTable() identified again (once each). */
+  private readonly reidentified = new WeakSet<Connection>();
   private readonly provideQueries = { run: 0, ipHolders: 0, recent: 0 };
   /** When each key's last provide query placed records (CID string -> ms). */
   private readonly queriedAt = new Map<string, number>();
@@ -2219,6 +2228,7 @@ export class P2PNode {
       provideQueries: { ...this.provideQueries },
       republishes: { ...this.republishes },
       heartbeats: { ...this.heartbeat.counters },
+      tableRepairs: { ...this.tableRepairs },
       datagrams: { ...this.datagrams.counters },
       fetchClaims: { ...this.claims.counters },
       connectionBound: { ...this.bound.counters },
@@ -2241,6 +2251,40 @@ export class P2PNode {
     return threadLoop.last;
   }
 
+  /**
+   * Connected with an empty routing table: not ready, and no lookups beyond our own store.
+   * kad-dht enters a peer through libp2p's topology notification once identify has described
+   * it. At an N = 1,000 cold start (host loops 3-7 s late) nodes stayed like that for 30-60 s,
+   * connected to members identify had described without the notification adding them (libp2p
+   * notifies a peer once per "connected" spell, and its bookkeeping of those spells runs on
+   * peer-store reads with a 5 s timeout), or to peers whose identify had failed (libp2p does
+   * not run it again). Here the described members are put in the table by us, and the others
+   * identified again, each connection once and after IDENTIFY_RETRY_MS.
+   */
+  private async fillEmptyTable(): Promise<void> {
+    const proto = dhtProtocol(this.cfg.cluster);
+    for (const conn of this.node.getConnections()) {
+      if (this.stopped || this.dht.routingTable.size > 0) return;
+      if (conn.status !== 'open') continue;
+      const peer = await this.node.peerStore.get(conn.remotePeer).catch(() => undefined);
+      if (peer?.protocols.includes(proto)) {
+        try {
+          await this.dht.routingTable.add(conn.remotePeer, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
+          this.tableRepairs.added++;
+          this.log('info', 'put a connected member in the empty routing table', { peer: conn.remotePeer.toString() });
+        } catch (err) {
+          this.log('debug', 'could not put a connected member in the routing table', { peer: conn.remotePeer.toString(), error: (err as Error).message });
+        }
+      } else if ((peer?.protocols.length ?? 0) === 0 && Date.now() - conn.timeline.open > IDENTIFY_RETRY_MS && !this.reidentified.has(conn)) {
+        // (A peer that speaks other protocols only is another cluster's: the identify handler closes it.)
+        this.reidentified.add(conn);
+        this.tableRepairs.reidentified++;
+        // Its result goes the usual way (peer:identify, the topology, our handler).
+        void this.node.services.identify.identify(conn, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) }).catch((err: Error) => this.log('debug', 'identify again failed', { peer: conn.remotePeer.toString(), error: err.message }));
+      }
+    }
+  }
+
   private pushStatus(): void {
     if (this.stopped) return;
     if (this.meshEligible() && this.view() !== 'exact') void this.meshDial();
@@ -2249,6 +2293,10 @@ export class P2PNode {
     // Pruning walks every IP DNS ever listed (1,000 at 1,000 nodes): once a minute is plenty.
     if (this.statusTicks++ % 30 === 0) this.liveness.prune(this.cfg.providerTtlMs);
     this.feed?.tick();
+    if (this.dht.routingTable.size === 0 && !this.fillingTable && this.node.getConnections().length > 0) {
+      this.fillingTable = true;
+      void this.fillEmptyTable().finally(() => (this.fillingTable = false));
+    }
     const s = this.status();
     if (s.ready !== this.lastReady) {
       this.lastReady = s.ready;

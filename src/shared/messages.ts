@@ -303,6 +303,11 @@ export interface P2PMetricsSnapshot {
   /** Connection heartbeat pings answered and failed (a failure closes the connection). */
   heartbeats: { ok: number; failed: number; skipped: number };
   /**
+   * With connections but an empty routing table (src/p2p/node.ts, fillEmptyTable): connected
+   * members this node put in its table itself, connections it identified again.
+   */
+  tableRepairs: { added: number; reidentified: number };
+  /**
    * Datagrams to and from record holders (src/p2p/datagram.ts): asked / answered / unanswered by
    * this node's lookups, and late: answers that came after the ask had given up; served: asks of
    * other nodes this node answered; provided: records of ours IP holders acknowledged; taken:
