@@ -22,6 +22,10 @@ import { BadMessageError, parseRequest } from '../src/p2p/protocol.js';
 import { loadConfig, ConfigError } from '../src/main/config.js';
 import { p2pWorkerConfig } from '../src/main/p2p.js';
 import { generateKeyPair } from '@libp2p/crypto/keys';
+import { noise } from '@chainsafe/libp2p-noise';
+import { yamux } from '@chainsafe/libp2p-yamux';
+import { tcp } from '@libp2p/tcp';
+import { createLibp2p } from 'libp2p';
 import { P2PNode, publishRetryDelay, republishFresh, republishNeedsQuery } from '../src/p2p/node.js';
 import { Lookups } from '../src/p2p/lookup.js';
 import type { ProviderPeer } from '../src/shared/messages.js';
@@ -453,5 +457,38 @@ test('a node connected with an empty routing table puts its connected member in 
     assert.equal(b.metrics(b.status()).tableRepairs.added, 1);
   } finally {
     await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+test('a node connected only to a peer identify could not describe runs identify on that connection once more', { timeout: 90_000 }, async () => {
+  // The peer is a real libp2p node without the identify protocol, so every identify of it fails,
+  // as one does behind an event loop seconds late. Our node keeps the connection (nothing says
+  // the peer is foreign), has an empty table, and tries identify again once, after 20 s.
+  const bare = await createLibp2p({
+    privateKey: await generateKeyPair('Ed25519'),
+    addresses: { listen: ['/ip4/127.0.0.213/tcp/17423'] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    connectionMonitor: { enabled: false },
+  });
+  const cfg = await p2pWorkerConfig(loadConfig({ PEERPULL_P2P_ADDR: '127.0.0.214:17424', PEERPULL_REGISTRY_ADDR: '127.0.0.214:17425', PEERPULL_ADVERTISE_IP: '127.0.0.214', PEERPULL_BOOTSTRAP_DNS: '', PEERPULL_BOOTSTRAP_PEERS: '' }));
+  const node = await P2PNode.create(cfg, await generateKeyPair('Ed25519'), () => {}, () => {});
+  try {
+    const inner = (node as unknown as { node: { dial(a: unknown): Promise<unknown> } }).node;
+    await inner.dial(bare.getMultiaddrs()[0]);
+    const repairs = () => node.metrics(node.status()).tableRepairs;
+    assert.equal(repairs().reidentified, 0, 'not before identify has had its time');
+    const end = Date.now() + 40_000;
+    while (repairs().reidentified === 0) {
+      if (Date.now() > end) assert.fail('identify was not run again within 40 s');
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    // Once per connection: later status ticks leave it alone.
+    await new Promise((r) => setTimeout(r, 5000));
+    assert.deepEqual(repairs(), { added: 0, reidentified: 1 });
+    assert.equal(node.status().ready, false, 'still no member in the table');
+  } finally {
+    await Promise.all([node.stop(), bare.stop()]);
   }
 });

@@ -244,7 +244,7 @@ async function nodeSnapshot(h: Hosted, reset: boolean): Promise<NodeSnapshot> {
     remotePeers: conns.map((c) => c.remotePeer.toString()),
     dnsMembers: s.dnsMembers,
     unpublishedKeys: s.unpublishedKeys,
-    ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts }))(h.node.metrics(s)),
+    ...(({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts, tableRepairs }) => ({ datagrams, connectionBound, lookupSteps, heartbeats, provideQueries, republishes, bootstrapAttempts, tableRepairs }))(h.node.metrics(s)),
     over: describeOver(h, conns),
     unidentified,
   };

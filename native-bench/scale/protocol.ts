@@ -50,6 +50,8 @@ export interface NodeSnapshot {
   provideQueries: { run: number; ipHolders: number; recent: number };
   /** Keys the node's republish rounds sent again, and passed over as just published, cumulative. */
   republishes: { sent: number; fresh: number };
+  /** Connected members the node put in its empty routing table itself, connections identified again (cumulative). */
+  tableRepairs: P2PMetricsSnapshot['tableRepairs'];
   /** The node's bootstrap dials (src/p2p/bootstrap.ts), cumulative: toward its target, and ring re-dials. */
   bootstrapAttempts: { ok: number; failed: number; ringOk: number; ringFailed: number };
   /** Advertised keys no peer took yet (status().unpublishedKeys): waiting for a retry. */

@@ -568,6 +568,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     log(`  ready: all=${cold.all} max ${Math.max(...readyTimes.filter(Number.isFinite))} ms`);
     const coldSnaps = await c.snapshot(true);
     logProblems(coldSnaps, log);
+    const repairs = sumFields(allNodes(coldSnaps), ['added', 'reidentified'], (x) => x.tableRepairs);
+    log(`    empty routing tables repaired: ${repairs.added} connected members put in by the node, ${repairs.reidentified} connections identified again`);
     const dials = new Map<string, number>();
     for (const s of coldSnaps) for (const [ip, d] of Object.entries(s.dialsByTarget)) dials.set(ip, (dials.get(ip) ?? 0) + d);
     const dialAvg = ips.reduce((t, ip) => t + (dials.get(ip) ?? 0), 0) / ips.length;

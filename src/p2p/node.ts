@@ -112,8 +112,11 @@ const BATCH_WINDOW_MS = 25;
 const PROVIDE_TIMEOUT_MS = 30_000;
 /** Dials and inbound upgrades (see connectionManager below for why this long). */
 const DIAL_TIMEOUT_MS = 15_000;
-/** A connection whose peer identify has not described after this long is identified again (fillEmptyTable). */
-const IDENTIFY_RETRY_MS = 10_000;
+/**
+ * A connection whose peer identify has not described after this long is identified again
+ * (fillEmptyTable): past identify's own timeout (DIAL_TIMEOUT_MS), so the first has failed.
+ */
+const IDENTIFY_RETRY_MS = 20_000;
 /**
  * A key no holder took is tried again after 2 s, doubling per failure up to 60 s (+-20%), not at
  * every peer that connects: under saturation peers reconnect every second, and a retry per
@@ -593,7 +596,10 @@ export class P2PNode {
       // Replaced by heartbeat.ts: the same job at a fraction of the CPU.
       connectionMonitor: { enabled: false },
       services: {
-        identify: identify(),
+        // As long as a dial may take (see dialTimeout): identify's 5 s default fired behind event
+        // loops 4-9 s late at an N = 1,000 cold start, and libp2p does not run a failed identify
+        // again, so the peer never entered the routing table (fillEmptyTable repairs that too).
+        identify: identify({ timeout: DIAL_TIMEOUT_MS }),
         ping: ping(),
         dht: kadDHT({
           protocol: dhtProtocol(cfg.cluster),
