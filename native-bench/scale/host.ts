@@ -224,11 +224,11 @@ readyTimer.unref();
 async function nodeSnapshot(h: Hosted, reset: boolean): Promise<NodeSnapshot> {
   const s = h.node.status();
   const conns = openConnections(h.libp2p);
-  // Only for a node not ready yet: connections whose peer identify has not described (no
-  // protocols known), the usual reason a connected node's routing table stays empty.
+  // Only for a node not ready yet: connections whose peer identify has not described (no agent
+  // version, which only identify stores), the usual reason a connected node's table stays empty.
   const unidentified = s.ready
     ? undefined
-    : (await Promise.all(conns.map((c) => h.libp2p.peerStore.get(c.remotePeer).then((p) => p.protocols.length === 0, () => true)))).filter(Boolean).length;
+    : (await Promise.all(conns.map((c) => h.libp2p.peerStore.get(c.remotePeer).then((p) => !p.metadata.has('AgentVersion'), () => true)))).filter(Boolean).length;
   const peak = Math.max(h.peak, conns.length);
   if (reset) h.peak = conns.length;
   return {

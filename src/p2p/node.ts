@@ -2260,12 +2260,13 @@ export class P2PNode {
   /**
    * Connected with an empty routing table: not ready, and no lookups beyond our own store.
    * kad-dht enters a peer through libp2p's topology notification once identify has described
-   * it. At an N = 1,000 cold start (host loops 3-7 s late) nodes stayed like that for 30-60 s,
-   * connected to members identify had described without the notification adding them (libp2p
-   * notifies a peer once per "connected" spell, and its bookkeeping of those spells runs on
-   * peer-store reads with a 5 s timeout), or to peers whose identify had failed (libp2p does
-   * not run it again). Here the described members are put in the table by us, and the others
-   * identified again, each connection once and after IDENTIFY_RETRY_MS.
+   * it. At N = 1,000 cold starts (host loops 3-9 s late) nodes stayed like that for 30-60 s,
+   * most of their connections never described: identify had given up (then after 5 s) and
+   * libp2p does not run it again. A described member missing from the table is possible too
+   * (libp2p reports a peer once per connected spell, and ends a spell only after a peer-store
+   * read that may time out). So: members known to speak our DHT protocol are put in the table
+   * by us, and a connection identify never described is identified again, once, after
+   * IDENTIFY_RETRY_MS.
    */
   private async fillEmptyTable(): Promise<void> {
     const proto = dhtProtocol(this.cfg.cluster);
@@ -2273,6 +2274,9 @@ export class P2PNode {
       if (this.stopped || this.dht.routingTable.size > 0) return;
       if (conn.status !== 'open') continue;
       const peer = await this.node.peerStore.get(conn.remotePeer).catch(() => undefined);
+      // (Protocols also enter the peer store when a stream of ours opens; the agent version only
+      // from identify, which our nodes always send.)
+      const described = peer?.metadata.has('AgentVersion') ?? false;
       if (peer?.protocols.includes(proto)) {
         try {
           await this.dht.routingTable.add(conn.remotePeer, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
@@ -2281,8 +2285,8 @@ export class P2PNode {
         } catch (err) {
           this.log('debug', 'could not put a connected member in the routing table', { peer: conn.remotePeer.toString(), error: (err as Error).message });
         }
-      } else if ((peer?.protocols.length ?? 0) === 0 && Date.now() - conn.timeline.open > IDENTIFY_RETRY_MS && !this.reidentified.has(conn)) {
-        // (A peer that speaks other protocols only is another cluster's: the identify handler closes it.)
+      } else if (!described && Date.now() - conn.timeline.open > IDENTIFY_RETRY_MS && !this.reidentified.has(conn)) {
+        // (Described without our protocol: another cluster's, and the identify handler closes it.)
         this.reidentified.add(conn);
         this.tableRepairs.reidentified++;
         // Its result goes the usual way (peer:identify, the topology, our handler).
