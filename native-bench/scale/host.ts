@@ -205,7 +205,7 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
   // which at a cold start of 1,000 nodes (loops 3-6 s late) was seconds after the node's state.
   const noteReady = () => {
     const h = hosted.get(spec.ip);
-    if (h && h.readyAfterMs === undefined && node.status().ready) h.readyAfterMs = Date.now() - h.startedAt;
+    if (h) noteIfReady(h);
   };
   const table = (libp2p as unknown as { services?: { dht?: { routingTable?: EventTarget } } }).services?.dht?.routingTable;
   if (!table?.addEventListener) throw new Error('kad-dht routingTable not found: update native-bench/scale/host.ts');
@@ -213,11 +213,14 @@ async function startNode(spec: NodeSpec, p2pPort: number, registryPort: number, 
   libp2p.addEventListener('connection:open', noteReady);
 }
 
+/** Notes when a node became ready (once). */
+function noteIfReady(h: Hosted): void {
+  if (h.readyAfterMs === undefined && h.node.status().ready) h.readyAfterMs = Date.now() - h.startedAt;
+}
+
 // Readiness is also sampled, for what the events above do not cover (a node alone by design).
 const readyTimer = setInterval(() => {
-  for (const h of hosted.values()) {
-    if (h.readyAfterMs === undefined && h.node.status().ready) h.readyAfterMs = Date.now() - h.startedAt;
-  }
+  for (const h of hosted.values()) noteIfReady(h);
 }, 100);
 readyTimer.unref();
 

@@ -413,6 +413,11 @@ function logOver(phase: string, nodes: NodeSnapshot[], log: (m: string) => void)
   }
 }
 
+/** Outbound connections the hosts' nodes opened since the last reset (each a handshake at both ends). */
+function opensIn(snaps: HostSnapshot[]): number {
+  return snaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0);
+}
+
 /** The hosts' CPU over a window of `minutes`, per node and minute. */
 function cpuPerNodePerMinute(snaps: HostSnapshot[], nodes: number, minutes: number): number {
   return snaps.reduce((t, s) => t + s.cpuSeconds, 0) / nodes / minutes;
@@ -420,7 +425,7 @@ function cpuPerNodePerMinute(snaps: HostSnapshot[], nodes: number, minutes: numb
 
 /** Connections the hosts' nodes opened (outbound) and closes they saw over a window, per node and minute. */
 function connectionChurn(snaps: HostSnapshot[], nodes: number, minutes: number): { opened: number; closed: number } {
-  const opened = snaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0);
+  const opened = opensIn(snaps);
   const closed = snaps.reduce((t, s) => t + s.connectionCloses, 0);
   return { opened: opened / nodes / minutes, closed: closed / nodes / minutes };
 }
@@ -469,29 +474,28 @@ function hostPauses(snaps: HostSnapshot[], windowMs: number): string {
   return snaps.map((s) => `${Math.round(s.loopDelayP99Ms)}/${Math.round(s.gcPauseMaxMs)}/${((100 * s.gcPauseMs) / windowMs).toFixed(1)}%`).join(' ');
 }
 
-/** With PEERPULL_SCALE_TRACE=1: the commonest openers of outbound connections in a window. */
-function logOpeners(snaps: HostSnapshot[], log: (m: string) => void): void {
+/** A per-host count (by opener, by error, by message...) summed over the hosts. */
+function mergeCounts(snaps: HostSnapshot[], pick: (s: HostSnapshot) => Record<string, number> | undefined): Map<string, number> {
   const by = new Map<string, number>();
-  for (const s of snaps) for (const [k, v] of Object.entries(s.opensBy ?? {})) by.set(k, (by.get(k) ?? 0) + v);
-  for (const [k, v] of [...by].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} opened by ${k}`);
-  const failed = new Map<string, number>();
-  for (const s of snaps) for (const [k, v] of Object.entries(s.dialFailuresBy ?? {})) failed.set(k, (failed.get(k) ?? 0) + v);
-  for (const [k, v] of [...failed].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} bootstrap dials failed: ${k}`);
-  const queries = new Map<string, number>();
-  for (const s of snaps) for (const [k, v] of Object.entries(s.queriesBy ?? {})) queries.set(k, (queries.get(k) ?? 0) + v);
-  for (const [k, v] of [...queries].sort((a, b) => b[1] - a[1]).slice(0, 8)) log(`    ${v} closest-peer queries started by ${k}`);
+  for (const s of snaps) for (const [k, v] of Object.entries(pick(s) ?? {})) by.set(k, (by.get(k) ?? 0) + v);
+  return by;
 }
 
-/** The hosts' warnings and errors so far, summed by message. */
-function problemsByMessage(snaps: HostSnapshot[]): Record<string, number> {
-  const by: Record<string, number> = {};
-  for (const s of snaps) for (const [k, v] of Object.entries(s.problemsBy)) by[k] = (by[k] ?? 0) + v;
-  return by;
+/** The `most` largest entries of a count, largest first. */
+function commonest(by: Map<string, number>, most: number): Array<[string, number]> {
+  return [...by].sort((a, b) => b[1] - a[1]).slice(0, most);
+}
+
+/** With PEERPULL_SCALE_TRACE=1: the commonest openers of outbound connections in a window. */
+function logOpeners(snaps: HostSnapshot[], log: (m: string) => void): void {
+  for (const [k, v] of commonest(mergeCounts(snaps, (s) => s.opensBy), 8)) log(`    ${v} opened by ${k}`);
+  for (const [k, v] of commonest(mergeCounts(snaps, (s) => s.dialFailuresBy), 8)) log(`    ${v} bootstrap dials failed: ${k}`);
+  for (const [k, v] of commonest(mergeCounts(snaps, (s) => s.queriesBy), 8)) log(`    ${v} closest-peer queries started by ${k}`);
 }
 
 /** The commonest warnings and errors so far (a cold start's failed DNS resolves, say). */
 function logProblems(snaps: HostSnapshot[], log: (m: string) => void): void {
-  for (const [k, v] of Object.entries(problemsByMessage(snaps)).sort((a, b) => b[1] - a[1]).slice(0, 5)) log(`    ${v} x ${k}`);
+  for (const [k, v] of commonest(mergeCounts(snaps, (s) => s.problemsBy), 5)) log(`    ${v} x ${k}`);
 }
 
 function allNodes(snaps: HostSnapshot[]): NodeSnapshot[] {
@@ -570,8 +574,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     logProblems(coldSnaps, log);
     const repairs = sumFields(allNodes(coldSnaps), ['added', 'reidentified'], (x) => x.tableRepairs);
     log(`    empty routing tables repaired: ${repairs.added} connected members put in by the node, ${repairs.reidentified} connections identified again`);
-    const dials = new Map<string, number>();
-    for (const s of coldSnaps) for (const [ip, d] of Object.entries(s.dialsByTarget)) dials.set(ip, (dials.get(ip) ?? 0) + d);
+    const dials = mergeCounts(coldSnaps, (s) => s.dialsByTarget);
     const dialAvg = ips.reduce((t, ip) => t + (dials.get(ip) ?? 0), 0) / ips.length;
     const maxDial = ips.reduce((m, ip) => ((dials.get(ip) ?? 0) > m.dials ? { ip, dials: dials.get(ip) ?? 0 } : m), { ip: '', dials: -1 });
     const lowest = sorted.slice(0, 3).map((ip) => ({ ip, dials: dials.get(ip) ?? 0 }));
@@ -901,7 +904,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         connectionsMaxAfter: Math.max(...after.map((x) => x.connections)),
         hostLoopDelayP99Ms: loopP99s(churnSnaps),
         cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(churnSnaps, o.n, churnMs / 60_000),
-        dialsPerNodePerMinute: churnSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0) / o.n / (churnMs / 60_000),
+        dialsPerNodePerMinute: opensIn(churnSnaps) / o.n / (churnMs / 60_000),
         calmAfterMs: undefined,
       };
       logOpeners(churnSnaps, log);
@@ -998,7 +1001,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         hostLoopDelayP99Ms: loopP99s(cutSnaps),
         cpuSecondsPerNodePerMinute: cpuPerNodePerMinute(cutSnaps, o.n, (tHeal - tCut) / 60_000),
         counters: did,
-        connectionsOpened: cutSnaps.reduce((t, s) => t + Object.values(s.dialsByTarget).reduce((a, b) => a + b, 0), 0),
+        connectionsOpened: opensIn(cutSnaps),
         nodesWithCrossConnection: ((ipOf) => snap.filter((x) => x.remotePeers.some((p) => ipOf.has(p) && aSet.has(ipOf.get(p)!) !== aSet.has(x.ip))).length)(new Map(snap.map((x) => [x.peerId, x.ip]))),
       };
       await annotateFailures();
@@ -1016,7 +1019,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       warnings: final.reduce((t, s) => t + s.warnings, 0),
       errors: final.reduce((t, s) => t + s.errors, 0),
       samples: final.flatMap((s) => s.lastProblems).slice(0, 10),
-      byMessage: problemsByMessage(final),
+      byMessage: Object.fromEntries(mergeCounts(final, (s) => s.problemsBy)),
     };
     result.loadAverage.end = os.loadavg();
     return result;
