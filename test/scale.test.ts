@@ -404,14 +404,19 @@ describe('a 50-node cluster of real p2p stacks', () => {
       throw new Error(`${(err as Error).message}${partial ? ` ${JSON.stringify(partial)}` : ''}`);
     }
     result = r;
-    const brief = JSON.stringify({ peakConnections: r.peakConnections, coldStart: r.coldStart.readyMs, advertiseMs: r.steady.advertiseMs, steady: { connections: r.steady.connections, lookups: r.steady.lookups }, isolation: r.isolation, churn: r.churn, problems: r.problems });
+    const brief = JSON.stringify({ peakConnections: r.peakConnections, crowd: r.crowd, coldStart: r.coldStart.readyMs, advertiseMs: r.steady.advertiseMs, steady: { connections: r.steady.connections, lookups: r.steady.lookups }, isolation: r.isolation, churn: r.churn, problems: r.problems });
     assert.equal(r.coldStart.allReady, true);
     // The bound holds at every instant (src/p2p/bound.ts): the hosts count each node's open
     // connections at every connection open, over the whole run. Before the gate, libp2p's own
     // limit let 40 of 50 nodes sit at 13-21.
     assert.ok(r.peakConnections <= bound, `a node held ${r.peakConnections} connections at a bound of ${bound}: ${brief}`);
     assert.ok(r.steady.connections.max <= bound, brief);
-    assert.ok(r.steady.connectionBound.evicted > 0, `the bound was never reached: ${JSON.stringify(r.steady.connectionBound)}`);
+    // Steady state needs fewer connections than the bound (the busiest node held 10 of 12 in
+    // some runs, none evicted), so the bound is exercised by a crowd: 36 nodes dial one at once.
+    const crowd = r.crowd!;
+    assert.ok(crowd.targetPeak <= bound, `the crowd's target held ${crowd.targetPeak} connections: ${JSON.stringify(crowd)}`);
+    assert.ok(crowd.evicted + crowd.refusedInbound > 0, `the crowd never reached the bound: ${JSON.stringify(crowd)}`);
+    assert.ok(crowd.holding > 0 && crowd.targetReady, `the crowd's target: ${JSON.stringify(crowd)}`);
     assert.ok(r.steady.lookups.successRate >= 0.95, `steady lookups: ${brief}`);
     // Beyond a mesh (50 nodes at a bound of 12) records reach IP holders and lookups ask them by
     // datagram: both must have happened, and most asks been answered.
@@ -444,6 +449,15 @@ describe('a 50-node cluster of real p2p stacks', () => {
     const ch = result.churn;
     const wrong = ch.lookups.byOutcome.notfound ?? 0;
     assert.ok(wrong <= Math.ceil(ch.lookups.total * 0.01), `wrong misses during churn: ${JSON.stringify(ch.lookups)}`);
+  });
+
+  // A guard below the target: 93% at the start of session 3, 97-98% before asks went to IP
+  // holders by datagram, 99.6-100% since (245 of 245 or 246 of 246 in the six runs of
+  // 2026-12-07 15:35-16:10 UTC). Every failure so far was a timeout behind a late host loop.
+  test('lookups of live content during churn: at least 98% found', () => {
+    assert.ok(result?.churn, 'the cluster scenario ran');
+    const ch = result.churn;
+    assert.ok(ch.lookups.successRate >= 0.98, `during churn: ${JSON.stringify(ch.lookups)}`);
   });
 
   // Issue 7's targets for lookups under churn, not met yet. N=50, bound 12, 3 s deadline, 25 s

@@ -8,7 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Dnsmasq } from '../../test/support/dnsmasq.js';
-import type { FindResult, HostReply, HostRequest, HostSnapshot, NodeSpec } from './protocol.js';
+import type { DialResult, FindResult, HostReply, HostRequest, HostSnapshot, NodeSpec } from './protocol.js';
 
 const HOST_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'host.js');
 
@@ -209,6 +209,23 @@ export class ScaleCluster {
     const h = this.hostOf.get(ip);
     if (!h) return Promise.reject(new Error(`unknown node ${ip}`));
     return h.call<FindResult>({ type: 'find', ip, key, count, deadlineMs }, 30_000);
+  }
+
+  /** Each node in `from` opens a connection to `to` (multiaddr with peer id), all hosts at once. */
+  async dial(from: string[], to: string, timeoutMs: number): Promise<DialResult> {
+    const byHost = new Map<Host, string[]>();
+    for (const ip of from) {
+      const h = this.hostOf.get(ip);
+      if (!h) throw new Error(`unknown node ${ip}`);
+      byHost.set(h, [...(byHost.get(h) ?? []), ip]);
+    }
+    const parts = await Promise.all([...byHost].map(([h, ips]) => h.call<DialResult>({ type: 'dial', ips, to, timeoutMs }, timeoutMs + 30_000)));
+    const out: DialResult = { connected: 0, failedBy: {} };
+    for (const p of parts) {
+      out.connected += p.connected;
+      for (const [why, n] of Object.entries(p.failedBy)) out.failedBy[why] = (out.failedBy[why] ?? 0) + n;
+    }
+    return out;
   }
 
   /** The nodes (every live host) whose stores hold a record for `key`. */

@@ -9,12 +9,13 @@ import { Session } from 'node:inspector/promises';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Connection } from '@libp2p/interface';
+import { multiaddr } from '@multiformats/multiaddr';
 import type { Libp2p } from 'libp2p';
 import { loadConfig } from '../../src/main/config.js';
 import { p2pWorkerConfig } from '../../src/main/p2p.js';
 import { P2PNode } from '../../src/p2p/node.js';
 import { parseTcpAddr } from '../../src/p2p/peer-addr.js';
-import type { FindResult, HostReply, HostRequest, HostRequestEnvelope, HostSnapshot, NodeSnapshot, NodeSpec } from './protocol.js';
+import type { DialResult, FindResult, HostReply, HostRequest, HostRequestEnvelope, HostSnapshot, NodeSnapshot, NodeSpec } from './protocol.js';
 
 if (!process.send) throw new Error('native-bench/scale/host.ts runs as a child of the scale orchestrator (IPC)');
 
@@ -340,6 +341,22 @@ async function handle(req: HostRequest): Promise<unknown> {
         out.diag = await h.node.diagnose(req.key).catch((err: Error) => ({ error: err.message }));
         out.diag.connectedIps = h.libp2p.getConnections().flatMap((c) => remoteIp(c) ?? []);
       }
+      return out;
+    }
+    case 'dial': {
+      const to = multiaddr(req.to);
+      const out: DialResult = { connected: 0, failedBy: {} };
+      await Promise.all(
+        req.ips.map(async (ip) => {
+          try {
+            await hostedOrThrow(ip).libp2p.dial(to, { signal: AbortSignal.timeout(req.timeoutMs) });
+            out.connected++;
+          } catch (err) {
+            const why = String((err as Error).message).replace(/[0-9a-zA-Z]{20,}|[\d.:]+/g, '#').slice(0, 120);
+            out.failedBy[why] = (out.failedBy[why] ?? 0) + 1;
+          }
+        }),
+      );
       return out;
     }
     case 'holders': {

@@ -18,6 +18,8 @@ export type HostRequest =
   | { type: 'advertise'; items: Array<{ ip: string; keys: string[] }>; wait: boolean }
   | { type: 'find'; ip: string; key: string; count: number; deadlineMs: number }
   | { type: 'stop'; ips: string[] }
+  /** Each node in `ips` opens a connection to the node at `to` (a multiaddr with its peer id), all at once. */
+  | { type: 'dial'; ips: string[]; to: string; timeoutMs: number }
   /** Which of the host's nodes hold a provider record for `key` (failure analysis). */
   | { type: 'holders'; key: string }
   /** CPU profile of a window (the inspector): start, then stop writing it to `file`. */
@@ -105,6 +107,12 @@ export interface FindResult {
   queried?: number;
   /** The node's own account of a lookup that found nothing (P2PNode.diagnose). */
   diag?: Record<string, unknown>;
+}
+
+/** What a host's `dial` request came to: connections that stood, and failed dials by error. */
+export interface DialResult {
+  connected: number;
+  failedBy: Record<string, number>;
 }
 
 export type HostReply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: string };

@@ -3,11 +3,11 @@
 // dnsmasq answering the headless name with every A record; the scenarios of scenarios.ts for
 // each N. Writes docs/scale/results.json and the SVG plots beside it.
 //
-//   npm run bench:scale -- --nodes 100,300,1000 [--scenarios isolation,churn,partition]
+//   npm run bench:scale -- --nodes 100,300,1000 [--scenarios crowd,isolation,churn,partition]
 //                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5] [--held 15] [--replace-after 0]
 //                          [--out docs/scale] [--no-plots] [--no-netns]
 //
-// Cold start and steady state always run; --scenarios picks the rest (default: all three,
+// Cold start and steady state always run; --scenarios picks the rest (default: all four,
 // partition only where it can run). As root with unshare it re-executes itself in a private
 // network namespace (everything it starts lives and dies there); the partition scenario needs
 // that and nft (Debian nftables).
@@ -73,7 +73,7 @@ function parseArgs(argv: string[]): Args {
         break;
       case '--scenarios':
         a.scenarios = new Set(v.split(',').filter(Boolean));
-        for (const x of a.scenarios) if (!['isolation', 'churn', 'partition'].includes(x)) throw new Error(`unknown scenario ${x}`);
+        for (const x of a.scenarios) if (!['crowd', 'isolation', 'churn', 'partition'].includes(x)) throw new Error(`unknown scenario ${x}`);
         i++;
         break;
       case '--out':
@@ -138,7 +138,7 @@ async function main(): Promise<void> {
     process.once('SIGTERM', cut);
     process.once('SIGINT', cut);
     try {
-      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, settleMs: args.settle * 1000, heldMs: args.held * 1000, replaceAfterMs: args.replaceAfter * 1000, isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
+      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, settleMs: args.settle * 1000, heldMs: args.held * 1000, replaceAfterMs: args.replaceAfter * 1000, crowd: want('crowd'), isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
       log(`done in ${Math.round((Date.now() - t0) / 1000)} s`);
       process.stdout.write(JSON.stringify(r) + '\n');
       previous[String(n)] = r;

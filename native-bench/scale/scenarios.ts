@@ -48,6 +48,11 @@ export interface ScaleOptions {
    * costs from what 10% of the cluster bootstrapping at once costs on these shared cores.
    */
   replaceAfterMs: number;
+  /**
+   * A crowd: 3x the bound (at most all others) open a connection to one node at once, as when
+   * every node runs a kad-dht query for the same popular key and dials its closest peers.
+   */
+  crowd: boolean;
   isolation: boolean;
   churn: boolean;
   partition: boolean;
@@ -73,6 +78,7 @@ export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
   churnShare: 0.1,
   churnWindowMs: 60_000,
   replaceAfterMs: 0,
+  crowd: true,
   isolation: true,
   churn: true,
   partition: false,
@@ -146,6 +152,26 @@ export interface ScaleResult {
     provideQueries: { run: number; ipHolders: number; recent: number };
     /** Connection-bound counters summed over the nodes, from their start to the end of the lookups. */
     connectionBound: { evicted: number; refusedInbound: number; refusedOutbound: number; unwanted: number };
+  };
+  crowd?: {
+    /** The lowest-sorted surviving address (also the one every node meets first at bootstrap). */
+    target: string;
+    dialers: number;
+    /**
+     * Dials that resolved. One the target refused resolves too (the dialer's side of the upgrade
+     * finished first) and is closed at once: `holding` is what stood a second later.
+     */
+    connected: number;
+    /** Dialers with a connection to the target a second after the crowd. */
+    holding: number;
+    failedBy: Record<string, number>;
+    /** The target's connections: most at once during the crowd (counted at every open), and after. */
+    targetPeak: number;
+    targetConnections: number;
+    /** The target's bound counters over the crowd: idle connections closed to make room, newcomers refused. */
+    evicted: number;
+    refusedInbound: number;
+    targetReady: boolean;
   };
   isolation?: {
     otherNodes: number;
@@ -730,6 +756,40 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       peakConnections: 0,
     };
     if (o.progress) Object.assign(o.progress, result);
+
+    // ---- a crowd: many nodes open a connection to one node at once ----
+    // Where the bound is tested hardest: steady state with records at IP holders needs few
+    // connections beyond bootstrap's (at N = 50, bound 12, the busiest node held 10), so the
+    // bound binds in bursts like this one. The target must stay at or under it, making room
+    // by closing idle connections and refusing the rest, and stay ready.
+    if (o.crowd) {
+      const target = sorted.find((ip) => !victims.has(ip))!;
+      const dialers = shuffle(ips.filter((ip) => ip !== target)).slice(0, Math.min(o.n - 1, 3 * o.maxConnections));
+      log(`crowd: ${dialers.length} nodes open a connection to ${target} at once`);
+      const of = (nodes: NodeSnapshot[]) => nodes.find((x) => x.ip === target)!;
+      const before = of(allNodes(await c.snapshot(true)));
+      const dialed = await c.dial(dialers, `/ip4/${target}/tcp/${o.p2pPort}/p2p/${peerIdOf.get(target)}`, 15_000);
+      await sleep(1000);
+      const afterSnaps = await c.snapshot(true);
+      const afterNodes = allNodes(afterSnaps);
+      const after = of(afterNodes);
+      const dialerSet = new Set(dialers);
+      result.crowd = {
+        target,
+        dialers: dialers.length,
+        connected: dialed.connected,
+        holding: afterNodes.filter((x) => dialerSet.has(x.ip) && x.remotePeers.includes(after.peerId)).length,
+        failedBy: dialed.failedBy,
+        targetPeak: after.peakConnections,
+        targetConnections: after.connections,
+        evicted: after.connectionBound.evicted - before.connectionBound.evicted,
+        refusedInbound: after.connectionBound.refusedInbound - before.connectionBound.refusedInbound,
+        targetReady: after.ready,
+      };
+      const cr = result.crowd;
+      log(`  target held at most ${cr.targetPeak} (bound ${o.maxConnections}), ${cr.targetConnections} after; ${cr.connected} dials resolved, ${cr.holding} dialers connected a second later, ${cr.evicted} idle connections closed to make room, ${cr.refusedInbound} refused; failed dials: ${JSON.stringify(cr.failedBy)}; connections to it opened at the dialers' end: ${mergeCounts(afterSnaps, (s) => s.dialsByTarget).get(target) ?? 0}`);
+      logOpeners(afterSnaps, log);
+    }
 
     // ---- isolation: a second cluster behind the same DNS name, on the lowest addresses ----
     if (o.isolation) {
