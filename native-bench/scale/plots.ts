@@ -30,10 +30,10 @@ export function charts(results: Record<string, ScaleResult>): Record<string, Cha
       refs: [{ y: 60, label: 'target 60 s' }],
     },
     'connections.svg': {
-      title: 'Connections per node (steady state)',
+      title: 'Connections per node (steady state; a crowd dialling one node)',
       yLabel: 'connections',
       yFromZero: true,
-      series: [series(rs, 'max', (r) => r.steady.connections.max), series(rs, 'p99', (r) => r.steady.connections.p99, true), series(rs, 'mean', (r) => r.steady.connections.mean, true)],
+      series: [series(rs, 'crowd target, most at once', (r) => r.crowd?.targetPeak), series(rs, 'max', (r) => r.steady.connections.max), series(rs, 'p99', (r) => r.steady.connections.p99, true), series(rs, 'mean', (r) => r.steady.connections.mean, true)],
       refs: [{ y: bound, label: `bound ${bound}` }],
     },
     'hotspots.svg': {
