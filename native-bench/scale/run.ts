@@ -4,7 +4,7 @@
 // each N. Writes docs/scale/results.json and the SVG plots beside it.
 //
 //   npm run bench:scale -- --nodes 100,300,1000 [--scenarios crowd,isolation,churn,partition]
-//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5] [--held 15] [--replace-after 0]
+//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5] [--held 15] [--replace-after 0] [--bootstrap-interval 15]
 //                          [--out docs/scale] [--no-plots] [--no-netns]
 //
 // Cold start and steady state always run; --scenarios picks the rest (default: all four,
@@ -34,13 +34,14 @@ interface Args {
   settle: number;
   held: number;
   replaceAfter: number;
+  bootstrapInterval: number;
   out: string;
   plots: boolean;
   netns: boolean;
 }
 
 /** The options that take one positive number, and the field each sets. */
-const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 'deadline' | 'settle' | 'held' | 'replaceAfter'> = {
+const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 'deadline' | 'settle' | 'held' | 'replaceAfter' | 'bootstrapInterval'> = {
   '--per-host': 'perHost',
   '--keys': 'keys',
   '--rate': 'rate',
@@ -49,10 +50,11 @@ const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 
   '--settle': 'settle',
   '--held': 'held',
   '--replace-after': 'replaceAfter',
+  '--bootstrap-interval': 'bootstrapInterval',
 };
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, held: DEFAULTS.heldMs / 1000, replaceAfter: DEFAULTS.replaceAfterMs / 1000, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
+  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, held: DEFAULTS.heldMs / 1000, replaceAfter: DEFAULTS.replaceAfterMs / 1000, bootstrapInterval: DEFAULTS.bootstrapIntervalMs / 1000, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     const num = () => {
@@ -138,7 +140,7 @@ async function main(): Promise<void> {
     process.once('SIGTERM', cut);
     process.once('SIGINT', cut);
     try {
-      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, settleMs: args.settle * 1000, heldMs: args.held * 1000, replaceAfterMs: args.replaceAfter * 1000, crowd: want('crowd'), isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
+      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, settleMs: args.settle * 1000, heldMs: args.held * 1000, replaceAfterMs: args.replaceAfter * 1000, bootstrapIntervalMs: args.bootstrapInterval * 1000, crowd: want('crowd'), isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
       log(`done in ${Math.round((Date.now() - t0) / 1000)} s`);
       process.stdout.write(JSON.stringify(r) + '\n');
       previous[String(n)] = r;
