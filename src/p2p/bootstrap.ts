@@ -9,8 +9,8 @@
 // the connection budget. Addresses are dialled without a peer id: the noise handshake reveals it.
 
 import { createHash } from 'node:crypto';
-import { Resolver } from 'node:dns/promises';
 import { isIPv4, isIPv6 } from 'node:net';
+import { TcpDns } from './dns.js';
 
 /**
  * `list` with the entries marked within `maxAgeMs` moved to the end, each part in its order;
@@ -167,13 +167,12 @@ export class DnsResolveError extends Error {
 
 /** Resolves a name's A and AAAA records; one family missing is normal, both failing is an error. */
 export class DnsMembers {
-  private readonly resolver: Resolver;
+  private readonly resolver: TcpDns;
   /** The last answer, sorted, and as a set: an unchanged answer (in any order) is not sorted again. */
   private last: { sorted: readonly string[]; set: ReadonlySet<string> } | undefined;
 
   constructor(readonly hostname: string, servers: string[], timeoutMs = 2000) {
-    this.resolver = new Resolver({ timeout: timeoutMs, tries: 2 });
-    if (servers.length > 0) this.resolver.setServers(servers);
+    this.resolver = new TcpDns(servers, timeoutMs, 2);
   }
 
   async resolve(): Promise<string[]> {
