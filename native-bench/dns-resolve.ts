@@ -1,19 +1,21 @@
-// What one bootstrap DNS resolve costs as the cluster grows: CPU of the resolving process (Node's
-// resolver, c-ares) and of the DNS server (dnsmasq) per resolve of a headless name listing N
-// addresses, the way src/p2p/bootstrap.ts resolves it (one kept Resolver per node, A then
-// AAAA). Every node resolves every PEERPULL_BOOTSTRAP_INTERVAL, so this per-node figure times
-// N / interval is what the whole cluster spends on membership, and in the scale harness it comes
-// out of the same two cores as everything else.
+// What one bootstrap DNS resolve costs as the cluster grows: CPU of the resolving process and of
+// the DNS server (dnsmasq) per resolve of a headless name listing N addresses, the way
+// src/p2p/bootstrap.ts resolves it (DnsMembers: one kept resolver per node, A and AAAA). Every
+// node resolves every PEERPULL_BOOTSTRAP_INTERVAL, so this per-node figure times N / interval is
+// what the whole cluster spends on membership, and in the scale harness it comes out of the same
+// two cores as everything else.
 //
-// The first size given is the baseline; each size prints ms of CPU per resolve and the ratio to
-// the baseline of the same run.
+// Two resolvers per size, in the same run: peerpull's (src/p2p/dns.ts) and the baseline, Node's
+// own (node:dns, c-ares), which DnsMembers used before; each prints ms of CPU per resolve, and
+// peerpull's the ratio to the baseline.
 //
 //   npx tsc -p tsconfig.json && node_modules/.bin/node dist/native-bench/dns-resolve.js [--sizes 20,250,1000,2000,4000] [--resolvers 100] [--rounds 3] [--json]
 //
-// CPU profiles do not show this cost: c-ares parses answers in the event loop's poll phase,
-// outside JavaScript, which V8's profiler counts as idle. Thread CPU time does show it.
+// CPU profiles do not show the baseline's cost: c-ares parses answers in the event loop's poll
+// phase, outside JavaScript, which V8's profiler counts as idle. Thread CPU time does show it.
 
 import { readFileSync } from 'node:fs';
+import { Resolver } from 'node:dns/promises';
 import { DnsMembers } from '../src/p2p/bootstrap.js';
 import { Dnsmasq } from '../test/support/dnsmasq.js';
 
@@ -54,12 +56,31 @@ function processCpuMs(pid: number): number {
   return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
 }
 
-async function measure(size: number, a: Args): Promise<{ size: number; clientMs: number; serverMs: number; wallMs: number }> {
+interface Resolves {
+  resolve(): Promise<string[]>;
+}
+
+/** The baseline: Node's resolver, asked as DnsMembers asked it before src/p2p/dns.ts. */
+function nodeDns(name: string, server: string): Resolves {
+  const r = new Resolver({ timeout: 10_000, tries: 2 });
+  r.setServers([server]);
+  return {
+    resolve: async () => {
+      const [v4, v6] = await Promise.allSettled([r.resolve4(name), r.resolve6(name)]);
+      if (v4.status === 'rejected') throw v4.reason;
+      return v6.status === 'fulfilled' ? [...v4.value, ...v6.value] : v4.value;
+    },
+  };
+}
+
+type Row = { size: number; resolver: string; clientMs: number; serverMs: number; wallMs: number };
+
+async function measure(size: number, a: Args, which: 'peerpull' | 'node:dns'): Promise<Row> {
   const name = 'peerpull.bench.test';
   const ips = Array.from({ length: size }, (_, i) => `10.${9 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`);
   const dns = await Dnsmasq.start({ [name]: ips }, { maxTcpConnections: 1000 });
   try {
-    const nodes = Array.from({ length: a.resolvers }, () => new DnsMembers(name, [dns.server], 10_000));
+    const nodes: Resolves[] = Array.from({ length: a.resolvers }, () => (which === 'peerpull' ? new DnsMembers(name, [dns.server], 10_000) : nodeDns(name, dns.server)));
     // A first round fills the nodes' caches as a running node's are (an unchanged answer is not
     // sorted again): what is measured is a settled node's periodic resolve.
     await Promise.all(nodes.map((n) => n.resolve()));
@@ -73,7 +94,7 @@ async function measure(size: number, a: Args): Promise<{ size: number; clientMs:
     }
     const c = process.cpuUsage(c0);
     const count = a.resolvers * a.rounds;
-    return { size, clientMs: (c.user + c.system) / 1000 / count, serverMs: (processCpuMs(dns.pid) - s0) / count, wallMs: (performance.now() - t0) / a.rounds };
+    return { size, resolver: which, clientMs: (c.user + c.system) / 1000 / count, serverMs: (processCpuMs(dns.pid) - s0) / count, wallMs: (performance.now() - t0) / a.rounds };
   } finally {
     await dns.stop();
   }
@@ -81,17 +102,16 @@ async function measure(size: number, a: Args): Promise<{ size: number; clientMs:
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
-  const rows = [];
-  for (const size of a.sizes) rows.push(await measure(size, a));
-  const base = rows[0];
+  const rows: Array<{ base: Row; ours: Row }> = [];
+  for (const size of a.sizes) rows.push({ base: await measure(size, a, 'node:dns'), ours: await measure(size, a, 'peerpull') });
   if (a.json) {
-    process.stdout.write(`${JSON.stringify({ resolvers: a.resolvers, rounds: a.rounds, rows: rows.map((r) => ({ ...r, clientRatio: r.clientMs / base.clientMs })) })}\n`);
+    process.stdout.write(`${JSON.stringify({ resolvers: a.resolvers, rounds: a.rounds, rows: rows.map((r) => ({ ...r, clientRatio: r.ours.clientMs / r.base.clientMs })) })}\n`);
     return;
   }
-  process.stdout.write(`CPU per resolve (${a.resolvers} resolvers at once, ${a.rounds} rounds), against ${base.size} records:\n`);
-  for (const r of rows) {
+  process.stdout.write(`CPU per resolve (${a.resolvers} resolvers at once, ${a.rounds} rounds; resolver, then dnsmasq), peerpull's against node:dns:\n`);
+  for (const { base, ours } of rows) {
     process.stdout.write(
-      `  ${String(r.size).padStart(5)} records  resolver ${r.clientMs.toFixed(2)} ms (${(r.clientMs / base.clientMs).toFixed(1)}x)  dnsmasq ${r.serverMs.toFixed(2)} ms  round of ${a.resolvers} ${r.wallMs.toFixed(0)} ms\n`,
+      `  ${String(base.size).padStart(5)} records  node:dns ${base.clientMs.toFixed(2)} ms, ${base.serverMs.toFixed(2)} ms  peerpull ${ours.clientMs.toFixed(2)} ms (${(ours.clientMs / base.clientMs).toFixed(2)}x), ${ours.serverMs.toFixed(2)} ms\n`,
     );
   }
 }

@@ -157,6 +157,16 @@ export function parseAnswer(msg: Buffer, id: number, type: number, name: string)
   return out;
 }
 
+/**
+ * A timeout that gives the reply a last chance: timers run before the poll for I/O in each turn
+ * of the event loop, so after a stall (a busy node, or hundreds of nodes sharing a core in the
+ * scale harness) an answer that arrived in time would otherwise lose to its own timeout. The
+ * verdict waits for that turn's reads (setImmediate runs after them).
+ */
+function lateTimeout(fire: () => void, ms: number): NodeJS.Timeout {
+  return setTimeout(() => setImmediate(fire), ms);
+}
+
 /** One query over one TCP connection: a 2-byte length, the message, and the same back. */
 function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: string): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -164,13 +174,16 @@ function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: str
     const chunks: Buffer[] = [];
     let got = 0;
     let want = -1;
+    let settled = false;
     const done = (err: Error | undefined, msg?: Buffer) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       socket.destroy();
       if (err) reject(err);
       else resolve(msg!);
     };
-    const timer = setTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
+    const timer = lateTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
     socket.on('connect', () => {
       const len = Buffer.alloc(2);
       len.writeUInt16BE(query.length, 0);
@@ -191,13 +204,16 @@ function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: str
 function queryUdp(server: DnsServer, query: Buffer, id: number, timeoutMs: number, name: string): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const socket = dgram.createSocket(net.isIPv6(server.host) ? 'udp6' : 'udp4');
+    let settled = false;
     const done = (err: Error | undefined, msg?: Buffer) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       socket.close();
       if (err) reject(err);
       else resolve(msg!);
     };
-    const timer = setTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
+    const timer = lateTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
     socket.on('message', (msg, from) => {
       // Anything else arriving on this port is not the answer (and not trusted as one).
       if (from.port !== server.port || msg.length < 2 || msg.readUInt16BE(0) !== id) return;
