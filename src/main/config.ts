@@ -392,7 +392,7 @@ export const settings = {
     'Headless Service name whose A/AAAA records list the cluster\'s nodes; resolved at start, periodically and after losing peers. Empty: no DNS bootstrap.',
     parseOptionalHostname,
   ),
-  dnsServers: setting('DNS_SERVERS', '', 'Comma-separated DNS servers (ip, ip:port, [ipv6]:port) for BOOTSTRAP_DNS; empty: the system resolver.', parseDnsServers),
+  dnsServers: setting('DNS_SERVERS', '', 'Comma-separated DNS servers (ip, ip:port, [ipv6]:port) for BOOTSTRAP_DNS; empty: the nameservers in /etc/resolv.conf.', parseDnsServers),
   bootstrapPeers: setting(
     'BOOTSTRAP_PEERS',
     '',
