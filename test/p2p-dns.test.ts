@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
-import { DnsError, encodeQuery, isTruncated, parseAnswer, parseServer, resolvConfServers, DnsClient } from '../src/p2p/dns.js';
+import { DnsError, encodeQuery, isTruncated, parseAnswer, parseServer, resolvConfServers, TcpDns } from '../src/p2p/dns.js';
 import { Dnsmasq } from './support/dnsmasq.js';
 
 const A = 1;
@@ -115,7 +115,7 @@ describe('DNS over the network', () => {
     const ips = (n: number) => Array.from({ length: n }, (_, i) => `10.7.${i >> 8}.${i & 255}`);
     const dns = await Dnsmasq.start({ 'small.dns.test': ips(5), 'big.dns.test': ips(1000) });
     closers.push(() => dns.stop());
-    const r = new DnsClient([dns.server], 2000, 2);
+    const r = new TcpDns([dns.server], 2000, 2);
     assert.deepEqual((await r.resolve4('small.dns.test')).sort(), ips(5).sort());
     const big = await r.resolve4('big.dns.test');
     assert.equal(new Set(big).size, 1000);
@@ -136,12 +136,12 @@ describe('DNS over the network', () => {
     closers.push(() => dns.stop());
     const silentAddr = `127.0.0.1:${silent.address().port}`;
     const t0 = Date.now();
-    assert.deepEqual(await new DnsClient([silentAddr, dns.server], 300, 1).resolve4('ok.dns.test'), ['10.8.0.1']);
+    assert.deepEqual(await new TcpDns([silentAddr, dns.server], 300, 1).resolve4('ok.dns.test'), ['10.8.0.1']);
     assert.ok(Date.now() - t0 >= 250, 'waited for the silent server first');
     // Alone, the silent server is a timeout, after both tries.
-    await assert.rejects(new DnsClient([silentAddr], 100, 2).resolve4('ok.dns.test'), (err: DnsError) => err.code === 'ETIMEOUT' && /timed out after 200 ms/.test(err.message));
+    await assert.rejects(new TcpDns([silentAddr], 100, 2).resolve4('ok.dns.test'), (err: DnsError) => err.code === 'ETIMEOUT' && /timed out after 200 ms/.test(err.message));
     // Nothing listens on UDP at the TCP server's port either: refused or timed out, never an answer.
-    await assert.rejects(new DnsClient([`127.0.0.1:${(hangup.address() as net.AddressInfo).port}`], 200, 1).resolve4('ok.dns.test'), DnsError);
+    await assert.rejects(new TcpDns([`127.0.0.1:${(hangup.address() as net.AddressInfo).port}`], 200, 1).resolve4('ok.dns.test'), DnsError);
   });
 
   test('a reply with another query id, or from another port, is not taken for the answer', async () => {
@@ -156,7 +156,7 @@ describe('DNS over the network', () => {
       server.send(reply(q, [{ type: A, data: v4('6.6.6.7') }], { id: (q.readUInt16BE(0) + 1) & 0xffff }), from.port, from.address);
       setTimeout(() => server.send(reply(q, [{ type: A, data: v4('10.9.0.1') }]), from.port, from.address), 20);
     });
-    assert.deepEqual(await new DnsClient([`127.0.0.1:${server.address().port}`], 1000, 1).resolve4('x.dns.test'), ['10.9.0.1']);
+    assert.deepEqual(await new TcpDns([`127.0.0.1:${server.address().port}`], 1000, 1).resolve4('x.dns.test'), ['10.9.0.1']);
   });
 
   test('a truncated UDP reply is asked again over TCP', async () => {
@@ -187,7 +187,7 @@ describe('DNS over the network', () => {
     });
     await new Promise<void>((res) => tcp.listen(port, '127.0.0.1', res));
     closers.push(() => udp.close(), () => tcp.close());
-    const r = new DnsClient([`127.0.0.1:${port}`], 1000, 1);
+    const r = new TcpDns([`127.0.0.1:${port}`], 1000, 1);
     assert.deepEqual(await r.resolve4('t.dns.test'), ['10.1.0.1', '10.1.0.2']);
     assert.deepEqual(await r.resolve4('t.dns.test'), ['10.1.0.1', '10.1.0.2']);
     assert.equal(tcpQueries, 2);

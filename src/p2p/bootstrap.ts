@@ -10,7 +10,7 @@
 
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
-import { DnsClient } from './dns.js';
+import { TcpDns } from './dns.js';
 
 /**
  * `list` with the entries marked within `maxAgeMs` moved to the end, each part in its order;
@@ -167,12 +167,12 @@ export class DnsResolveError extends Error {
 
 /** Resolves a name's A and AAAA records; one family missing is normal, both failing is an error. */
 export class DnsMembers {
-  private readonly resolver: DnsClient;
+  private readonly resolver: TcpDns;
   /** The last answer, sorted, and as a set: an unchanged answer (in any order) is not sorted again. */
   private last: { sorted: readonly string[]; set: ReadonlySet<string> } | undefined;
 
   constructor(readonly hostname: string, servers: string[], timeoutMs = 2000) {
-    this.resolver = new DnsClient(servers, timeoutMs, 2);
+    this.resolver = new TcpDns(servers, timeoutMs, 2);
   }
 
   async resolve(): Promise<string[]> {

@@ -167,41 +167,23 @@ function lateTimeout(fire: () => void, ms: number): NodeJS.Timeout {
   return setTimeout(() => setImmediate(fire), ms);
 }
 
-type Finish = (err: Error | undefined, msg?: Buffer) => void;
-
-/**
- * One exchange with one server: `start` opens its socket, reports the reply or a failure
- * through `finish` and returns how to close the socket. The first report wins; the socket is
- * closed and the timeout cancelled with it.
- */
-function exchange(server: DnsServer, name: string, timeoutMs: number, start: (finish: Finish) => () => void): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    let close = () => {};
-    const finish: Finish = (err, msg) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      close();
-      if (err) reject(err);
-      else resolve(msg!);
-    };
-    const timer = lateTimeout(() => finish(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
-    close = start(finish);
-  });
-}
-
-/** A socket's error as the query's. */
-function socketError(err: NodeJS.ErrnoException, server: DnsServer, name: string): DnsError {
-  return new DnsError(err.code ?? 'ECONNREFUSED', `DNS query for ${name} to ${server.host}:${server.port}: ${err.message}`);
-}
-
 /** One query over one TCP connection: a 2-byte length, the message, and the same back. */
 function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: string): Promise<Buffer> {
-  return exchange(server, name, timeoutMs, (finish) => {
+  return new Promise((resolve, reject) => {
     const socket = net.connect({ host: server.host, port: server.port });
     const chunks: Buffer[] = [];
     let got = 0;
+    let want = -1;
+    let settled = false;
+    const done = (err: Error | undefined, msg?: Buffer) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      if (err) reject(err);
+      else resolve(msg!);
+    };
+    const timer = lateTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
     socket.on('connect', () => {
       const len = Buffer.alloc(2);
       len.writeUInt16BE(query.length, 0);
@@ -210,30 +192,35 @@ function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: str
     socket.on('data', (d: Buffer) => {
       chunks.push(d);
       got += d.length;
-      if (got < 2) return;
-      const all = Buffer.concat(chunks, got);
-      chunks.splice(0, chunks.length, all);
-      const want = all.readUInt16BE(0);
-      if (got >= 2 + want) finish(undefined, all.subarray(2, 2 + want));
+      if (want < 0 && got >= 2) want = Buffer.concat(chunks).readUInt16BE(0);
+      if (want >= 0 && got >= 2 + want) done(undefined, Buffer.concat(chunks, got).subarray(2, 2 + want));
     });
-    socket.on('error', (err) => finish(socketError(err, server, name)));
-    socket.on('end', () => finish(new DnsError('ECONNRESET', `DNS server ${server.host}:${server.port} closed the connection before answering for ${name}`)));
-    return () => socket.destroy();
+    socket.on('error', (err: NodeJS.ErrnoException) => done(new DnsError(err.code ?? 'ECONNREFUSED', `DNS query for ${name} to ${server.host}:${server.port}: ${err.message}`)));
+    socket.on('end', () => done(new DnsError('ECONNRESET', `DNS server ${server.host}:${server.port} closed the connection before answering for ${name}`)));
   });
 }
 
 /** One query in one datagram; the reply must come from the server asked, for this query id. */
 function queryUdp(server: DnsServer, query: Buffer, id: number, timeoutMs: number, name: string): Promise<Buffer> {
-  return exchange(server, name, timeoutMs, (finish) => {
+  return new Promise((resolve, reject) => {
     const socket = dgram.createSocket(net.isIPv6(server.host) ? 'udp6' : 'udp4');
+    let settled = false;
+    const done = (err: Error | undefined, msg?: Buffer) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.close();
+      if (err) reject(err);
+      else resolve(msg!);
+    };
+    const timer = lateTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
     socket.on('message', (msg, from) => {
       // Anything else arriving on this port is not the answer (and not trusted as one).
       if (from.port !== server.port || msg.length < 2 || msg.readUInt16BE(0) !== id) return;
-      finish(undefined, msg);
+      done(undefined, msg);
     });
-    socket.on('error', (err) => finish(socketError(err, server, name)));
+    socket.on('error', (err: NodeJS.ErrnoException) => done(new DnsError(err.code ?? 'ECONNREFUSED', `DNS query for ${name} to ${server.host}:${server.port}: ${err.message}`)));
     socket.send(query, server.port, server.host);
-    return () => socket.close();
   });
 }
 
@@ -244,7 +231,7 @@ const FINAL = new Set(['ENODATA', 'ENOTFOUND', 'EBADRESP']);
  * Resolves one family of a name: each server in turn, then again with twice the timeout
  * (c-ares's schedule for `tries`), until one answers.
  */
-export class DnsClient {
+export class TcpDns {
   private servers: Promise<DnsServer[]>;
   /** Record types whose answer was truncated over UDP once: asked over TCP directly since. */
   private readonly overTcp = new Set<number>();
