@@ -492,6 +492,25 @@ describe('chart: two releases side by side', () => {
   });
 });
 
+describe('chart: one cluster over two releases', () => {
+  test('each lists its own bootstrap name first, then the other release\'s; same cluster name and key', async () => {
+    const shared = { clusterName: 'big', clusterKey: { existingSecret: 'big-key' } };
+    const name = (rel: string) => `${rel}-peerpull-p2p.peerpull.svc.cluster.local`;
+    const a = await render('pool-a', { ...shared, nodeSelector: { pool: 'a' }, p2p: { extraBootstrapDns: [name('pool-b')] } }, 'peerpull');
+    const b = await render('pool-b', { ...shared, nodeSelector: { pool: 'b' }, p2p: { extraBootstrapDns: [name('pool-a')] } }, 'peerpull');
+    validateAll([...a, ...b]);
+    const envA = processEnv(find(a, 'DaemonSet', 'pool-a-peerpull').spec.template.spec.containers[0]);
+    const envB = processEnv(find(b, 'DaemonSet', 'pool-b-peerpull').spec.template.spec.containers[0]);
+    assert.equal(envA.PEERPULL_BOOTSTRAP_DNS, `${name('pool-a')},${name('pool-b')}`);
+    assert.deepEqual(loadConfig(envB).bootstrapDns, [name('pool-b'), name('pool-a')]);
+    assert.equal(envA.PEERPULL_CLUSTER, envB.PEERPULL_CLUSTER);
+    // Each release's headless Service publishes its own pods: the two names list disjoint halves.
+    find(a, 'Service', 'pool-a-peerpull-p2p');
+    find(b, 'Service', 'pool-b-peerpull-p2p');
+    await assert.rejects(render('bad', { p2p: { extraBootstrapDns: ['Not A Name'] } }), /extraBootstrapDns/);
+  });
+});
+
 describe('chart: cleanup-wait hook script', () => {
   const script = path.join(CHART, 'files/cleanup-wait.mjs');
 

@@ -19,6 +19,12 @@ describe('config', () => {
     assert.ok(c.workers >= 2 && c.workers <= 4);
   });
 
+  test('bootstrap DNS: one name or several, normalised, duplicates dropped; empty is none', () => {
+    assert.deepEqual(loadConfig({}).bootstrapDns, []);
+    assert.deepEqual(loadConfig({ PEERPULL_BOOTSTRAP_DNS: 'PeerPull-P2P.kube-system.svc.cluster.local.' }).bootstrapDns, ['peerpull-p2p.kube-system.svc.cluster.local']);
+    assert.deepEqual(loadConfig({ PEERPULL_BOOTSTRAP_DNS: ' a.svc , b.svc,,a.svc ' }).bootstrapDns, ['a.svc', 'b.svc']);
+  });
+
   test('flags override the environment', () => {
     const c = loadConfig({ PEERPULL_REGISTRY_ADDR: ':6000' }, { '--registry-addr': '127.0.0.1:7000' });
     assert.deepEqual(c.registryAddr, { host: '127.0.0.1', port: 7000 });
@@ -52,6 +58,8 @@ describe('config', () => {
     [{ PEERPULL_LOG_LEVEL: 'loud' }, 'PEERPULL_LOG_LEVEL'],
     [{ PEERPULL_DEFAULT_REGISTRY: 'a/b' }, 'PEERPULL_DEFAULT_REGISTRY'],
     [{ PEERPULL_NO_SUCH_THING: '1' }, 'PEERPULL_NO_SUCH_THING'],
+    [{ PEERPULL_BOOTSTRAP_DNS: 'a.svc,not a name' }, 'PEERPULL_BOOTSTRAP_DNS'],
+    [{ PEERPULL_BOOTSTRAP_DNS: Array.from({ length: 17 }, (_, i) => `n${i}.svc`).join(',') }, 'PEERPULL_BOOTSTRAP_DNS'],
   ];
   for (const [env, variable] of bad) {
     test(`${JSON.stringify(env)} is refused naming ${variable}`, () => {

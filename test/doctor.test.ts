@@ -179,7 +179,8 @@ describe('peerpull doctor', () => {
 
   before(async () => {
     root = await mkdtemp(path.join(os.tmpdir(), 'peerpull-doctor-'));
-    dns = await Dnsmasq.start({ 'peerpull-p2p.test': ['127.0.79.1', '127.0.79.2'], 'alone.test': ['127.0.80.1'] });
+    const many = Array.from({ length: 3800 }, (_, i) => `10.77.${i >> 8}.${i & 255}`);
+    dns = await Dnsmasq.start({ 'peerpull-p2p.test': ['127.0.79.1', '127.0.79.2'], 'alone.test': ['127.0.80.1'], 'nearly-full.test': many });
     const closed = await freePort();
     closedUrl = `http://127.0.0.1:${closed}`;
     await mkdir(path.join(root, 'empty-certs'));
@@ -271,6 +272,18 @@ describe('peerpull doctor', () => {
       { PEERPULL_BOOTSTRAP_DNS: 'peerpull-p2p.kube-system.invalid', PEERPULL_DNS_SERVERS: dns!.server },
       new RegExp(`the bootstrap DNS name peerpull-p2p\\.kube-system\\.invalid \\(PEERPULL_BOOTSTRAP_DNS\\) does not resolve through DNS servers ${dns!.server.replaceAll('.', '\\.')}`),
     );
+  });
+
+  test('several bootstrap names: each checked; one that does not resolve fails, one nearly filling a DNS message warns', async () => {
+    const server = dns!.server.replaceAll('.', '\\.');
+    const r = await expectProblem(
+      { PEERPULL_BOOTSTRAP_DNS: 'peerpull-p2p.test,nearly-full.test,gone.test', PEERPULL_DNS_SERVERS: dns!.server },
+      new RegExp(`the bootstrap DNS name gone\\.test \\(PEERPULL_BOOTSTRAP_DNS\\) does not resolve through DNS servers ${server}`),
+    );
+    assert.match(r.stdout, /ok {4}peerpull-p2p\.test resolves to 2 address\(es\)/);
+    assert.match(r.stdout, /ok {4}nearly-full\.test resolves to 3800 address\(es\)/);
+    assert.match(r.stdout, /WARN {2}nearly-full\.test lists 3800 IPv4 addresses, and one DNS message holds about 40\d\d: past that the answer is cut/);
+    assert.match(r.stdout, /list the nodes under several headless names .* in PEERPULL_BOOTSTRAP_DNS/);
   });
 
   test('registry port and running node not answering', async () => {

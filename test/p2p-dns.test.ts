@@ -1,12 +1,14 @@
-// The bootstrap resolver (src/p2p/dns.ts): the wire format on hand-built messages, hostile and
+// The bootstrap resolver (src/shared/dns.ts): the wire format on hand-built messages, hostile and
 // broken answers, and real servers: dnsmasq over UDP and TCP, and servers that misbehave on
-// purpose (silent, hanging up, answering with another query's id).
+// purpose (silent, hanging up, answering with another query's id). Then the members of several
+// bootstrap names (src/p2p/bootstrap.ts, DnsMembers): their union, and a name that fails.
 
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
-import { DnsError, encodeQuery, isTruncated, parseAnswer, parseServer, resolvConfServers, TcpDns } from '../src/p2p/dns.js';
+import { DnsMembers, DnsResolveError } from '../src/p2p/bootstrap.js';
+import { DNS_MESSAGE_CAPACITY, DnsClient, DnsError, encodeQuery, isTruncated, parseAnswer, parseServer, possiblyTruncated, resolvConfServers } from '../src/shared/dns.js';
 import { Dnsmasq } from './support/dnsmasq.js';
 
 const A = 1;
@@ -115,7 +117,7 @@ describe('DNS over the network', () => {
     const ips = (n: number) => Array.from({ length: n }, (_, i) => `10.7.${i >> 8}.${i & 255}`);
     const dns = await Dnsmasq.start({ 'small.dns.test': ips(5), 'big.dns.test': ips(1000) });
     closers.push(() => dns.stop());
-    const r = new TcpDns([dns.server], 2000, 2);
+    const r = new DnsClient([dns.server], 2000, 2);
     assert.deepEqual((await r.resolve4('small.dns.test')).sort(), ips(5).sort());
     const big = await r.resolve4('big.dns.test');
     assert.equal(new Set(big).size, 1000);
@@ -136,12 +138,12 @@ describe('DNS over the network', () => {
     closers.push(() => dns.stop());
     const silentAddr = `127.0.0.1:${silent.address().port}`;
     const t0 = Date.now();
-    assert.deepEqual(await new TcpDns([silentAddr, dns.server], 300, 1).resolve4('ok.dns.test'), ['10.8.0.1']);
+    assert.deepEqual(await new DnsClient([silentAddr, dns.server], 300, 1).resolve4('ok.dns.test'), ['10.8.0.1']);
     assert.ok(Date.now() - t0 >= 250, 'waited for the silent server first');
     // Alone, the silent server is a timeout, after both tries.
-    await assert.rejects(new TcpDns([silentAddr], 100, 2).resolve4('ok.dns.test'), (err: DnsError) => err.code === 'ETIMEOUT' && /timed out after 200 ms/.test(err.message));
+    await assert.rejects(new DnsClient([silentAddr], 100, 2).resolve4('ok.dns.test'), (err: DnsError) => err.code === 'ETIMEOUT' && /timed out after 200 ms/.test(err.message));
     // Nothing listens on UDP at the TCP server's port either: refused or timed out, never an answer.
-    await assert.rejects(new TcpDns([`127.0.0.1:${(hangup.address() as net.AddressInfo).port}`], 200, 1).resolve4('ok.dns.test'), DnsError);
+    await assert.rejects(new DnsClient([`127.0.0.1:${(hangup.address() as net.AddressInfo).port}`], 200, 1).resolve4('ok.dns.test'), DnsError);
   });
 
   test('a reply with another query id, or from another port, is not taken for the answer', async () => {
@@ -156,7 +158,7 @@ describe('DNS over the network', () => {
       server.send(reply(q, [{ type: A, data: v4('6.6.6.7') }], { id: (q.readUInt16BE(0) + 1) & 0xffff }), from.port, from.address);
       setTimeout(() => server.send(reply(q, [{ type: A, data: v4('10.9.0.1') }]), from.port, from.address), 20);
     });
-    assert.deepEqual(await new TcpDns([`127.0.0.1:${server.address().port}`], 1000, 1).resolve4('x.dns.test'), ['10.9.0.1']);
+    assert.deepEqual(await new DnsClient([`127.0.0.1:${server.address().port}`], 1000, 1).resolve4('x.dns.test'), ['10.9.0.1']);
   });
 
   test('a truncated UDP reply is asked again over TCP', async () => {
@@ -187,9 +189,81 @@ describe('DNS over the network', () => {
     });
     await new Promise<void>((res) => tcp.listen(port, '127.0.0.1', res));
     closers.push(() => udp.close(), () => tcp.close());
-    const r = new TcpDns([`127.0.0.1:${port}`], 1000, 1);
+    const r = new DnsClient([`127.0.0.1:${port}`], 1000, 1);
     assert.deepEqual(await r.resolve4('t.dns.test'), ['10.1.0.1', '10.1.0.2']);
     assert.deepEqual(await r.resolve4('t.dns.test'), ['10.1.0.1', '10.1.0.2']);
     assert.equal(tcpQueries, 2);
+  });
+});
+
+describe('members of several bootstrap names', () => {
+  const closers: Array<() => unknown> = [];
+  after(() => closers.forEach((c) => c()));
+
+  /** The name and type a query asks (an uncompressed question at offset 12). */
+  function question(q: Buffer): { name: string; type: number } {
+    const labels: string[] = [];
+    let o = 12;
+    while (q[o] !== 0) {
+      labels.push(q.subarray(o + 1, o + 1 + q[o]).toString());
+      o += 1 + q[o];
+    }
+    return { name: labels.join('.'), type: q.readUInt16BE(o + 1) };
+  }
+
+  test('the union of their records; a failing name keeps its last answer, a name that is gone lists nobody; all failing is an error', async () => {
+    // What the server says per name; no AAAA records anywhere (ENODATA, as for an IPv4 cluster).
+    const zone = new Map<string, string[] | 'servfail' | 'nxdomain'>();
+    const server = dgram.createSocket('udp4');
+    await new Promise<void>((res) => server.bind(0, '127.0.0.1', res));
+    closers.push(() => server.close());
+    server.on('message', (q, from) => {
+      const { name, type } = question(q);
+      const z = zone.get(name) ?? 'nxdomain';
+      const msg = z === 'servfail' ? reply(q, [], { rcode: 2 }) : z === 'nxdomain' ? reply(q, [], { rcode: 3 }) : reply(q, type === A ? z.map((ip) => ({ type: A, data: v4(ip) })) : []);
+      server.send(msg, from.port, from.address);
+    });
+    const m = new DnsMembers(['a.pool.test', 'b.pool.test'], [`127.0.0.1:${server.address().port}`], 500);
+    const steps: Array<{ a: string[] | 'servfail' | 'nxdomain'; b: string[] | 'servfail' | 'nxdomain'; want: string[] | RegExp; failing: string[] }> = [
+      { a: ['10.0.0.2', '10.0.0.1'], b: ['10.0.1.1', '10.0.0.1'], want: ['10.0.0.1', '10.0.0.2', '10.0.1.1'], failing: [] },
+      // A server failure for one name is not its pods leaving: they stay members.
+      { a: ['10.0.0.1', '10.0.0.2'], b: 'servfail', want: ['10.0.0.1', '10.0.0.2', '10.0.1.1'], failing: ['b.pool.test'] },
+      { a: ['10.0.0.1'], b: ['10.0.1.1', '10.0.1.2'], want: ['10.0.0.1', '10.0.1.1', '10.0.1.2'], failing: [] },
+      // The server says the name does not exist (its Service deleted): nobody under it.
+      { a: ['10.0.0.1'], b: 'nxdomain', want: ['10.0.0.1'], failing: ['b.pool.test'] },
+      { a: 'servfail', b: 'nxdomain', want: /a\.pool\.test.*ESERVFAIL.*b\.pool\.test.*ENOTFOUND/, failing: ['a.pool.test', 'b.pool.test'] },
+    ];
+    for (const [i, step] of steps.entries()) {
+      zone.set('a.pool.test', step.a).set('b.pool.test', step.b);
+      const got = await m.resolve().catch((err: Error) => err);
+      if (step.want instanceof RegExp) {
+        assert.ok(got instanceof DnsResolveError, `step ${i}: ${String(got)}`);
+        assert.match(got.message, step.want, `step ${i}`);
+      } else assert.deepEqual(got, step.want, `step ${i}`);
+      assert.deepEqual([...m.failing.keys()].sort(), step.failing, `step ${i}: failing names`);
+      assert.equal(m.truncated, false);
+    }
+  });
+
+  test('two names of 3,000 nodes each (dnsmasq, over TCP): 6,000 members, and no answer is taken for a cut one', async () => {
+    const ips = (prefix: number, n: number) => Array.from({ length: n }, (_, i) => `10.${prefix}.${i >> 8}.${i & 255}`);
+    const dns = await Dnsmasq.start({ 'a.big.test': ips(20, 3000), 'b.big.test': ips(21, 3000), 'c.big.test': ips(22, 4500) });
+    closers.push(() => dns.stop());
+    const m = new DnsMembers(['a.big.test', 'b.big.test'], [dns.server]);
+    const got = await m.resolve();
+    assert.equal(got.length, 6000);
+    assert.equal(new Set(got).size, 6000);
+    // More than one message holds, together, and each name's answer is whole.
+    assert.ok(possiblyTruncated(got));
+    assert.equal(m.truncated, false);
+    // A name past the capacity is flagged, whatever the others answer (dnsmasq cuts it, or sends
+    // what no resolver reads).
+    const cut = new DnsMembers(['a.big.test', 'c.big.test'], [dns.server]);
+    const answer = await cut.resolve().catch((err: Error) => err);
+    if (answer instanceof Error) assert.match(answer.message, /EBADRESP/);
+    else {
+      assert.ok(answer.length >= 3000 + DNS_MESSAGE_CAPACITY.a && answer.length < 7500, `${answer.length} members`);
+      assert.equal(cut.truncated, true);
+    }
   });
 });

@@ -10,25 +10,13 @@ import { after, before, describe, test } from 'node:test';
 import { ipHoldersOfKey } from '../src/p2p/node.js';
 import type { LookupResult } from '../src/shared/messages.js';
 import { Dnsmasq } from './support/dnsmasq.js';
-import { P2PNodeProcess, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
+import { P2PNodeProcess, lookupSteps, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
 
 const N = 30;
 const P2P_PORT = 17201;
 const NAME = 'slow.p2p.test';
 const ips = Array.from({ length: N }, (_, i) => nodeIp(i, 260));
 const KEY = `sha256:${'5'.repeat(64)}`;
-
-/**
- * peerpull_p2p_lookup_steps_total by step, from a node's Prometheus text. The p2p thread sends
- * its counters with each status push (every 2 s): wait for two, so the lookups just made count.
- */
-async function steps(n: P2PNodeProcess): Promise<Record<string, number>> {
-  await new Promise((r) => setTimeout(r, 4500));
-  const text = await n.call<string>('metrics');
-  const out: Record<string, number> = {};
-  for (const m of text.matchAll(/^peerpull_p2p_lookup_steps_total\{[^}]*step="([a-z_]+)"[^}]*\} (\d+)/gm)) out[m[1]] = Number(m[2]);
-  return out;
-}
 
 describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
   let dns: Dnsmasq;
@@ -64,10 +52,10 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
     // Members' datagrams heard, and every IP listed for two bootstrap intervals.
     for (let i = 0; i < 2; i++) await asker.find(`sha256:${'9'.repeat(63)}${i}`, { timeoutMs: 3000 });
     await new Promise((r) => setTimeout(r, 5000));
-    const before = await steps(asker);
+    const before = await lookupSteps(asker);
     const results: LookupResult[] = [];
     for (let i = 0; i < 5; i++) results.push(await asker.find(`sha256:${'a'.repeat(63)}${i}`, { timeoutMs: 3000 }));
-    const afterSteps = await steps(asker);
+    const afterSteps = await lookupSteps(asker);
     const delta = (k: string) => (afterSteps[k] ?? 0) - (before[k] ?? 0);
     const seen = JSON.stringify({ before, afterSteps, results: results.map((r) => ({ outcome: r.outcome, source: r.source, queried: r.queried })) });
     assert.ok(results.every((r) => r.outcome === 'notfound' && r.providers.length === 0), `every lookup a miss: ${seen}`);
@@ -95,7 +83,7 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
       }
     }
     assert.ok(asker, 'some node holds no record of the key and finds it over the network');
-    const before = await steps(asker);
+    const before = await lookupSteps(asker);
     for (const ip of order.slice(0, 3)) {
       const n = nodes[ips.indexOf(ip)];
       process.kill(n.pid, 'SIGSTOP');
@@ -103,7 +91,7 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
     }
     const results: LookupResult[] = [];
     for (let i = 0; i < 5; i++) results.push(await asker.find(KEY, { timeoutMs: 3000 }));
-    const afterSteps = await steps(asker);
+    const afterSteps = await lookupSteps(asker);
     const delta = (k: string) => (afterSteps[k] ?? 0) - (before[k] ?? 0);
     const found = results.filter((r) => r.providers.some((p) => p.peerId === results[0].providers[0]?.peerId)).length;
     assert.ok(results.every((r) => r.source === 'network'), `looked up over the network: ${JSON.stringify(results.map((r) => r.source))}`);

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Bootstrapper, DnsMembers, RING_LINKS, type BootstrapDeps, bootstrapCount, ringNeighbours, selectRing, sortAddresses } from '../src/p2p/bootstrap.js';
-import { DNS_MESSAGE_CAPACITY, Liveness, possiblyTruncated } from '../src/p2p/liveness.js';
+import { Liveness } from '../src/p2p/liveness.js';
+import { DNS_MESSAGE_CAPACITY, possiblyTruncated } from '../src/shared/dns.js';
 import { DEFAULTS, runScale, type ScaleResult } from '../native-bench/scale/scenarios.js';
 import { Dnsmasq } from './support/dnsmasq.js';
 
@@ -133,7 +134,7 @@ function bootstrapperFor(members: string[], self: string, rest: Pick<BootstrapDe
     p2pPort: 7001,
     maxConnections: 64,
     intervalMs: 60_000,
-    dns: { hostname: 'x', resolve: async () => members } as unknown as DnsMembers,
+    dns: { hostname: 'x', resolve: async () => members, failing: new Map(), truncated: false },
     staticPeers: [],
     connectedIps: () => new Set(),
     ...rest,
@@ -282,7 +283,7 @@ describe('bootstrap after losing peers', () => {
         p2pPort: 7001,
         maxConnections: 64,
         intervalMs: 60_000,
-        dns: { hostname: 'x', resolve: async () => (resolves++, members) } as unknown as DnsMembers,
+        dns: { hostname: 'x', resolve: async () => (resolves++, members), failing: new Map(), truncated: false },
         staticPeers: [],
         connectedIps: () => new Set(),
         connectionCount: () => connections,

@@ -128,13 +128,22 @@ function parseWorkers(raw: string, variable: string): number {
 
 // ---- p2p thread parsers (owner: p2p thread) ----
 
-function parseOptionalHostname(raw: string, variable: string): string {
+function parseHostname(raw: string, variable: string): string {
   const t = raw.trim().toLowerCase().replace(/\.$/, '');
-  if (t === '') return '';
   if (t.length > 253 || !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(t)) {
-    throw new ConfigError(variable, `"${raw}" is not a DNS name (e.g. peerpull.kube-system.svc.cluster.local)`);
+    throw new ConfigError(variable, `"${raw.trim()}" is not a DNS name (e.g. peerpull.kube-system.svc.cluster.local)`);
   }
   return t;
+}
+
+/** Most bootstrap names: each is resolved every interval, A and AAAA. */
+const MAX_BOOTSTRAP_NAMES = 16;
+
+/** Comma-separated DNS names, duplicates dropped; empty: none. */
+function parseHostnameList(raw: string, variable: string): string[] {
+  const names = [...new Set(raw.split(',').filter((x) => x.trim() !== '').map((x) => parseHostname(x, variable)))];
+  if (names.length > MAX_BOOTSTRAP_NAMES) throw new ConfigError(variable, `${names.length} names listed, at most ${MAX_BOOTSTRAP_NAMES}`);
+  return names;
 }
 
 const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
@@ -389,8 +398,8 @@ export const settings = {
   bootstrapDns: setting(
     'BOOTSTRAP_DNS',
     '',
-    'Headless Service name whose A/AAAA records list the cluster\'s nodes; resolved at start, periodically and after losing peers. Empty: no DNS bootstrap.',
-    parseOptionalHostname,
+    'Headless Service name whose A/AAAA records list the cluster\'s nodes, or several comma-separated (the members are all of their records; one DNS answer holds ~4,090 A records); resolved at start, every BOOTSTRAP_INTERVAL and after losing peers. Empty: no DNS bootstrap.',
+    parseHostnameList,
   ),
   dnsServers: setting('DNS_SERVERS', '', 'Comma-separated DNS servers (ip, ip:port, [ipv6]:port) for BOOTSTRAP_DNS; empty: the nameservers in /etc/resolv.conf.', parseDnsServers),
   bootstrapPeers: setting(

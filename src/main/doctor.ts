@@ -3,7 +3,7 @@
 // containerd or DNS server must not hang the doctor), and the command exits non-zero when any
 // check failed.
 
-import { Resolver } from 'node:dns/promises';
+import { DNS_MESSAGE_CAPACITY, DnsClient } from '../shared/dns.js';
 import type { Config } from './config.js';
 import { checkContainerdConfig } from './containerd-config.js';
 import { DEFAULT_DIR, nodeEndpoint } from './hosts-config.js';
@@ -270,10 +270,12 @@ async function checkRunningNode(config: Config, statusUrl: string, timeoutMs: nu
   return out;
 }
 
+/** Share of a DNS message's capacity at which the doctor warns that the answer is nearly full. */
+const DNS_ANSWER_WARN_SHARE = 0.9;
+
 async function checkBootstrapDns(config: Config, timeoutMs: number): Promise<Check[]> {
   if (!config.p2p) return [{ id: 'bootstrap-dns', status: 'skip', message: 'p2p is off (PEERPULL_P2P=false)' }];
-  const name = config.bootstrapDns;
-  if (!name) {
+  if (config.bootstrapDns.length === 0) {
     return config.bootstrapPeers.length > 0
       ? [{ id: 'bootstrap-dns', status: 'skip', message: `no bootstrap DNS name; joining through ${config.bootstrapPeers.length} static peer(s)` }]
       : [
@@ -285,23 +287,50 @@ async function checkBootstrapDns(config: Config, timeoutMs: number): Promise<Che
           },
         ];
   }
-  const resolver = new Resolver({ timeout: Math.max(100, Math.floor(timeoutMs / 2)), tries: 1 });
-  if (config.dnsServers.length) resolver.setServers(config.dnsServers);
-  const via = config.dnsServers.length ? `DNS servers ${config.dnsServers.join(', ')}` : 'the system resolver';
+  // The resolver the p2p thread bootstraps with: the same servers, the same question, the same
+  // switch to TCP for a large answer.
+  const resolver = new DnsClient(config.dnsServers, Math.max(100, Math.floor(timeoutMs / 2)), 1);
+  const via = config.dnsServers.length ? `DNS servers ${config.dnsServers.join(', ')}` : `the nameservers in /etc/resolv.conf (${(await resolver.servers()).join(', ') || 'none listed'})`;
+  const checks = await Promise.all(config.bootstrapDns.map((name) => checkBootstrapName(name, resolver, via, config.dnsServers.length > 0, config.bootstrapDns.length)));
+  return checks.flat();
+}
+
+/** One bootstrap name: resolves, and its answer is not near what one DNS message holds. */
+async function checkBootstrapName(name: string, resolver: DnsClient, via: string, ownServers: boolean, names: number): Promise<Check[]> {
   const results = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
-  const addrs = results.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
+  const [v4, v6] = results.map((r) => (r.status === 'fulfilled' ? r.value : []));
+  const addrs = [...v4, ...v6];
   if (addrs.length > 0) {
-    return [{ id: 'bootstrap-dns', status: 'ok', message: `${name} resolves to ${addrs.length} address(es) through ${via}: ${addrs.slice(0, 5).join(', ')}${addrs.length > 5 ? ', ...' : ''}` }];
+    const out: Check[] = [{ id: 'bootstrap-dns', status: 'ok', message: `${name} resolves to ${addrs.length} address(es) through ${via}: ${addrs.slice(0, 5).join(', ')}${addrs.length > 5 ? ', ...' : ''}` }];
+    // Near the most records one DNS message holds, the next nodes added make the answer cut
+    // (each node then sees a different subset) or unreadable.
+    const full = [
+      { family: 'IPv4', count: v4.length, max: DNS_MESSAGE_CAPACITY.a },
+      { family: 'IPv6', count: v6.length, max: DNS_MESSAGE_CAPACITY.aaaa },
+    ].find((f) => f.count >= Math.floor(f.max * DNS_ANSWER_WARN_SHARE));
+    if (full) {
+      out.push({
+        id: 'bootstrap-dns-size',
+        status: 'warn',
+        message: `${name} lists ${full.count} ${full.family} addresses, and one DNS message holds about ${full.max}: past that the answer is cut and nodes see different members`,
+        fix: `list the nodes under several headless names (per zone or node pool) in PEERPULL_BOOTSTRAP_DNS, comma-separated, each well under ${full.max} addresses`,
+      });
+    }
+    return out;
   }
   const codes = [...new Set(results.map((r) => (r.status === 'rejected' ? ((r.reason as NodeJS.ErrnoException).code ?? 'error') : 'no records')))];
   const timedOut = codes.includes('ETIMEOUT') || codes.includes('ECONNREFUSED');
+  // One of several names listing nobody (a node pool scaled to zero) is not this node's problem.
+  if (names > 1 && codes.every((c) => c === 'ENODATA')) {
+    return [{ id: 'bootstrap-dns', status: 'warn', message: `the bootstrap DNS name ${name} exists but lists no addresses through ${via}; the other names still list members`, fix: 'expected while its node pool has no peerpull pods; otherwise check the headless Service selects them' }];
+  }
   return [
     {
       id: 'bootstrap-dns',
       status: 'fail',
-      message: `the bootstrap DNS name ${name} (PEERPULL_BOOTSTRAP_DNS) does not resolve through ${via} (${codes.join(', ')}): this node cannot find its peers`,
+      message: `the bootstrap DNS name ${name} (PEERPULL_BOOTSTRAP_DNS) does not resolve through ${via} (${codes.join(', ')}): ${names > 1 ? 'the nodes listed under it cannot be found' : 'this node cannot find its peers'}`,
       fix: timedOut
-        ? `the DNS server did not answer: check ${config.dnsServers.length ? 'PEERPULL_DNS_SERVERS' : '/etc/resolv.conf'}`
+        ? `the DNS server did not answer: check ${ownServers ? 'PEERPULL_DNS_SERVERS' : '/etc/resolv.conf'}`
         : 'check that the headless Service exists and that the name is complete (<service>.<namespace>.svc.<cluster domain>); the chart sets it from the release',
     },
   ];

@@ -323,7 +323,7 @@ export class StatusBuilder {
         advertisedKeys: p2pStatus?.advertisedKeys ?? 0,
         pendingProvides: p2pStatus?.pendingProvides ?? 0,
         unpublishedKeys: p2pStatus?.unpublishedKeys ?? 0,
-        bootstrapDns: config.bootstrapDns || null,
+        bootstrapDns: config.bootstrapDns.join(', ') || null,
         dnsMembers: p2pStatus?.dnsMembers ?? 0,
         bootstrapPeers: config.bootstrapPeers.length,
         view: p2pStatus?.view ?? null,

@@ -10,7 +10,7 @@
 
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
-import { TcpDns } from './dns.js';
+import { DnsClient, possiblyTruncated } from '../shared/dns.js';
 
 /**
  * `list` with the entries marked within `maxAgeMs` moved to the end, each part in its order;
@@ -165,18 +165,82 @@ export class DnsResolveError extends Error {
   }
 }
 
-/** Resolves a name's A and AAAA records; one family missing is normal, both failing is an error. */
+/**
+ * The members: the A and AAAA records of one name, or of several (a cluster past what one DNS
+ * message holds, ~4,090 A records, lists its nodes under a name per zone or node pool). One
+ * family missing is normal, both failing is an error. A name that fails while others answer
+ * keeps its previous addresses: a timeout is not a departure, and a shrinking view would move
+ * keys' IP holders on this node only.
+ */
 export class DnsMembers {
-  private readonly resolver: TcpDns;
+  private readonly resolver: DnsClient;
+  readonly hostnames: readonly string[];
   /** The last answer, sorted, and as a set: an unchanged answer (in any order) is not sorted again. */
   private last: { sorted: readonly string[]; set: ReadonlySet<string> } | undefined;
+  /** Each name's last answer, standing in while it fails. */
+  private readonly lastOf = new Map<string, string[]>();
+  /** Names whose last resolve failed while others answered, with the error. */
+  readonly failing = new Map<string, string>();
+  /**
+   * Whether some name's answer in the last resolve filled a DNS message (it may be cut). Judged
+   * per name: the union of several names is meant to be larger than one message.
+   */
+  truncated = false;
 
-  constructor(readonly hostname: string, servers: string[], timeoutMs = 2000) {
-    this.resolver = new TcpDns(servers, timeoutMs, 2);
+  constructor(hostnames: string | readonly string[], servers: string[], timeoutMs = 2000) {
+    this.hostnames = typeof hostnames === 'string' ? [hostnames] : [...hostnames];
+    if (this.hostnames.length === 0) throw new Error('DnsMembers needs at least one name');
+    this.resolver = new DnsClient(servers, timeoutMs, 2);
+  }
+
+  /** The names, for logs. */
+  get hostname(): string {
+    return this.hostnames.join(',');
   }
 
   async resolve(): Promise<string[]> {
-    const [v4, v6] = await Promise.allSettled([this.resolver.resolve4(this.hostname), this.resolver.resolve6(this.hostname)]);
+    const answers = await Promise.allSettled(this.hostnames.map((n) => this.resolveName(n)));
+    const ips: string[] = [];
+    let answered = 0;
+    let truncated = false;
+    answers.forEach((a, i) => {
+      const name = this.hostnames[i];
+      let listed: string[];
+      if (a.status === 'fulfilled') {
+        answered++;
+        this.failing.delete(name);
+        this.lastOf.set(name, (listed = a.value));
+      } else {
+        const err = a.reason as DnsResolveError;
+        this.failing.set(name, err.message);
+        // The server says the name does not exist (its Service deleted): nobody is under it. Any
+        // other failure (a timeout, SERVFAIL) keeps the name's last answer.
+        if (err.code === 'ENOTFOUND') this.lastOf.delete(name);
+        listed = this.lastOf.get(name) ?? [];
+      }
+      truncated ||= possiblyTruncated(listed);
+      ips.push(...listed);
+    });
+    if (answered === 0) {
+      this.truncated = false;
+      const errors = answers.map((a) => (a as PromiseRejectedResult).reason as DnsResolveError);
+      if (errors.length === 1) throw errors[0];
+      throw new DnsResolveError(this.hostname, errors[0].code, errors.map((e) => e.message).join('; '));
+    }
+    this.truncated = truncated;
+    const valid = new Set(ips.filter((ip) => isIPv4(ip) || isIPv6(ip)));
+    // Sorting 1,000 addresses every interval on every node was ~1.5% of a host's time in the
+    // scale runs; most answers are the last one again, often in another order.
+    const last = this.last;
+    if (last && last.set.size === valid.size && [...valid].every((ip) => last.set.has(ip))) return last.sorted as string[];
+    const sorted = Object.freeze(sortAddresses(valid)) as string[];
+    this.last = { sorted, set: valid };
+    return sorted;
+  }
+
+  /** One name's addresses; [] when it exists and lists nobody (yet). */
+  private async resolveName(name: string): Promise<string[]> {
+    const [v4, v6] = await Promise.allSettled([this.resolver.resolve4(name), this.resolver.resolve6(name)]);
     const ips: string[] = [];
     if (v4.status === 'fulfilled') ips.push(...v4.value);
     if (v6.status === 'fulfilled') ips.push(...v6.value);
@@ -186,16 +250,9 @@ export class DnsMembers {
       const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code : undefined));
       if (codes.every((c) => c === 'ENODATA')) return [];
       const reason = v4.status === 'rejected' ? (v4.reason as Error) : ((v6 as PromiseRejectedResult).reason as Error);
-      throw new DnsResolveError(this.hostname, codes.find(Boolean), `resolving ${this.hostname}: ${reason.message}`);
+      throw new DnsResolveError(name, codes.find(Boolean), `resolving ${name}: ${reason.message}`);
     }
-    const valid = new Set(ips.filter((ip) => isIPv4(ip) || isIPv6(ip)));
-    // Sorting 1,000 addresses every interval on every node was ~1.5% of a host's time in the
-    // scale runs; most answers are the last one again, often in another order.
-    const last = this.last;
-    if (last && last.set.size === valid.size && [...valid].every((ip) => last.set.has(ip))) return last.sorted as string[];
-    const sorted = Object.freeze(sortAddresses(valid)) as string[];
-    this.last = { sorted, set: valid };
-    return sorted;
+    return ips;
   }
 }
 
@@ -207,13 +264,15 @@ export interface BootstrapDeps {
   p2pPort: number;
   maxConnections: number;
   intervalMs: number;
-  dns?: DnsMembers;
+  /** The members from DNS (a DnsMembers; tests hand in their own answers). */
+  dns?: Pick<DnsMembers, 'hostname' | 'resolve' | 'failing' | 'truncated'>;
   staticPeers: string[];
   /** IPs of the peers we hold connections to right now. */
   connectedIps(): ReadonlySet<string>;
   connectionCount(): number;
   dial(addr: string): Promise<void>;
-  onDnsAnswer(ips: string[] | undefined, seconds: number, ok: boolean): void;
+  /** `truncated`: some name's answer filled a DNS message, so it may list only part of its members. */
+  onDnsAnswer(ips: string[] | undefined, seconds: number, ok: boolean, truncated: boolean): void;
   /** `ring`: a dial made with enough connections, to restore a link to a ring successor. */
   onAttempt(ok: boolean, addr: string, error: Error | undefined, ring: boolean): void;
   log(level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>): void;
@@ -321,7 +380,8 @@ export class Bootstrapper {
       const t0 = process.hrtime.bigint();
       try {
         const ips = await this.d.dns.resolve();
-        this.d.onDnsAnswer(ips, Number(process.hrtime.bigint() - t0) / 1e9, true);
+        for (const [name, error] of this.d.dns.failing) this.d.log('warn', 'bootstrap DNS name failed; its last answer stands in', { name, error });
+        this.d.onDnsAnswer(ips, Number(process.hrtime.bigint() - t0) / 1e9, true, this.d.dns.truncated);
         const others = ips.filter((ip) => !self.has(ip));
         members = others.length;
         this.target = bootstrapCount(members, this.d.maxConnections);
@@ -333,7 +393,7 @@ export class Bootstrapper {
         selected = markedLast(selectRing(ips, self, this.d.seed, enough ? RING_LINKS + this.foreign.size : others.length, this.ranks), this.foreign, 10 * this.d.intervalMs);
         this.resolvedOnce = true;
       } catch (err) {
-        this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false);
+        this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false, false);
         // Keep the last answer's member count: an outage is not an empty cluster.
         members = Math.max(0, this.members - this.d.staticPeers.length);
         this.d.log('warn', 'bootstrap DNS resolve failed', { name: this.d.dns.hostname, error: (err as Error).message });

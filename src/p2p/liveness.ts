@@ -15,22 +15,9 @@
 // condemn live peers at random, so only an IP that an earlier answer listed and a complete
 // answer no longer lists counts as departed.
 
-import { isIPv4 } from 'node:net';
+import { possiblyTruncated } from '../shared/dns.js';
 
 export type DeathReason = 'disconnected' | 'dial-failed' | 'dns' | 'reported';
-
-/** Encoded size of one answer record with a compressed owner name: name pointer, type, class, TTL, length, data. */
-const A_RECORD_BYTES = 2 + 2 + 2 + 4 + 2 + 4;
-const AAAA_RECORD_BYTES = 2 + 2 + 2 + 4 + 2 + 16;
-/** Header plus the longest question (a 255-byte name, type, class). */
-const DNS_OVERHEAD_BYTES = 12 + 255 + 4;
-const DNS_MESSAGE_MAX = 65_535;
-
-/** Records of one family that fill a DNS message: an answer this large may have been cut. */
-export const DNS_MESSAGE_CAPACITY = {
-  a: Math.floor((DNS_MESSAGE_MAX - DNS_OVERHEAD_BYTES) / A_RECORD_BYTES),
-  aaaa: Math.floor((DNS_MESSAGE_MAX - DNS_OVERHEAD_BYTES) / AAAA_RECORD_BYTES),
-};
 
 /**
  * An answer dropping more than this share of the members listed before (and at least
@@ -39,12 +26,6 @@ export const DNS_MESSAGE_CAPACITY = {
  */
 const SUSPICIOUS_DROP_SHARE = 0.25;
 const MIN_SUSPICIOUS_DROP = 3;
-
-export function possiblyTruncated(ips: readonly string[]): boolean {
-  let v4 = 0;
-  for (const ip of ips) if (isIPv4(ip)) v4++;
-  return v4 >= DNS_MESSAGE_CAPACITY.a || ips.length - v4 >= DNS_MESSAGE_CAPACITY.aaaa;
-}
 
 export class Liveness {
   private readonly dead = new Map<string, { since: number; reason: DeathReason }>();
@@ -62,8 +43,11 @@ export class Liveness {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  /** Latest DNS answer; undefined (or empty: a DNS outage) disables the membership check. */
-  setDnsMembers(ips: string[] | undefined): void {
+  /**
+   * Latest DNS answer; undefined (or empty: a DNS outage) disables the membership check.
+   * `truncated`: some name's answer filled a DNS message, so it may list only part of its members.
+   */
+  setDnsMembers(ips: string[] | undefined, truncated = ips !== undefined && possiblyTruncated(ips)): void {
     if (!ips || ips.length === 0) {
       // Keep the members: the next answer is still compared with the last good one.
       this.suspended = true;
@@ -76,7 +60,7 @@ export class Liveness {
     if (this.acceptedAnswer && sameAnswer(ips, this.acceptedAnswer)) return;
     this.acceptedAnswer = undefined;
     const answer = new Set(ips);
-    if (this.members && this.partial(ips, answer, this.members)) {
+    if (this.members && (truncated || this.partial(ips, answer, this.members))) {
       // Add what it lists, condemn nobody.
       for (const ip of ips) this.members.add(ip);
       return;
@@ -87,7 +71,6 @@ export class Liveness {
   }
 
   private partial(ips: string[], answer: Set<string>, before: Set<string>): boolean {
-    if (possiblyTruncated(ips)) return true;
     let dropped = 0;
     for (const ip of before) if (!answer.has(ip)) dropped++;
     if (dropped < MIN_SUSPICIOUS_DROP || dropped <= SUSPICIOUS_DROP_SHARE * before.size) return false;

@@ -37,7 +37,7 @@ import { Datagrams, type DatagramAnswer, type DatagramRecords } from './datagram
 import { Heartbeat } from './heartbeat.js';
 import { IndexedMemoryDatastore } from './datastore.js';
 import { keyToCid, multihashToCid } from '../shared/keys.js';
-import { Liveness, possiblyTruncated, sameAnswer } from './liveness.js';
+import { Liveness, sameAnswer } from './liveness.js';
 import { Lookups } from './lookup.js';
 import { hostsOf, isLoopback, parseTcpAddr, registryAnnounceFilter, registryEndpoint } from './peer-addr.js';
 import { StoreFeed } from './store-feed.js';
@@ -475,7 +475,7 @@ export class P2PNode {
       p2pPort: cfg.listenPort,
       maxConnections: cfg.maxConnections,
       intervalMs: cfg.bootstrapIntervalMs,
-      dns: cfg.bootstrapDns ? new DnsMembers(cfg.bootstrapDns, cfg.dnsServers) : undefined,
+      dns: cfg.bootstrapDns.length > 0 ? new DnsMembers(cfg.bootstrapDns, cfg.dnsServers) : undefined,
       staticPeers: cfg.bootstrapPeers,
       connectedIps: () => this.connectedIps(),
       connectionCount: () => this.node.getConnections().length,
@@ -486,11 +486,11 @@ export class P2PNode {
         // a handshake.
         await this.node.dial(multiaddr(a), { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
       },
-      onDnsAnswer: (ips, seconds, ok) => {
+      onDnsAnswer: (ips, seconds, ok, truncated) => {
         (ok ? this.dnsTimes.ok : this.dnsTimes.failed).push(seconds);
         if (ok) {
           this.dnsMemberCount = ips?.length ?? 0;
-          this.liveness.setDnsMembers(ips);
+          this.liveness.setDnsMembers(ips, truncated);
           const self = this.selfIps();
           // Foreign IPs are forgotten after ten intervals, as the bootstrapper does (a reused pod IP).
           const cutoff = Date.now() - 10 * cfg.bootstrapIntervalMs;
@@ -512,7 +512,7 @@ export class P2PNode {
           this.dnsOtherSet = new Set(this.dnsOthers);
           this.ringSet = new Set(ringNeighbours(ips ?? [], self));
           const before = this.dnsAll;
-          this.dnsAll = ips && !possiblyTruncated(ips) ? ips.filter((ip) => !this.foreignIps.has(ip)) : [];
+          this.dnsAll = ips && !truncated ? ips.filter((ip) => !this.foreignIps.has(ip)) : [];
           if (this.dnsAll.length > 0) void this.ipRehome(before, this.dnsAll);
           this.cachedView = undefined;
           setImmediate(() => void this.meshDial());
@@ -801,7 +801,7 @@ export class P2PNode {
 
   private computeView(): P2PView {
     const others = this.dnsOthers;
-    if (this.members.size === 0 || this.cfg.bootstrapDns === '' || others.length === 0) return 'partial';
+    if (this.members.size === 0 || this.cfg.bootstrapDns.length === 0 || others.length === 0) return 'partial';
     if (this.members.size < Math.floor(others.length * 0.9)) return 'partial';
     const known = new Set<string>();
     for (const m of this.members.values()) for (const ip of m.ips) known.add(ip);
@@ -2203,7 +2203,7 @@ export class P2PNode {
     const cfg = this.cfg;
     // Ready = connected to the cluster. A node whose DNS lists nobody else (and has no static
     // peers) is the whole cluster, which is ready too: a one-node cluster must serve.
-    const alone = cfg.bootstrapPeers.length === 0 && (cfg.bootstrapDns === '' || (this.bootstrapper.resolvedOnce && this.bootstrapper.members === 0));
+    const alone = cfg.bootstrapPeers.length === 0 && (cfg.bootstrapDns.length === 0 || (this.bootstrapper.resolvedOnce && this.bootstrapper.members === 0));
     const ready = (peers > 0 && routingTable > 0) || (alone && peers === 0);
     return {
       peerId: this.node.peerId.toString(),

@@ -169,7 +169,8 @@ export interface P2PWorkerConfig {
   advertiseIp: string;
   /** Registry (HTTP) port announced to peers beside the p2p address. */
   registryPort: number;
-  bootstrapDns: string;
+  /** Headless Service names whose records, together, list the cluster's members. */
+  bootstrapDns: string[];
   dnsServers: string[];
   bootstrapPeers: string[];
   bootstrapIntervalMs: number;

@@ -190,6 +190,18 @@ export async function waitFor(what: string, fn: () => Promise<boolean> | boolean
   }
 }
 
+/**
+ * peerpull_p2p_lookup_steps_total by step, from a node's Prometheus text. The p2p thread sends
+ * its counters with each status push (every 2 s): wait for two, so the lookups just made count.
+ */
+export async function lookupSteps(n: P2PNodeProcess): Promise<Record<string, number>> {
+  await new Promise((r) => setTimeout(r, 4500));
+  const text = await n.call<string>('metrics');
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^peerpull_p2p_lookup_steps_total\{[^}]*step="([a-z_]+)"[^}]*\} (\d+)/gm)) out[m[1]] = Number(m[2]);
+  return out;
+}
+
 /** 127.0.0.<base + i>: distinct loopback addresses stand in for distinct hosts. */
 export function nodeIp(i: number, base = 10): string {
   return `127.0.${Math.floor((base + i) / 250)}.${((base + i) % 250) + 1}`;

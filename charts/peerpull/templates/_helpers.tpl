@@ -91,7 +91,7 @@ and written in sorted order, each name once.
   "PEERPULL_RESOLVE_TAGS" (toString .Values.mirror.resolveTags)
   "PEERPULL_KEEP_EXISTING_HOSTS" (toString .Values.mirror.keepExistingHosts)
   "PEERPULL_MIRROR_DIAL_TIMEOUT" .Values.mirror.dialTimeout
-  "PEERPULL_BOOTSTRAP_DNS" (include "peerpull.bootstrapDns" .)
+  "PEERPULL_BOOTSTRAP_DNS" (join "," (prepend .Values.p2p.extraBootstrapDns (include "peerpull.bootstrapDns" .)))
   "PEERPULL_MAX_CONNECTIONS" (toString (int .Values.p2p.maxConnections))
   "PEERPULL_CLUSTER" (include "peerpull.clusterName" .)
   "PEERPULL_DATA_DIR" "/var/lib/peerpull"

@@ -19,6 +19,26 @@ import net from 'node:net';
 
 export type DnsErrorCode = 'ENODATA' | 'ENOTFOUND' | 'ETIMEOUT' | 'EBADRESP' | 'ESERVFAIL' | 'EREFUSED' | 'ECONNREFUSED' | 'EFORMERR' | 'ENOTIMP' | 'ECONNRESET';
 
+/** Encoded size of one answer record with a compressed owner name: name pointer, type, class, TTL, length, data. */
+const A_RECORD_BYTES = 2 + 2 + 2 + 4 + 2 + 4;
+const AAAA_RECORD_BYTES = 2 + 2 + 2 + 4 + 2 + 16;
+/** Header plus the longest question (a 255-byte name, type, class). */
+const DNS_OVERHEAD_BYTES = 12 + 255 + 4;
+const DNS_MESSAGE_MAX = 65_535;
+
+/** Records of one family that fill a DNS message: an answer this large may have been cut. */
+export const DNS_MESSAGE_CAPACITY = {
+  a: Math.floor((DNS_MESSAGE_MAX - DNS_OVERHEAD_BYTES) / A_RECORD_BYTES),
+  aaaa: Math.floor((DNS_MESSAGE_MAX - DNS_OVERHEAD_BYTES) / AAAA_RECORD_BYTES),
+};
+
+/** An answer of one name this large may have been cut to what one DNS message holds. */
+export function possiblyTruncated(ips: readonly string[]): boolean {
+  let v4 = 0;
+  for (const ip of ips) if (net.isIPv4(ip)) v4++;
+  return v4 >= DNS_MESSAGE_CAPACITY.a || ips.length - v4 >= DNS_MESSAGE_CAPACITY.aaaa;
+}
+
 export class DnsError extends Error {
   /** The message starts with the code, as node:dns's do ("queryA ENOTFOUND name"). */
   constructor(readonly code: DnsErrorCode | string, message: string) {
@@ -167,23 +187,48 @@ function lateTimeout(fire: () => void, ms: number): NodeJS.Timeout {
   return setTimeout(() => setImmediate(fire), ms);
 }
 
+type Finish = (err: Error | undefined, msg?: Buffer) => void;
+
+/**
+ * One exchange with one server: `open` starts the socket, reports the reply or a failure through
+ * `finish`, and returns how to close the socket. The first report wins; it closes the socket and
+ * cancels the timeout.
+ */
+function exchange(server: DnsServer, name: string, timeoutMs: number, open: (finish: Finish) => () => void): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    let close: (() => void) | undefined;
+    const finish: Finish = (err, msg) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      close?.();
+      if (err) reject(err);
+      else resolve(msg!);
+    };
+    const timer = lateTimeout(() => finish(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
+    try {
+      close = open(finish);
+    } catch (err) {
+      finish(err as Error);
+    }
+    // Settled while opening (a synchronous failure): the socket is closed all the same.
+    if (settled) close?.();
+  });
+}
+
+/** A socket's error as the query's, naming the server and the name asked. */
+function socketError(err: NodeJS.ErrnoException, server: DnsServer, name: string): DnsError {
+  return new DnsError(err.code ?? 'ECONNREFUSED', `DNS query for ${name} to ${server.host}:${server.port}: ${err.message}`);
+}
+
 /** One query over one TCP connection: a 2-byte length, the message, and the same back. */
 function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: string): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
+  return exchange(server, name, timeoutMs, (finish) => {
     const socket = net.connect({ host: server.host, port: server.port });
     const chunks: Buffer[] = [];
     let got = 0;
     let want = -1;
-    let settled = false;
-    const done = (err: Error | undefined, msg?: Buffer) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      socket.destroy();
-      if (err) reject(err);
-      else resolve(msg!);
-    };
-    const timer = lateTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
     socket.on('connect', () => {
       const len = Buffer.alloc(2);
       len.writeUInt16BE(query.length, 0);
@@ -192,35 +237,28 @@ function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: str
     socket.on('data', (d: Buffer) => {
       chunks.push(d);
       got += d.length;
-      if (want < 0 && got >= 2) want = Buffer.concat(chunks).readUInt16BE(0);
-      if (want >= 0 && got >= 2 + want) done(undefined, Buffer.concat(chunks, got).subarray(2, 2 + want));
+      // The length prefix is read once; the message is joined once, when all of it is in.
+      if (want < 0 && got >= 2) want = (chunks[0].length >= 2 ? chunks[0] : Buffer.concat(chunks)).readUInt16BE(0);
+      if (want >= 0 && got >= 2 + want) finish(undefined, Buffer.concat(chunks, got).subarray(2, 2 + want));
     });
-    socket.on('error', (err: NodeJS.ErrnoException) => done(new DnsError(err.code ?? 'ECONNREFUSED', `DNS query for ${name} to ${server.host}:${server.port}: ${err.message}`)));
-    socket.on('end', () => done(new DnsError('ECONNRESET', `DNS server ${server.host}:${server.port} closed the connection before answering for ${name}`)));
+    socket.on('error', (err) => finish(socketError(err, server, name)));
+    socket.on('end', () => finish(new DnsError('ECONNRESET', `DNS server ${server.host}:${server.port} closed the connection before answering for ${name}`)));
+    return () => socket.destroy();
   });
 }
 
 /** One query in one datagram; the reply must come from the server asked, for this query id. */
 function queryUdp(server: DnsServer, query: Buffer, id: number, timeoutMs: number, name: string): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
+  return exchange(server, name, timeoutMs, (finish) => {
     const socket = dgram.createSocket(net.isIPv6(server.host) ? 'udp6' : 'udp4');
-    let settled = false;
-    const done = (err: Error | undefined, msg?: Buffer) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      socket.close();
-      if (err) reject(err);
-      else resolve(msg!);
-    };
-    const timer = lateTimeout(() => done(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
     socket.on('message', (msg, from) => {
       // Anything else arriving on this port is not the answer (and not trusted as one).
       if (from.port !== server.port || msg.length < 2 || msg.readUInt16BE(0) !== id) return;
-      done(undefined, msg);
+      finish(undefined, msg);
     });
-    socket.on('error', (err: NodeJS.ErrnoException) => done(new DnsError(err.code ?? 'ECONNREFUSED', `DNS query for ${name} to ${server.host}:${server.port}: ${err.message}`)));
+    socket.on('error', (err) => finish(socketError(err, server, name)));
     socket.send(query, server.port, server.host);
+    return () => socket.close();
   });
 }
 
@@ -231,17 +269,22 @@ const FINAL = new Set(['ENODATA', 'ENOTFOUND', 'EBADRESP']);
  * Resolves one family of a name: each server in turn, then again with twice the timeout
  * (c-ares's schedule for `tries`), until one answers.
  */
-export class TcpDns {
-  private servers: Promise<DnsServer[]>;
+export class DnsClient {
+  private readonly serverList: Promise<DnsServer[]>;
   /** Record types whose answer was truncated over UDP once: asked over TCP directly since. */
   private readonly overTcp = new Set<number>();
 
   /** `servers`: as PEERPULL_DNS_SERVERS lists them; empty: the nameservers of /etc/resolv.conf. */
   constructor(servers: string[], private readonly timeoutMs = 2000, private readonly tries = 2, resolvConf = '/etc/resolv.conf') {
-    this.servers =
+    this.serverList =
       servers.length > 0
         ? Promise.resolve(servers.map(parseServer))
         : readFile(resolvConf, 'utf8').then(resolvConfServers, () => resolvConfServers(''));
+  }
+
+  /** The servers asked, in order, as `host:port` (for messages). */
+  async servers(): Promise<string[]> {
+    return (await this.serverList).map((s) => (net.isIPv6(s.host) ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`));
   }
 
   resolve4(name: string): Promise<string[]> {
@@ -253,7 +296,7 @@ export class TcpDns {
   }
 
   private async resolve(name: string, type: number): Promise<string[]> {
-    const servers = await this.servers;
+    const servers = await this.serverList;
     let last: Error | undefined;
     for (let attempt = 0; attempt < this.tries; attempt++) {
       for (const server of servers) {
