@@ -5,7 +5,7 @@
 // what the whole cluster spends on membership, and in the scale harness it comes out of the same
 // two cores as everything else.
 //
-// Two resolvers per size, in the same run: peerpull's (src/p2p/dns.ts) and the baseline, Node's
+// Two resolvers per size, in the same run: peerpull's (src/shared/dns.ts) and the baseline, Node's
 // own (node:dns, c-ares), which DnsMembers used before; each prints ms of CPU per resolve, and
 // peerpull's the ratio to the baseline.
 //
@@ -60,7 +60,7 @@ interface Resolves {
   resolve(): Promise<string[]>;
 }
 
-/** The baseline: Node's resolver, asked as DnsMembers asked it before src/p2p/dns.ts. */
+/** The baseline: Node's resolver, asked as DnsMembers asked it before peerpull had its own (5bb9417). */
 function nodeDns(name: string, server: string): Resolves {
   const r = new Resolver({ timeout: 10_000, tries: 2 });
   r.setServers([server]);

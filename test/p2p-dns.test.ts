@@ -211,18 +211,40 @@ describe('members of several bootstrap names', () => {
     return { name: labels.join('.'), type: q.readUInt16BE(o + 1) };
   }
 
-  test('the union of their records; a failing name keeps its last answer, a name that is gone lists nobody; all failing is an error', async () => {
-    // What the server says per name; no AAAA records anywhere (ENODATA, as for an IPv4 cluster).
-    const zone = new Map<string, string[] | 'servfail' | 'nxdomain'>();
+  /** A UDP server answering from `zone`, read at each query; no AAAA records anywhere (ENODATA, as for an IPv4 cluster). */
+  async function scriptedServer(zone: ReadonlyMap<string, string[] | 'servfail' | 'nxdomain'>): Promise<dgram.Socket> {
     const server = dgram.createSocket('udp4');
     await new Promise<void>((res) => server.bind(0, '127.0.0.1', res));
-    closers.push(() => server.close());
     server.on('message', (q, from) => {
       const { name, type } = question(q);
       const z = zone.get(name) ?? 'nxdomain';
       const msg = z === 'servfail' ? reply(q, [], { rcode: 2 }) : z === 'nxdomain' ? reply(q, [], { rcode: 3 }) : reply(q, type === A ? z.map((ip) => ({ type: A, data: v4(ip) })) : []);
       server.send(msg, from.port, from.address);
     });
+    return server;
+  }
+
+  test("a name that never answered fails the first rounds (no half view to bootstrap from), then the others' members are used", async () => {
+    const zone = new Map<string, string[] | 'servfail'>([['a.first.test', ['10.0.2.1']], ['b.first.test', 'servfail']]);
+    const server = await scriptedServer(zone);
+    closers.push(() => server.close());
+    const m = new DnsMembers(['a.first.test', 'b.first.test'], [`127.0.0.1:${server.address().port}`], 300);
+    for (let round = 1; round <= 3; round++) {
+      await assert.rejects(m.resolve(), (err: Error) => err instanceof DnsResolveError && err.message.includes(`waiting for every name's first answer, ${round} of 3`), `round ${round}`);
+    }
+    assert.deepEqual(await m.resolve(), ['10.0.2.1']);
+    assert.deepEqual([...m.failing.keys()], ['b.first.test']);
+    // Once it answers, and after: a later failure keeps its members and never fails a round.
+    zone.set('b.first.test', ['10.0.3.1']);
+    assert.deepEqual(await m.resolve(), ['10.0.2.1', '10.0.3.1']);
+    zone.set('b.first.test', 'servfail');
+    assert.deepEqual(await m.resolve(), ['10.0.2.1', '10.0.3.1']);
+  });
+
+  test('the union of their records; a failing name keeps its last answer, a name that is gone lists nobody; all failing is an error', async () => {
+    const zone = new Map<string, string[] | 'servfail' | 'nxdomain'>();
+    const server = await scriptedServer(zone);
+    closers.push(() => server.close());
     const m = new DnsMembers(['a.pool.test', 'b.pool.test'], [`127.0.0.1:${server.address().port}`], 500);
     const steps: Array<{ a: string[] | 'servfail' | 'nxdomain'; b: string[] | 'servfail' | 'nxdomain'; want: string[] | RegExp; failing: string[] }> = [
       { a: ['10.0.0.2', '10.0.0.1'], b: ['10.0.1.1', '10.0.0.1'], want: ['10.0.0.1', '10.0.0.2', '10.0.1.1'], failing: [] },

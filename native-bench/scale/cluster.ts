@@ -126,13 +126,16 @@ export class ScaleCluster {
     readonly dns: Dnsmasq,
   ) {}
 
-  /** `initial`: the first DNS answer (dnsmasq refuses names it has no record of). */
-  static async create(o: ClusterOptions, initial: string[]): Promise<ScaleCluster> {
+  /**
+   * `initial`: each bootstrap name's first records (dnsmasq refuses names it has no record of).
+   * `o.dnsName` is what the nodes are given: those names, comma-separated.
+   */
+  static async create(o: ClusterOptions, initial: Record<string, string[]>): Promise<ScaleCluster> {
     // Answers past ~28 A records go over TCP, one forked dnsmasq per connection: allow as many
     // as a cold start of a large cluster opens at once (CoreDNS has no such per-server limit).
-    const dns = await Dnsmasq.start({ [o.dnsName]: initial }, { maxTcpConnections: 1000 });
+    const dns = await Dnsmasq.start(initial, { maxTcpConnections: 1000 });
     const c = new ScaleCluster(o, dns);
-    c.records.set(o.dnsName, initial);
+    for (const [name, ips] of Object.entries(initial)) c.records.set(name, ips);
     return c;
   }
 

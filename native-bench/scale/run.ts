@@ -4,11 +4,12 @@
 // each N. Writes docs/scale/results.json and the SVG plots beside it.
 //
 //   npm run bench:scale -- --nodes 100,300,1000 [--scenarios crowd,isolation,churn,partition]
-//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5] [--held 15] [--replace-after 0] [--bootstrap-interval 15]
+//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5] [--held 15] [--replace-after 0] [--bootstrap-interval 15] [--names 1]
 //                          [--out docs/scale] [--no-plots] [--no-netns]
 //
 // Cold start and steady state always run; --scenarios picks the rest (default: all four,
-// partition only where it can run). As root with unshare it re-executes itself in a private
+// partition only where it can run). --names K lists the nodes under K bootstrap names (crowd is
+// then the only other scenario). As root with unshare it re-executes itself in a private
 // network namespace (everything it starts lives and dies there); the partition scenario needs
 // that and nft (Debian nftables).
 
@@ -35,13 +36,14 @@ interface Args {
   held: number;
   replaceAfter: number;
   bootstrapInterval: number;
+  names: number;
   out: string;
   plots: boolean;
   netns: boolean;
 }
 
 /** The options that take one positive number, and the field each sets. */
-const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 'deadline' | 'settle' | 'held' | 'replaceAfter' | 'bootstrapInterval'> = {
+const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 'deadline' | 'settle' | 'held' | 'replaceAfter' | 'bootstrapInterval' | 'names'> = {
   '--per-host': 'perHost',
   '--keys': 'keys',
   '--rate': 'rate',
@@ -51,10 +53,11 @@ const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 
   '--held': 'held',
   '--replace-after': 'replaceAfter',
   '--bootstrap-interval': 'bootstrapInterval',
+  '--names': 'names',
 };
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, held: DEFAULTS.heldMs / 1000, replaceAfter: DEFAULTS.replaceAfterMs / 1000, bootstrapInterval: DEFAULTS.bootstrapIntervalMs / 1000, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
+  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, held: DEFAULTS.heldMs / 1000, replaceAfter: DEFAULTS.replaceAfterMs / 1000, bootstrapInterval: DEFAULTS.bootstrapIntervalMs / 1000, names: DEFAULTS.names, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     const num = () => {
@@ -112,11 +115,11 @@ async function main(): Promise<void> {
   }
   if (process.env[IN_NETNS] === '1') await loopbackUp();
   const canPartition = process.env[IN_NETNS] === '1' && (await nftAvailable());
-  const want = (s: string) => args.scenarios?.has(s) ?? true;
+  const want = (s: string) => args.scenarios?.has(s) ?? (args.names <= 1 || s === 'crowd');
   if (args.scenarios?.has('partition') && !canPartition) {
     throw new Error('the partition scenario needs root, unshare and nft (Debian nftables): it is a real packet drop in a private network namespace');
   }
-  if (!args.scenarios && !canPartition) process.stderr.write('scale: no partition scenario (needs root, unshare and nft)\n');
+  if (!args.scenarios && !canPartition && args.names <= 1) process.stderr.write('scale: no partition scenario (needs root, unshare and nft)\n');
   const resultsFile = path.join(args.out, 'results.json');
   let previous: Record<string, ScaleResult> = {};
   try {
@@ -140,7 +143,7 @@ async function main(): Promise<void> {
     process.once('SIGTERM', cut);
     process.once('SIGINT', cut);
     try {
-      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, settleMs: args.settle * 1000, heldMs: args.held * 1000, replaceAfterMs: args.replaceAfter * 1000, bootstrapIntervalMs: args.bootstrapInterval * 1000, crowd: want('crowd'), isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
+      const r = await runScale({ progress, ...DEFAULTS, n, nodesPerHost: args.perHost, keysPerNode: args.keys, lookupRate: args.rate, steadyLookups: args.lookups, lookupDeadlineMs: args.deadline, settleMs: args.settle * 1000, heldMs: args.held * 1000, replaceAfterMs: args.replaceAfter * 1000, bootstrapIntervalMs: args.bootstrapInterval * 1000, names: args.names, crowd: want('crowd'), isolation: want('isolation'), churn: want('churn'), partition: want('partition') && canPartition, log });
       log(`done in ${Math.round((Date.now() - t0) / 1000)} s`);
       process.stdout.write(JSON.stringify(r) + '\n');
       previous[String(n)] = r;

@@ -53,6 +53,12 @@ export interface ScaleOptions {
    * every node runs a kad-dht query for the same popular key and dials its closest peers.
    */
   crowd: boolean;
+  /**
+   * Bootstrap names the nodes are listed under (node i under name i mod names), every node
+   * configured with all of them, as a cluster past one DNS message's ~4,090 records is. Above 1,
+   * only the cold start, steady state and crowd run: the other scenarios edit one name's records.
+   */
+  names: number;
   isolation: boolean;
   churn: boolean;
   partition: boolean;
@@ -73,6 +79,7 @@ export const DEFAULTS: Omit<ScaleOptions, 'n' | 'log'> = {
   steadyLookups: 400,
   lookupDeadlineMs: 500,
   readyTimeoutMs: 180_000,
+  names: 1,
   settleMs: 5000,
   heldMs: 15_000,
   churnShare: 0.1,
@@ -110,7 +117,7 @@ export interface ScaleResult {
   loadAverage: { start: number[]; end: number[] };
   cores: number;
   hosts: number;
-  settings: { maxConnections: number; deadPeerTimeoutMs: number; bootstrapIntervalMs: number; keysPerNode: number };
+  settings: { maxConnections: number; deadPeerTimeoutMs: number; bootstrapIntervalMs: number; keysPerNode: number; bootstrapNames?: number };
   coldStart: {
     readyMs: Distribution;
     allReady: boolean;
@@ -563,7 +570,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     PEERPULL_LOG_LEVEL: 'warn',
   };
   const ips = Array.from({ length: o.n }, (_, i) => scaleIp(o.prefix, i));
-  const c = await ScaleCluster.create({ prefix: o.prefix, dnsName: 'peerpull.scale.test', p2pPort: o.p2pPort, registryPort: o.p2pPort - 1, env }, ips);
+  const names = o.names > 1 ? Array.from({ length: o.names }, (_, k) => `pool-${k}.peerpull.scale.test`) : ['peerpull.scale.test'];
+  if (names.length > 1 && (o.isolation || o.churn || o.partition)) throw new Error('with several bootstrap names only the cold start, steady state and crowd run (the isolation, churn and partition scenarios edit one name)');
+  const initial = Object.fromEntries(names.map((name, k) => [name, ips.filter((_, i) => i % names.length === k)]));
+  const c = await ScaleCluster.create({ prefix: o.prefix, dnsName: names.join(','), p2pPort: o.p2pPort, registryPort: o.p2pPort - 1, env }, initial);
   const partition = new Partition();
   try {
     // ---- placement: the nodes to be killed share a host, so one SIGKILL kills them all ----
@@ -611,7 +621,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       hostStartMs: hostStart.map((h) => h.ms),
       dials: { average: dialAvg, lowest, max: maxDial, maxOverAverage: maxDial.dials / dialAvg, lowestOverAverage: Math.max(...lowest.map((l) => l.dials)) / dialAvg },
     };
-    if (o.progress) Object.assign(o.progress, { n: o.n, coldStart, loadAverage: { start: loadStart, end: [] }, cores: os.cpus().length, hosts: hosts.length, settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode } });
+    if (o.progress) Object.assign(o.progress, { n: o.n, coldStart, loadAverage: { start: loadStart, end: [] }, cores: os.cpus().length, hosts: hosts.length, settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length } });
     if (!cold.all) throw Object.assign(new Error(`not every node became ready within ${o.readyTimeoutMs} ms`), { partial: { coldStart } });
 
     // ---- steady state ----
@@ -749,7 +759,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       loadAverage: { start: loadStart, end: [] },
       cores: os.cpus().length,
       hosts: hosts.length,
-      settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode },
+      settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length },
       coldStart,
       steady,
       problems: { warnings: 0, errors: 0, samples: [] },

@@ -165,6 +165,9 @@ export class DnsResolveError extends Error {
   }
 }
 
+/** Rounds a resolve fails while some name has never answered, before the other names' members are used. */
+const INCOMPLETE_ROUNDS = 3;
+
 /**
  * The members: the A and AAAA records of one name, or of several (a cluster past what one DNS
  * message holds, ~4,090 A records, lists its nodes under a name per zone or node pool). One
@@ -179,6 +182,8 @@ export class DnsMembers {
   private last: { sorted: readonly string[]; set: ReadonlySet<string> } | undefined;
   /** Each name's last answer, standing in while it fails. */
   private readonly lastOf = new Map<string, string[]>();
+  /** Rounds in a row that failed for want of some name's first answer. */
+  private incompleteRounds = 0;
   /** Names whose last resolve failed while others answered, with the error. */
   readonly failing = new Map<string, string>();
   /**
@@ -199,34 +204,42 @@ export class DnsMembers {
   }
 
   async resolve(): Promise<string[]> {
-    const answers = await Promise.allSettled(this.hostnames.map((n) => this.resolveName(n)));
+    // One name after another: a node then holds at most one TCP query at the DNS server, which
+    // at a cold start is N of them, not N per name.
     const ips: string[] = [];
-    let answered = 0;
+    const errors: DnsResolveError[] = [];
+    // Names that failed without ever having answered (their members unknown yet).
+    let unanswered = 0;
     let truncated = false;
-    answers.forEach((a, i) => {
-      const name = this.hostnames[i];
+    for (const name of this.hostnames) {
       let listed: string[];
-      if (a.status === 'fulfilled') {
-        answered++;
+      try {
+        this.lastOf.set(name, (listed = await this.resolveName(name)));
         this.failing.delete(name);
-        this.lastOf.set(name, (listed = a.value));
-      } else {
-        const err = a.reason as DnsResolveError;
+      } catch (e) {
+        const err = e as DnsResolveError;
+        errors.push(err);
         this.failing.set(name, err.message);
         // The server says the name does not exist (its Service deleted): nobody is under it. Any
         // other failure (a timeout, SERVFAIL) keeps the name's last answer.
         if (err.code === 'ENOTFOUND') this.lastOf.delete(name);
+        else if (!this.lastOf.has(name)) unanswered++;
         listed = this.lastOf.get(name) ?? [];
       }
       truncated ||= possiblyTruncated(listed);
       ips.push(...listed);
-    });
-    if (answered === 0) {
-      this.truncated = false;
-      const errors = answers.map((a) => (a as PromiseRejectedResult).reason as DnsResolveError);
-      if (errors.length === 1) throw errors[0];
-      throw new DnsResolveError(this.hostname, errors[0].code, errors.map((e) => e.message).join('; '));
     }
+    // A first view without a name's members puts every node's ring in the wrong place and its
+    // dials among half the cluster (at N = 1,000 under two names: 4x the bootstrap dials after
+    // the cold start). So a name not heard from yet fails the round, as every name failing does,
+    // for a few rounds; then the members known are used (that name may stay broken).
+    const incomplete = unanswered > 0 && ++this.incompleteRounds <= INCOMPLETE_ROUNDS;
+    if (errors.length === this.hostnames.length || incomplete) {
+      this.truncated = false;
+      if (this.hostnames.length === 1) throw errors[0];
+      throw new DnsResolveError(this.hostname, errors[0].code, errors.map((e) => e.message).join('; ') + (incomplete ? ` (waiting for every name's first answer, ${this.incompleteRounds} of ${INCOMPLETE_ROUNDS} rounds)` : ''));
+    }
+    if (unanswered === 0) this.incompleteRounds = 0;
     this.truncated = truncated;
     const valid = new Set(ips.filter((ip) => isIPv4(ip) || isIPv6(ip)));
     // Sorting 1,000 addresses every interval on every node was ~1.5% of a host's time in the
@@ -380,7 +393,7 @@ export class Bootstrapper {
       const t0 = process.hrtime.bigint();
       try {
         const ips = await this.d.dns.resolve();
-        for (const [name, error] of this.d.dns.failing) this.d.log('warn', 'bootstrap DNS name failed; its last answer stands in', { name, error });
+        for (const [name, error] of this.d.dns.failing) this.d.log('warn', 'bootstrap DNS name failed; its last answer, if any, stands in', { name, error });
         this.d.onDnsAnswer(ips, Number(process.hrtime.bigint() - t0) / 1e9, true, this.d.dns.truncated);
         const others = ips.filter((ip) => !self.has(ip));
         members = others.length;

@@ -189,31 +189,37 @@ function lateTimeout(fire: () => void, ms: number): NodeJS.Timeout {
 
 type Finish = (err: Error | undefined, msg?: Buffer) => void;
 
+/** A socket set up for one exchange: how to close it, and what starts the query (may throw). */
+interface Exchange {
+  close(): void;
+  start(): void;
+}
+
 /**
- * One exchange with one server: `open` starts the socket, reports the reply or a failure through
- * `finish`, and returns how to close the socket. The first report wins; it closes the socket and
- * cancels the timeout.
+ * One exchange with one server: `open` makes the socket and wires it to `finish`, which reports
+ * the reply or a failure. The first report wins; it closes the socket and cancels the timeout,
+ * also when starting the query throws.
  */
-function exchange(server: DnsServer, name: string, timeoutMs: number, open: (finish: Finish) => () => void): Promise<Buffer> {
+function exchange(server: DnsServer, name: string, timeoutMs: number, open: (finish: Finish) => Exchange): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     let settled = false;
-    let close: (() => void) | undefined;
+    let close = () => {};
     const finish: Finish = (err, msg) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      close?.();
+      close();
       if (err) reject(err);
       else resolve(msg!);
     };
     const timer = lateTimeout(() => finish(new DnsError('ETIMEOUT', `DNS query for ${name} to ${server.host}:${server.port} timed out after ${timeoutMs} ms`)), timeoutMs);
     try {
-      close = open(finish);
+      const x = open(finish);
+      close = () => x.close();
+      x.start();
     } catch (err) {
       finish(err as Error);
     }
-    // Settled while opening (a synchronous failure): the socket is closed all the same.
-    if (settled) close?.();
   });
 }
 
@@ -243,7 +249,8 @@ function queryTcp(server: DnsServer, query: Buffer, timeoutMs: number, name: str
     });
     socket.on('error', (err) => finish(socketError(err, server, name)));
     socket.on('end', () => finish(new DnsError('ECONNRESET', `DNS server ${server.host}:${server.port} closed the connection before answering for ${name}`)));
-    return () => socket.destroy();
+    // Connecting started with the socket; the query goes out on 'connect'.
+    return { close: () => socket.destroy(), start: () => {} };
   });
 }
 
@@ -257,8 +264,7 @@ function queryUdp(server: DnsServer, query: Buffer, id: number, timeoutMs: numbe
       finish(undefined, msg);
     });
     socket.on('error', (err) => finish(socketError(err, server, name)));
-    socket.send(query, server.port, server.host);
-    return () => socket.close();
+    return { close: () => socket.close(), start: () => socket.send(query, server.port, server.host) };
   });
 }
 
