@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { LookupResult } from '../src/shared/messages.js';
 import { Dnsmasq } from './support/dnsmasq.js';
-import { P2PNodeProcess, lookupSteps, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
+import { P2PNodeProcess, missesOfUnknownKeys, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
 
 const N = 24;
 const P2P_PORT = 17301;
@@ -89,15 +89,7 @@ describe('one cluster under two bootstrap names', { timeout: 300_000 }, () => {
   test('a key nobody has is settled by its IP holders', async () => {
     // The asker: a node holding no record of a key advertised earlier, so its lookups leave it.
     const asker = nodes[2];
-    // Members' datagrams heard, and every IP listed for two bootstrap intervals.
-    for (let i = 0; i < 2; i++) await asker.find(`sha256:${'8'.repeat(63)}${i}`, { timeoutMs: 3000 });
-    await new Promise((r) => setTimeout(r, 5000));
-    const before = await lookupSteps(asker);
-    const results: LookupResult[] = [];
-    for (let i = 0; i < 5; i++) results.push(await asker.find(`sha256:${'b'.repeat(63)}${i}`, { timeoutMs: 3000 }));
-    const afterSteps = await lookupSteps(asker);
-    const delta = (k: string) => (afterSteps[k] ?? 0) - (before[k] ?? 0);
-    const seen = JSON.stringify({ before, afterSteps, results: results.map((r) => ({ outcome: r.outcome, source: r.source })) });
+    const { results, delta, seen } = await missesOfUnknownKeys(asker, 'b');
     assert.ok(results.every((r) => r.outcome === 'notfound' && r.providers.length === 0), `every lookup a miss: ${seen}`);
     // The IP-holder path is in use with several names (an answer taken for a cut one turns it
     // off: that case, two names together past one message's capacity, is in p2p-dns.test.ts).

@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { ipHoldersOfKey } from '../src/p2p/node.js';
 import type { LookupResult } from '../src/shared/messages.js';
 import { Dnsmasq } from './support/dnsmasq.js';
-import { P2PNodeProcess, lookupSteps, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
+import { P2PNodeProcess, lookupSteps, missesOfUnknownKeys, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
 
 const N = 30;
 const P2P_PORT = 17201;
@@ -49,15 +49,7 @@ describe('a lookup whose nearest IP holders hang', { timeout: 300_000 }, () => {
 
   test('a key nobody has: its IP holders answer none, and the lookup ends as a miss without the DHT query', async () => {
     const asker = nodes[0];
-    // Members' datagrams heard, and every IP listed for two bootstrap intervals.
-    for (let i = 0; i < 2; i++) await asker.find(`sha256:${'9'.repeat(63)}${i}`, { timeoutMs: 3000 });
-    await new Promise((r) => setTimeout(r, 5000));
-    const before = await lookupSteps(asker);
-    const results: LookupResult[] = [];
-    for (let i = 0; i < 5; i++) results.push(await asker.find(`sha256:${'a'.repeat(63)}${i}`, { timeoutMs: 3000 }));
-    const afterSteps = await lookupSteps(asker);
-    const delta = (k: string) => (afterSteps[k] ?? 0) - (before[k] ?? 0);
-    const seen = JSON.stringify({ before, afterSteps, results: results.map((r) => ({ outcome: r.outcome, source: r.source, queried: r.queried })) });
+    const { results, delta, seen } = await missesOfUnknownKeys(asker, 'a');
     assert.ok(results.every((r) => r.outcome === 'notfound' && r.providers.length === 0), `every lookup a miss: ${seen}`);
     // A holder answering after the 300 ms grace, while another has answered, lets the DHT query
     // start (by design: slow, not silent). On 30 processes sharing two cores that happened to

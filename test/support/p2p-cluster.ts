@@ -202,6 +202,22 @@ export async function lookupSteps(n: P2PNodeProcess): Promise<Record<string, num
   return out;
 }
 
+/**
+ * Five lookups from `asker` of keys nobody has (`sha256:<digit x 63><i>`), after two warm-up
+ * misses and 5 s (members' datagrams heard, every IP listed for two bootstrap intervals): their
+ * results, and how much each lookup step's counter grew over them.
+ */
+export async function missesOfUnknownKeys(asker: P2PNodeProcess, digit: string): Promise<{ results: LookupResult[]; delta(step: string): number; seen: string }> {
+  for (let i = 0; i < 2; i++) await asker.find(`sha256:${'9'.repeat(63)}${i}`, { timeoutMs: 3000 });
+  await new Promise((r) => setTimeout(r, 5000));
+  const before = await lookupSteps(asker);
+  const results: LookupResult[] = [];
+  for (let i = 0; i < 5; i++) results.push(await asker.find(`sha256:${digit.repeat(63)}${i}`, { timeoutMs: 3000 }));
+  const after = await lookupSteps(asker);
+  const seen = JSON.stringify({ before, after, results: results.map((r) => ({ outcome: r.outcome, source: r.source, queried: r.queried })) });
+  return { results, delta: (k) => (after[k] ?? 0) - (before[k] ?? 0), seen };
+}
+
 /** 127.0.0.<base + i>: distinct loopback addresses stand in for distinct hosts. */
 export function nodeIp(i: number, base = 10): string {
   return `127.0.${Math.floor((base + i) / 250)}.${((base + i) % 250) + 1}`;
