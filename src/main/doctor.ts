@@ -7,7 +7,7 @@ import { DNS_MESSAGE_CAPACITY, DnsClient } from '../shared/dns.js';
 import type { Config } from './config.js';
 import { checkContainerdConfig } from './containerd-config.js';
 import { DEFAULT_DIR, nodeEndpoint } from './hosts-config.js';
-import { localEndpoints, probeContainerd, sameEndpoint, scanMirrorConfig, type StatusSnapshot } from './status.js';
+import { dnsNames, localEndpoints, probeContainerd, sameEndpoint, scanMirrorConfig, type StatusSnapshot } from './status.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
 
@@ -247,12 +247,12 @@ async function checkRunningNode(config: Config, statusUrl: string, timeoutMs: nu
   } else if (!s.p2p.running) {
     out.push({ id: 'node:peers', status: 'fail', message: 'its p2p thread is not running, so it cannot find content on other nodes', fix: 'read the node\'s log for "p2p thread" errors (port taken, bad cluster key)' });
   } else if (s.p2p.peers === 0 && s.p2p.ready && s.p2p.bootstrapDns && s.p2p.dnsMembers === 1) {
-    out.push({ id: 'node:peers', status: 'ok', message: `it is alone in its cluster: the bootstrap DNS name ${s.p2p.bootstrapDns} lists only one member (a one-node cluster needs no peers)` });
+    out.push({ id: 'node:peers', status: 'ok', message: `it is alone in its cluster: the bootstrap DNS ${dnsNames(s.p2p.bootstrapDns)} ${lists(s.p2p.bootstrapDns)} only one member (a one-node cluster needs no peers)` });
   } else if (s.p2p.peers === 0) {
     const why = s.p2p.bootstrapDns
       ? s.p2p.dnsMembers === 0
-        ? `its bootstrap DNS name ${s.p2p.bootstrapDns} lists no members`
-        : `its bootstrap DNS name ${s.p2p.bootstrapDns} lists ${s.p2p.dnsMembers} member(s), none reachable on the p2p port`
+        ? `its bootstrap DNS ${dnsNames(s.p2p.bootstrapDns)} ${lists(s.p2p.bootstrapDns)} no members`
+        : `its bootstrap DNS ${dnsNames(s.p2p.bootstrapDns)} ${lists(s.p2p.bootstrapDns)} ${s.p2p.dnsMembers} member(s), none reachable on the p2p port`
       : s.p2p.bootstrapPeers > 0
         ? 'none of its PEERPULL_BOOTSTRAP_PEERS could be reached'
         : 'neither PEERPULL_BOOTSTRAP_DNS nor PEERPULL_BOOTSTRAP_PEERS is set, so it cannot find any';
@@ -268,6 +268,11 @@ async function checkRunningNode(config: Config, statusUrl: string, timeoutMs: nu
     out.push({ id: 'node:peers', status: 'ok', message: `it has ${s.p2p.peers} peer(s) and advertises ${s.p2p.advertisedKeys} keys` });
   }
   return out;
+}
+
+/** The verb after dnsNames(). */
+function lists(joined: string): string {
+  return joined.includes(',') ? 'list' : 'lists';
 }
 
 /** Share of a DNS message's capacity at which the doctor warns that the answer is nearly full. */

@@ -147,6 +147,11 @@ export interface MirrorConfigScan {
 const MAX_DIRS = 1000;
 
 /** This node's registry endpoints as containerd would name them in hosts.toml. */
+/** "name a" or "names a, b", for messages (the snapshot joins the names with ", "). */
+export function dnsNames(joined: string): string {
+  return joined.includes(',') ? `names ${joined}` : `name ${joined}`;
+}
+
 export function localEndpoints(nodeIp: string, registryPort: number): string[] {
   if (nodeIp) return [nodeEndpoint(nodeIp, registryPort)];
   const out = new Set<string>([`http://127.0.0.1:${registryPort}`, `http://localhost:${registryPort}`]);
@@ -355,7 +360,7 @@ export function problemsOf(s: StatusSnapshot): string[] {
     else if (s.p2p.peers === 0 && !(s.p2p.ready && s.p2p.bootstrapDns && s.p2p.dnsMembers === 1)) {
       out.push(
         s.p2p.bootstrapDns
-          ? `no peers: the bootstrap DNS name ${s.p2p.bootstrapDns} listed ${s.p2p.dnsMembers} member(s) and none could be reached`
+          ? `no peers: the bootstrap DNS ${dnsNames(s.p2p.bootstrapDns)} listed ${s.p2p.dnsMembers} member(s) and none could be reached`
           : s.p2p.bootstrapPeers > 0
             ? 'no peers: none of PEERPULL_BOOTSTRAP_PEERS could be reached'
             : 'no peers: neither PEERPULL_BOOTSTRAP_DNS nor PEERPULL_BOOTSTRAP_PEERS is set, so this node can never find others',
