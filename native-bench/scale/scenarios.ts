@@ -814,7 +814,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       // Bounded: in a small cluster whose peers keep hanging up (the other cluster), waiting for
       // every record to be placed was seen to take minutes; what is measured here is isolation.
       const advertised = await Promise.race([c.advertise(otherKeys, true).then(() => true), sleep(60_000).then(() => false)]);
-      if (!advertised) log('  the other cluster had not placed all its records after 60 s');
+      if (!advertised) {
+        const waiting = allNodes(await c.snapshot()).filter((x) => otherKeys.has(x.ip));
+        log(`  the other cluster had not placed all its records after 60 s: routing tables ${waiting.map((x) => x.routingTable).join('/')}, connections ${waiting.map((x) => x.connections).join('/')}, DNS members ${waiting[0]?.dnsMembers}; provide queries run ${sumOver(waiting, (x) => x.provideQueries.run)}, skipped ${sumOver(waiting, (x) => x.provideQueries.ipHolders)}; records taken by datagram ${sumOver(waiting, (x) => x.datagrams.taken)}; unpublished keys ${sumOver(waiting, (x) => x.unpublishedKeys)}`);
+      }
       await sleep(5000);
       const otherPeer = new Map(allNodes(await c.snapshot()).map((x) => [x.ip, x.peerId]));
       const otherKeyList = [...otherKeys].map(([ip, [k]]) => ({ ip, k }));
