@@ -146,12 +146,12 @@ export interface MirrorConfigScan {
 
 const MAX_DIRS = 1000;
 
-/** This node's registry endpoints as containerd would name them in hosts.toml. */
 /** "name a" or "names a, b", for messages (the snapshot joins the names with ", "). */
 export function dnsNames(joined: string): string {
   return joined.includes(',') ? `names ${joined}` : `name ${joined}`;
 }
 
+/** This node's registry endpoints as containerd would name them in hosts.toml. */
 export function localEndpoints(nodeIp: string, registryPort: number): string[] {
   if (nodeIp) return [nodeEndpoint(nodeIp, registryPort)];
   const out = new Set<string>([`http://127.0.0.1:${registryPort}`, `http://localhost:${registryPort}`]);
