@@ -5,6 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import dgram from 'node:dgram';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -284,6 +285,30 @@ describe('peerpull doctor', () => {
     assert.match(r.stdout, /ok {4}nearly-full\.test resolves to 3800 address\(es\)/);
     assert.match(r.stdout, /WARN {2}nearly-full\.test lists 3800 IPv4 addresses, and one DNS message holds about 40\d\d: past that the answer is cut/);
     assert.match(r.stdout, /list the nodes under several headless names .* in PEERPULL_BOOTSTRAP_DNS/);
+  });
+
+  test('one of several bootstrap names listing nobody (a node pool scaled to zero) is a warning, not a failure', async () => {
+    // A server that knows one name and says it has no records (NOERROR, empty answer); REFUSED
+    // for every other name, so the resolver asks dnsmasq next.
+    const udp = dgram.createSocket('udp4');
+    await new Promise<void>((res) => udp.bind(0, '127.0.0.1', res));
+    udp.on('message', (q, from) => {
+      const name = q.subarray(12, q.indexOf(0, 12)).toString('latin1');
+      const r = Buffer.from(q);
+      r.writeUInt16BE(0x8180 | (name === '\x05empty\x04test' ? 0 : 5), 2);
+      udp.send(r, from.port, from.address);
+    });
+    try {
+      const r = await expectProblem(
+        { PEERPULL_BOOTSTRAP_DNS: 'peerpull-p2p.test,empty.test', PEERPULL_DNS_SERVERS: `127.0.0.1:${udp.address().port},${dns!.server}` },
+        /the bootstrap DNS name empty\.test exists but lists no addresses .*; the other names still list members/,
+        'WARN',
+      );
+      assert.match(r.stdout, /ok {4}peerpull-p2p\.test resolves to 2 address\(es\)/);
+      assert.doesNotMatch(r.stdout, /FAIL .*bootstrap DNS/);
+    } finally {
+      udp.close();
+    }
   });
 
   test('registry port and running node not answering', async () => {
