@@ -302,8 +302,7 @@ async function checkBootstrapDns(config: Config, timeoutMs: number): Promise<Che
 
 /** One bootstrap name: resolves, and its answer is not near what one DNS message holds. */
 async function checkBootstrapName(name: string, resolver: DnsClient, via: string, ownServers: boolean, names: number): Promise<Check[]> {
-  const results = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
-  const [v4, v6] = results.map((r) => (r.status === 'fulfilled' ? r.value : []));
+  const { v4, v6, errors } = await resolver.resolveBoth(name);
   const addrs = [...v4, ...v6];
   if (addrs.length > 0) {
     const out: Check[] = [{ id: 'bootstrap-dns', status: 'ok', message: `${name} resolves to ${addrs.length} address(es) through ${via}: ${addrs.slice(0, 5).join(', ')}${addrs.length > 5 ? ', ...' : ''}` }];
@@ -323,7 +322,7 @@ async function checkBootstrapName(name: string, resolver: DnsClient, via: string
     }
     return out;
   }
-  const codes = [...new Set(results.map((r) => (r.status === 'rejected' ? ((r.reason as NodeJS.ErrnoException).code ?? 'error') : 'no records')))];
+  const codes = [...new Set(errors.map((e) => (e ? ((e as NodeJS.ErrnoException).code ?? 'error') : 'no records')))];
   const timedOut = codes.includes('ETIMEOUT') || codes.includes('ECONNREFUSED');
   // One of several names listing nobody (a node pool scaled to zero) is not this node's problem.
   if (names > 1 && codes.every((c) => c === 'ENODATA')) {

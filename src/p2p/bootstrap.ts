@@ -184,7 +184,7 @@ export class DnsMembers {
   private readonly lastOf = new Map<string, string[]>();
   /** Rounds in a row that failed for want of some name's first answer. */
   private incompleteRounds = 0;
-  /** Names whose last resolve failed while others answered, with the error. */
+  /** Names whose last resolve failed, with the error. */
   readonly failing = new Map<string, string>();
   /**
    * Whether some name's answer in the last resolve filled a DNS message (it may be cut). Judged
@@ -230,8 +230,8 @@ export class DnsMembers {
       ips.push(...listed);
     }
     // A first view without a name's members puts every node's ring in the wrong place and its
-    // dials among half the cluster (at N = 1,000 under two names: 4x the bootstrap dials after
-    // the cold start). So a name not heard from yet fails the round, as every name failing does,
+    // dials among half the cluster (at N = 1,000 under two names: 2-4.6x the bootstrap dials of
+    // one name in the minute after the cold start). So a name not heard from yet fails the round, as every name failing does,
     // for a few rounds; then the members known are used (that name may stay broken).
     const incomplete = unanswered > 0 && ++this.incompleteRounds <= INCOMPLETE_ROUNDS;
     if (errors.length === this.hostnames.length || incomplete) {
@@ -253,16 +253,14 @@ export class DnsMembers {
 
   /** One name's addresses; [] when it exists and lists nobody (yet). */
   private async resolveName(name: string): Promise<string[]> {
-    const [v4, v6] = await Promise.allSettled([this.resolver.resolve4(name), this.resolver.resolve6(name)]);
-    const ips: string[] = [];
-    if (v4.status === 'fulfilled') ips.push(...v4.value);
-    if (v6.status === 'fulfilled') ips.push(...v6.value);
+    const { v4, v6, errors } = await this.resolver.resolveBoth(name);
+    const ips = [...v4, ...v6];
     if (ips.length === 0) {
       // ENODATA for both: the name exists and lists nobody (yet), which is an answer. A name
-      // that does not exist (ENOTFOUND) or a server that fails is not: the node stays unready.
-      const codes = [v4, v6].map((r) => (r.status === 'rejected' ? (r.reason as NodeJS.ErrnoException).code : undefined));
+      // that does not exist (ENOTFOUND) or a server that fails is not.
+      const codes = errors.map((e) => (e as NodeJS.ErrnoException | undefined)?.code);
       if (codes.every((c) => c === 'ENODATA')) return [];
-      const reason = v4.status === 'rejected' ? (v4.reason as Error) : ((v6 as PromiseRejectedResult).reason as Error);
+      const reason = errors.find(Boolean)!;
       throw new DnsResolveError(name, codes.find(Boolean), `resolving ${name}: ${reason.message}`);
     }
     return ips;

@@ -1,5 +1,6 @@
-// The bootstrap name's A and AAAA records, asked over TCP (RFC 1035 4.2.2, RFC 7766) and parsed
-// here, instead of through node:dns.
+// The bootstrap names' A and AAAA records, asked over UDP and, for an answer too large for a
+// datagram, over TCP (RFC 1035 4.2.2, RFC 7766), and parsed here instead of through node:dns.
+// The p2p thread's bootstrap and `peerpull doctor` both ask through it, so they see the same.
 //
 // Why: every node resolves the headless name every bootstrap interval, and the answer lists every
 // node. c-ares (node:dns) took 5.7 ms of CPU to resolve 1,000 records and 48 ms for 4,000
@@ -291,6 +292,13 @@ export class DnsClient {
   /** The servers asked, in order, as `host:port` (for messages). */
   async servers(): Promise<string[]> {
     return (await this.serverList).map((s) => (net.isIPv6(s.host) ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`));
+  }
+
+  /** Both families at once: each one's addresses ([] when it failed) and its error, if any. */
+  async resolveBoth(name: string): Promise<{ v4: string[]; v6: string[]; errors: Array<DnsError | Error | undefined> }> {
+    const settled = await Promise.allSettled([this.resolve4(name), this.resolve6(name)]);
+    const [v4, v6] = settled.map((r) => (r.status === 'fulfilled' ? r.value : []));
+    return { v4, v6, errors: settled.map((r) => (r.status === 'rejected' ? (r.reason as Error) : undefined)) };
   }
 
   resolve4(name: string): Promise<string[]> {
