@@ -3,7 +3,6 @@
 // It owns advertising (a bounded provide queue), withdrawal, liveness and lookups; the Worker
 // entry (worker.ts) only translates messages.
 
-import { createHash } from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -35,6 +34,7 @@ import { ConnectionBound } from './bound.js';
 import { FetchClaims, type ClaimAnswer } from './claims.js';
 import { Datagrams, type DatagramAnswer, type DatagramRecords } from './datagram.js';
 import { Heartbeat } from './heartbeat.js';
+import { IpHolderIndex, compareDistance, kadIdOf, nearestIps } from './ip-holders.js';
 import { IndexedMemoryDatastore } from './datastore.js';
 import { keyToCid, multihashToCid } from '../shared/keys.js';
 import { Liveness, sameAnswer } from './liveness.js';
@@ -49,6 +49,8 @@ export type LogFn = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fi
 const PROVIDE_CONCURRENCY = 8;
 /** How often the thread's status and metrics go to main. */
 const STATUS_INTERVAL_MS = 2000;
+/** How long our own IP set is reused (see selfIps): an interface gaining an address is seen this late. */
+const SELF_IPS_TTL_MS = 10_000;
 /** Where kad-dht keeps provider records in the datastore (its default prefix, /dht). */
 const PROVIDER_PREFIX = '/dht/provider';
 /** Kademlia's k: how many closest peers hold each record (kad-dht's default bucket size). */
@@ -218,42 +220,12 @@ export function publishRetryDelay(failures: number, random: number = Math.random
   return nextRoundDelay(base, random);
 }
 
-/** The `count` IPs of a DNS answer whose hash is nearest a key's position, nearest first. */
-function nearestIps(target: Uint8Array, answer: readonly string[], count: number, kadOf: (ip: string) => Uint8Array): string[] {
-  // By insertion into a short sorted list: no sort of the whole answer per key (a reprovide of
-  // 1,000 keys in a 1,000-node cluster).
-  const best: Array<{ ip: string; k: Uint8Array }> = [];
-  for (const ip of answer) {
-    const k = kadOf(ip);
-    if (best.length === count && compareDistance(k, best[count - 1].k, target) >= 0) continue;
-    let i = best.length;
-    while (i > 0 && compareDistance(k, best[i - 1].k, target) < 0) i--;
-    best.splice(i, 0, { ip, k });
-    if (best.length > count) best.pop();
-  }
-  return best.map((b) => b.ip);
-}
-
 /**
  * A key's IP holders among `answer`, in the order a lookup asks them (for tests and tools: the
  * node itself is left in; a node leaves itself out).
  */
 export function ipHoldersOfKey(key: string, answer: readonly string[], count = IP_HOLDERS): string[] {
   return nearestIps(kadIdOf(keyToCid(key).multihash.bytes), answer, count, (ip) => kadIdOf(new TextEncoder().encode(ip)));
-}
-
-/** A position in Kademlia's key space, as kad-dht computes it: sha2-256 of the key bytes. */
-function kadIdOf(bytes: Uint8Array): Uint8Array {
-  return createHash('sha256').update(bytes).digest();
-}
-
-/** Negative when `a` is closer to `target` than `b` (XOR metric), positive when farther. */
-function compareDistance(a: Uint8Array, b: Uint8Array, target: Uint8Array): number {
-  for (let i = 0; i < target.length; i++) {
-    const d = (a[i] ^ target[i]) - (b[i] ^ target[i]);
-    if (d !== 0) return d;
-  }
-  return 0;
 }
 
 interface ProvideJob {
@@ -331,6 +303,8 @@ export class P2PNode {
   private dnsOtherSet = new Set<string>();
   /** Every IP of the last DNS answer (ours included), when it was complete; see ipHolders. */
   private dnsAll: string[] = [];
+  /** dnsAll by Kademlia position: a key's IP holders without a scan of the answer. */
+  private ipIndex = IpHolderIndex.empty;
   /** Kademlia positions of IPs (sha2-256 of the address text). */
   private readonly ipKadIds = new Map<string, Uint8Array>();
   /** Which member announced which IP (identify's listen addresses). */
@@ -357,6 +331,7 @@ export class P2PNode {
   /** view() until membership or the DNS answer changes. */
   private cachedView: P2PView | undefined;
   private cachedListenAddrs: string[] | undefined;
+  private cachedSelfIps: { ips: ReadonlySet<string>; at: number } | undefined;
   /** The last DNS answer and foreign-IP set (by version) its derived sets were computed from. */
   private lastDnsAnswer: string[] | undefined;
   /** When each IP of the DNS answer was first listed in an unbroken run of answers. */
@@ -413,6 +388,7 @@ export class P2PNode {
         this.markForeign(ip);
         // Out of the current answer too: identify's verdict waits for the next one.
         this.dnsAll = this.dnsAll.filter((x) => x !== ip);
+        this.ipIndex = this.indexIps(this.dnsAll);
         this.dnsOthers = this.dnsOthers.filter((x) => x !== ip);
         this.dnsOtherSet.delete(ip);
         this.cachedView = undefined;
@@ -511,9 +487,10 @@ export class P2PNode {
           this.dnsOthers = (ips ?? []).filter((ip) => !self.has(ip) && !this.foreignIps.has(ip));
           this.dnsOtherSet = new Set(this.dnsOthers);
           this.ringSet = new Set(ringNeighbours(ips ?? [], self));
-          const before = this.dnsAll;
+          const before = this.ipIndex;
           this.dnsAll = ips && !truncated ? ips.filter((ip) => !this.foreignIps.has(ip)) : [];
-          if (this.dnsAll.length > 0) void this.ipRehome(before, this.dnsAll);
+          this.ipIndex = this.indexIps(this.dnsAll);
+          if (this.dnsAll.length > 0) void this.ipRehome(before, this.ipIndex);
           this.cachedView = undefined;
           setImmediate(() => void this.meshDial());
         }
@@ -680,7 +657,10 @@ export class P2PNode {
       { maxInboundStreams: 8 },
     );
     n.addEventListener('connection:open', () => this.bound.opened());
-    n.addEventListener('self:peer:update', () => (this.cachedListenAddrs = undefined));
+    n.addEventListener('self:peer:update', () => {
+      this.cachedListenAddrs = undefined;
+      this.cachedSelfIps = undefined;
+    });
     n.addEventListener('connection:close', (e) => this.bound.closed(e.detail));
     n.addEventListener('peer:connect', (e) => {
       this.liveness.markAlive(e.detail.toString());
@@ -1512,19 +1492,21 @@ export class P2PNode {
    * record holders every node computes alike from the same answer. Empty in a meshed cluster
    * (every member holds everything there), without DNS, or with an answer that may be cut.
    */
-  private ipHolders(target: Uint8Array, count: number, answer: readonly string[] = this.dnsAll): string[] {
-    if (answer.length === 0 || this.meshEligible()) return [];
-    const kadOf = (ip: string) => {
-      let k = this.ipKadIds.get(ip);
-      if (!k) {
-        if (this.ipKadIds.size > 20_000) this.ipKadIds.clear();
-        this.ipKadIds.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
-      }
-      return k;
-    };
-    const best = nearestIps(target, answer, count, kadOf);
+  private ipHolders(target: Uint8Array, count: number, index: IpHolderIndex = this.ipIndex): string[] {
+    if (index.size === 0 || this.meshEligible()) return [];
     const self = this.selfIps();
-    return best.filter((ip) => !self.has(ip));
+    return index.nearest(target, count).filter((ip) => !self.has(ip));
+  }
+
+  /** An index of `answer` by Kademlia position, each IP's position hashed once and kept. */
+  private indexIps(answer: readonly string[]): IpHolderIndex {
+    if (answer.length === 0) return IpHolderIndex.empty;
+    if (this.ipKadIds.size > 20_000) this.ipKadIds.clear();
+    return new IpHolderIndex(answer, (ip) => {
+      let k = this.ipKadIds.get(ip);
+      if (!k) this.ipKadIds.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
+      return k;
+    });
   }
 
   /** Downloads in flight that this node, as a key's claim holder, knows of (claims.ts). */
@@ -1538,19 +1520,11 @@ export class P2PNode {
    * members are passed over (their claims went with them).
    */
   private claimHolder(target: Uint8Array): { ip: string; self: boolean } | undefined {
-    const self = this.selfIps();
-    let best: { ip: string; k: Uint8Array } | undefined;
-    for (const ip of this.dnsAll) {
-      const id = this.peerByIp.get(ip);
-      if (id && this.liveness.isDead(id)) continue;
-      let k = this.ipKadIds.get(ip);
-      if (!k) {
-        if (this.ipKadIds.size > 20_000) this.ipKadIds.clear();
-        this.ipKadIds.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
-      }
-      if (!best || compareDistance(k, best.k, target) < 0) best = { ip, k };
-    }
-    return best ? { ip: best.ip, self: self.has(best.ip) } : undefined;
+    const [ip] = this.ipIndex.nearest(target, 1, (x) => {
+      const id = this.peerByIp.get(x);
+      return id !== undefined && this.liveness.isDead(id);
+    });
+    return ip === undefined ? undefined : { ip, self: this.selfIps().has(ip) };
   }
 
   /** Nobody provides `key`: is another node fetching it already, or do we (see claims.ts)? */
@@ -1709,19 +1683,19 @@ export class P2PNode {
   }
 
   /** The DNS answer changed: IPs that became holders of our keys get those records now. */
-  private async ipRehome(before: string[], after: string[]): Promise<void> {
+  private async ipRehome(before: IpHolderIndex, after: IpHolderIndex): Promise<void> {
     if (this.advertised.size === 0 || this.stopped) return;
     const cids = [...this.advertised.keys()].map((c) => CID.parse(c));
     // The first usable answer: records published before it reached no IP holder.
-    if (before.length === 0) {
+    if (before.size === 0) {
       await this.pushToIpHolders(cids);
       return;
     }
-    const old = new Set(before);
-    const added = after.filter((ip) => !old.has(ip));
-    const now = new Set(after);
-    const gone = before.some((ip) => !now.has(ip));
-    if (added.length === 0 && !gone) return;
+    const old = new Set(before.answer);
+    const added = after.answer.some((ip) => !old.has(ip));
+    const now = new Set(after.answer);
+    const gone = before.answer.some((ip) => !now.has(ip));
+    if (!added && !gone) return;
     // A departure moves the next IP up into each key's holders; an arrival may be a holder itself.
     // Sending to the current holders that were not holders under the old answer covers both.
     const movedIn = new Set<string>();
@@ -2163,7 +2137,21 @@ export class P2PNode {
 
   // ---- status ----
 
-  private selfIps(): Set<string> {
+  /**
+   * Our own IPs, kept for SELF_IPS_TTL_MS and dropped when libp2p's addresses change. Asked for
+   * by every lookup (its IP holders), every record pushed and every bootstrap round; listening on
+   * all interfaces (the chart's default) meant an os.networkInterfaces() each time, a netlink
+   * dump that took 0.45 ms with two interfaces here, and a node with hostNetwork lists a veth per pod.
+   */
+  private selfIps(): ReadonlySet<string> {
+    const now = Date.now();
+    if (this.cachedSelfIps && now - this.cachedSelfIps.at < SELF_IPS_TTL_MS) return this.cachedSelfIps.ips;
+    const ips = this.readSelfIps();
+    this.cachedSelfIps = { ips, at: now };
+    return ips;
+  }
+
+  private readSelfIps(): Set<string> {
     const ips = new Set<string>();
     if (this.cfg.advertiseIp) ips.add(this.cfg.advertiseIp);
     for (const ma of this.node.getMultiaddrs()) {
