@@ -10,7 +10,7 @@
 //   npx tsc -p tsconfig.json && node_modules/.bin/node dist/native-bench/ip-holders.js [--members 1000,4000] [--keys 1,100,2000] [--reps 5] [--json]
 
 import { randomBytes } from 'node:crypto';
-import { IpHolderIndex, kadIdOf, nearestIps } from '../src/p2p/ip-holders.js';
+import { IpHolderIndex, ipPosition, kadIdOf, nearestIps } from '../src/p2p/ip-holders.js';
 
 interface Args {
   members: number[];
@@ -38,13 +38,8 @@ function parseArgs(argv: string[]): Args {
 }
 
 const HOLDERS = 6;
-const positions = new Map<string, Uint8Array>();
 // As the node keeps them: each IP hashed once.
-function kadOfIp(ip: string): Uint8Array {
-  let k = positions.get(ip);
-  if (!k) positions.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
-  return k;
-}
+const kadOfIp = ipPosition;
 
 function answerOf(size: number, offset = 0): string[] {
   return Array.from({ length: size }, (_, i) => {
@@ -65,6 +60,19 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/** Median ms of the baseline and of the contender, each warmed once, then run alternately first. */
+function pair(baseline: () => void, contender: () => void, reps: number): { scanMs: number; indexMs: number } {
+  baseline();
+  contender();
+  const b: number[] = [];
+  const c: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    if (r % 2) (c.push(ms(contender)), b.push(ms(baseline)));
+    else (b.push(ms(baseline)), c.push(ms(contender)));
+  }
+  return { scanMs: median(b), indexMs: median(c) };
+}
+
 const args = parseArgs(process.argv.slice(2));
 const rows: Array<{ use: string; members: number; keys: number; scanMs: number; indexMs: number; ratio: number }> = [];
 let sink = 0;
@@ -80,16 +88,9 @@ for (const members of args.members) {
   const lookupKeys = Array.from({ length: 2000 }, () => kadIdOf(randomBytes(34)));
   const scan = () => lookupKeys.forEach((t) => (sink += nearestIps(t, before, HOLDERS, kadOfIp).length));
   const index = () => lookupKeys.forEach((t) => (sink += beforeIndex.nearest(t, HOLDERS).length));
-  scan();
-  index();
-  const s: number[] = [];
-  const x: number[] = [];
-  for (let r = 0; r < args.reps; r++) {
-    if (r % 2) (x.push(ms(index)), s.push(ms(scan)));
-    else (s.push(ms(scan)), x.push(ms(index)));
-  }
+  const lookup = pair(scan, index, args.reps);
   const perKey = (v: number) => v / lookupKeys.length;
-  rows.push({ use: 'lookup', members, keys: 1, scanMs: perKey(median(s)), indexMs: perKey(median(x)), ratio: median(s) / median(x) });
+  rows.push({ use: 'lookup', members, keys: 1, scanMs: perKey(lookup.scanMs), indexMs: perKey(lookup.indexMs), ratio: lookup.scanMs / lookup.indexMs });
 
   // change: every advertised key's holders under the old and the new answer
   for (const keys of args.keys) {
@@ -99,15 +100,8 @@ for (const members of args.members) {
       const afterIndex = new IpHolderIndex(after, kadOfIp);
       targets.forEach((t) => (sink += beforeIndex.nearest(t, HOLDERS).length + afterIndex.nearest(t, HOLDERS).length));
     };
-    scanChange();
-    indexChange();
-    const cs: number[] = [];
-    const cx: number[] = [];
-    for (let r = 0; r < args.reps; r++) {
-      if (r % 2) (cx.push(ms(indexChange)), cs.push(ms(scanChange)));
-      else (cs.push(ms(scanChange)), cx.push(ms(indexChange)));
-    }
-    rows.push({ use: 'change', members, keys, scanMs: median(cs), indexMs: median(cx), ratio: median(cs) / median(cx) });
+    const change = pair(scanChange, indexChange, args.reps);
+    rows.push({ use: 'change', members, keys, ...change, ratio: change.scanMs / change.indexMs });
   }
 }
 
@@ -117,6 +111,6 @@ else {
   console.log(`IP holders (${HOLDERS} per key), median of ${args.reps} runs; scan = the whole answer per key (baseline), index = src/p2p/ip-holders.ts:`);
   for (const r of rows) {
     const what = r.use === 'lookup' ? `lookup, ${r.members} members (per key)` : `answer change, ${r.members} members, ${r.keys} keys`;
-    console.log(`  ${what.padEnd(42)} scan ${r.scanMs.toFixed(4)} ms, index ${r.indexMs.toFixed(4)} ms: ${r.ratio.toFixed(1)}x faster`);
+    console.log(`  ${what.padEnd(42)} scan ${r.scanMs.toFixed(4)} ms, index ${r.indexMs.toFixed(4)} ms: ${r.ratio >= 1 ? `${r.ratio.toFixed(1)}x faster` : `${(1 / r.ratio).toFixed(1)}x slower`}`);
   }
 }

@@ -6,14 +6,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { IpHolderIndex, kadIdOf, nearestIps } from '../src/p2p/ip-holders.js';
+import { IpHolderIndex, ipPosition, kadIdOf, nearestIps } from '../src/p2p/ip-holders.js';
 
-const positions = new Map<string, Uint8Array>();
-function kadOfIp(ip: string): Uint8Array {
-  let k = positions.get(ip);
-  if (!k) positions.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
-  return k;
-}
+const kadOfIp = ipPosition;
 
 function answerOf(size: number, v6Every = 0): string[] {
   return Array.from({ length: size }, (_, i) => (v6Every > 0 && i % v6Every === 0 ? `fd00::${i.toString(16)}` : `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`));

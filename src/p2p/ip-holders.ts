@@ -15,6 +15,20 @@ export function kadIdOf(bytes: Uint8Array): Uint8Array {
   return createHash('sha256').update(bytes).digest();
 }
 
+/** Positions of IPs seen, shared by the nodes of a process (the scale harness runs hundreds). */
+const positions = new Map<string, Uint8Array>();
+
+/** An IP's position in Kademlia's key space: sha2-256 of its text, hashed once and kept. */
+export function ipPosition(ip: string): Uint8Array {
+  let k = positions.get(ip);
+  if (!k) {
+    // Bounded: pod IPs come and go over a cluster's life, and 16 names hold at most ~65,000.
+    if (positions.size >= 100_000) positions.clear();
+    positions.set(ip, (k = kadIdOf(Buffer.from(ip))));
+  }
+  return k;
+}
+
 /** Negative when `a` is closer to `target` than `b` (XOR metric), positive when farther. */
 export function compareDistance(a: Uint8Array, b: Uint8Array, target: Uint8Array): number {
   for (let i = 0; i < target.length; i++) {
@@ -28,7 +42,7 @@ export function compareDistance(a: Uint8Array, b: Uint8Array, target: Uint8Array
  * The `count` IPs of `answer` nearest `target`, nearest first, by a scan of the whole answer.
  * The reference the index is tested against, and the cheaper choice for a handful of keys.
  */
-export function nearestIps(target: Uint8Array, answer: readonly string[], count: number, kadOf: (ip: string) => Uint8Array): string[] {
+export function nearestIps(target: Uint8Array, answer: readonly string[], count: number, kadOf: (ip: string) => Uint8Array = ipPosition): string[] {
   // By insertion into a short sorted list: no sort of the whole answer per key.
   const best: Array<{ ip: string; k: Uint8Array }> = [];
   for (const ip of answer) {
@@ -54,7 +68,7 @@ function bitAt(id: Uint8Array, bit: number): number {
 
 /** The IPs of one DNS answer, sorted by Kademlia position, for nearest-first queries. */
 export class IpHolderIndex {
-  static readonly empty = new IpHolderIndex([], () => new Uint8Array(32));
+  static readonly empty = new IpHolderIndex([]);
 
   private ids: Uint8Array[] = [];
   private ips: string[] = [];
@@ -65,7 +79,7 @@ export class IpHolderIndex {
   /** Sorts on first use: a node that neither looks up nor advertises between two answers never does. */
   constructor(
     answer: readonly string[],
-    private readonly kadOf: (ip: string) => Uint8Array,
+    private readonly kadOf: (ip: string) => Uint8Array = ipPosition,
   ) {
     this.answer = answer;
   }

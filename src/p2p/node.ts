@@ -225,7 +225,7 @@ export function publishRetryDelay(failures: number, random: number = Math.random
  * node itself is left in; a node leaves itself out).
  */
 export function ipHoldersOfKey(key: string, answer: readonly string[], count = IP_HOLDERS): string[] {
-  return nearestIps(kadIdOf(keyToCid(key).multihash.bytes), answer, count, (ip) => kadIdOf(new TextEncoder().encode(ip)));
+  return nearestIps(kadIdOf(keyToCid(key).multihash.bytes), answer, count);
 }
 
 interface ProvideJob {
@@ -305,8 +305,6 @@ export class P2PNode {
   private dnsAll: string[] = [];
   /** dnsAll by Kademlia position: a key's IP holders without a scan of the answer. */
   private ipIndex = IpHolderIndex.empty;
-  /** Kademlia positions of IPs (sha2-256 of the address text). */
-  private readonly ipKadIds = new Map<string, Uint8Array>();
   /** Which member announced which IP (identify's listen addresses). */
   private readonly peerByIp = new Map<string, string>();
   /** Our ring neighbours in the last DNS answer (bootstrap.ts): their connections survive the bound. */
@@ -388,7 +386,7 @@ export class P2PNode {
         this.markForeign(ip);
         // Out of the current answer too: identify's verdict waits for the next one.
         this.dnsAll = this.dnsAll.filter((x) => x !== ip);
-        this.ipIndex = this.indexIps(this.dnsAll);
+        this.ipIndex = new IpHolderIndex(this.dnsAll);
         this.dnsOthers = this.dnsOthers.filter((x) => x !== ip);
         this.dnsOtherSet.delete(ip);
         this.cachedView = undefined;
@@ -489,7 +487,7 @@ export class P2PNode {
           this.ringSet = new Set(ringNeighbours(ips ?? [], self));
           const before = this.ipIndex;
           this.dnsAll = ips && !truncated ? ips.filter((ip) => !this.foreignIps.has(ip)) : [];
-          this.ipIndex = this.indexIps(this.dnsAll);
+          this.ipIndex = new IpHolderIndex(this.dnsAll);
           if (this.dnsAll.length > 0) void this.ipRehome(before, this.ipIndex);
           this.cachedView = undefined;
           setImmediate(() => void this.meshDial());
@@ -1496,17 +1494,6 @@ export class P2PNode {
     if (index.size === 0 || this.meshEligible()) return [];
     const self = this.selfIps();
     return index.nearest(target, count).filter((ip) => !self.has(ip));
-  }
-
-  /** An index of `answer` by Kademlia position, each IP's position hashed once and kept. */
-  private indexIps(answer: readonly string[]): IpHolderIndex {
-    if (answer.length === 0) return IpHolderIndex.empty;
-    if (this.ipKadIds.size > 20_000) this.ipKadIds.clear();
-    return new IpHolderIndex(answer, (ip) => {
-      let k = this.ipKadIds.get(ip);
-      if (!k) this.ipKadIds.set(ip, (k = kadIdOf(new TextEncoder().encode(ip))));
-      return k;
-    });
   }
 
   /** Downloads in flight that this node, as a key's claim holder, knows of (claims.ts). */
