@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Bootstrapper, DnsMembers, RING_LINKS, type BootstrapDeps, bootstrapCount, ringNeighbours, selectRing, sortAddresses } from '../src/p2p/bootstrap.js';
+import { Bootstrapper, DnsMembers, RING_LINKS, type BootstrapDeps, bootstrapCount, ringNeighbours, selectRing, sortAddresses, unconnectedRetryDelay } from '../src/p2p/bootstrap.js';
 import { Liveness } from '../src/p2p/liveness.js';
 import { DNS_MESSAGE_CAPACITY, possiblyTruncated } from '../src/shared/dns.js';
 import { DEFAULTS, runScale, type ScaleResult } from '../native-bench/scale/scenarios.js';
@@ -256,6 +256,51 @@ describe('bootstrap under congestion (dials that time out)', () => {
       assert.equal(dials, c.dials, `${c.outcome}: dials in the round`);
       assert.equal(b.width, c.widthAfter, `${c.outcome}: width after the round`);
     }
+  });
+});
+
+describe('bootstrap of a node without a connection', () => {
+  // Nobody reachable yet: back off to 8 s. A dial that timed out waited 15 s already: try again soon.
+  const cases: Array<{ aloneRounds: number; timedOut: boolean; intervalMs: number; delayMs: number }> = [
+    { aloneRounds: 1, timedOut: false, intervalMs: 15_000, delayMs: 1000 },
+    { aloneRounds: 2, timedOut: false, intervalMs: 15_000, delayMs: 2000 },
+    { aloneRounds: 4, timedOut: false, intervalMs: 15_000, delayMs: 8000 },
+    { aloneRounds: 9, timedOut: false, intervalMs: 15_000, delayMs: 8000 },
+    { aloneRounds: 9, timedOut: false, intervalMs: 3000, delayMs: 3000 },
+    { aloneRounds: 1, timedOut: true, intervalMs: 15_000, delayMs: 500 },
+    { aloneRounds: 9, timedOut: true, intervalMs: 15_000, delayMs: 500 },
+    { aloneRounds: 9, timedOut: true, intervalMs: 200, delayMs: 200 },
+  ];
+  for (const c of cases) {
+    test(`round ${c.aloneRounds} alone, ${c.timedOut ? 'a dial timed out' : 'nothing timed out'}, interval ${c.intervalMs} ms: next round in ${c.delayMs} ms`, () => {
+      assert.equal(unconnectedRetryDelay(c.aloneRounds, c.timedOut, c.intervalMs), c.delayMs);
+    });
+  }
+
+  test('a round that ended on a timed-out dial is followed soon; one of refused dials backs off', async () => {
+    const members = ips(0, 40);
+    const rounds = async (err: () => Error): Promise<number> => {
+      let resolves = 0;
+      const b = bootstrapperFor(members, members[0], {
+        connectionCount: () => 0,
+        dial: async () => {
+          throw err();
+        },
+        onDnsAnswer: () => resolves++,
+        onAttempt: () => {},
+        log: () => {},
+      });
+      b.start();
+      // Refused: rounds at 0, 1 and 3 s (4 rounds at most even with no delay at all before the
+      // fourth). Timed out: every ~500 ms, so 7 in 3 s on time, and 5 even if each were 100 ms late.
+      await new Promise((r) => setTimeout(r, 3100));
+      b.stop();
+      return resolves;
+    };
+    const timedOut = await rounds(() => Object.assign(new Error('The operation was aborted due to timeout'), { name: 'TimeoutError' }));
+    const refused = await rounds(() => Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+    assert.ok(refused <= 3, `refused: ${refused} rounds in 3 s (backoff 1 s, 2 s)`);
+    assert.ok(timedOut >= 5, `timed out: ${timedOut} rounds in 3 s (500 ms apart)`);
   });
 });
 
