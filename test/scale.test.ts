@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Bootstrapper, DnsMembers, RING_LINKS, type BootstrapDeps, bootstrapCount, ringNeighbours, selectRing, sortAddresses, unconnectedRetryDelay } from '../src/p2p/bootstrap.js';
+import { Bootstrapper, DnsMembers, DnsResolveError, RING_LINKS, type BootstrapDeps, bootstrapCount, ringNeighbours, selectRing, sortAddresses, unconnectedRetryDelay } from '../src/p2p/bootstrap.js';
 import { Liveness } from '../src/p2p/liveness.js';
 import { DNS_MESSAGE_CAPACITY, possiblyTruncated } from '../src/shared/dns.js';
 import { DEFAULTS, runScale, type ScaleResult } from '../native-bench/scale/scenarios.js';
@@ -127,7 +127,7 @@ describe('bootstrap selection at 1,000 nodes: one component, no hot spot', () =>
 });
 
 /** A bootstrapper whose DNS lists `members`, at `self`; the test supplies dialling and counting. */
-function bootstrapperFor(members: string[], self: string, rest: Pick<BootstrapDeps, 'connectionCount' | 'dial' | 'onDnsAnswer' | 'onAttempt' | 'log'> & Partial<Pick<BootstrapDeps, 'connectedIps'>>): Bootstrapper {
+function bootstrapperFor(members: string[], self: string, rest: Pick<BootstrapDeps, 'connectionCount' | 'dial' | 'onDnsAnswer' | 'onAttempt' | 'log'> & Partial<Pick<BootstrapDeps, 'connectedIps' | 'dns'>>): Bootstrapper {
   return new Bootstrapper({
     seed: 'peer-self',
     selfIps: () => new Set([self]),
@@ -277,30 +277,35 @@ describe('bootstrap of a node without a connection', () => {
     });
   }
 
-  test('a round that ended on a timed-out dial is followed soon; one of refused dials backs off', async () => {
+  test('a round that ended on a timed-out dial is followed soon; refused dials and failed DNS queries (timed out or not) back off', async () => {
     const members = ips(0, 40);
-    const rounds = async (err: () => Error): Promise<number> => {
+    const rounds = async (fail: { dial?: () => Error; dns?: () => Error }): Promise<number> => {
       let resolves = 0;
       const b = bootstrapperFor(members, members[0], {
         connectionCount: () => 0,
         dial: async () => {
-          throw err();
+          throw fail.dial?.() ?? new Error('no dial expected');
         },
+        ...(fail.dns ? { dns: { hostname: 'x', resolve: () => Promise.reject(fail.dns!()), failing: new Map(), truncated: false } } : {}),
         onDnsAnswer: () => resolves++,
         onAttempt: () => {},
         log: () => {},
       });
       b.start();
-      // Refused: rounds at 0, 1 and 3 s (4 rounds at most even with no delay at all before the
-      // fourth). Timed out: every ~500 ms, so 7 in 3 s on time, and 5 even if each were 100 ms late.
+      // Backing off: rounds at 0, 1 and 3 s, the next at 7 s. Retrying: every ~500 ms, so 7 in
+      // 3 s on time, and 5 even if each were 100 ms late.
       await new Promise((r) => setTimeout(r, 3100));
       b.stop();
       return resolves;
     };
-    const timedOut = await rounds(() => Object.assign(new Error('The operation was aborted due to timeout'), { name: 'TimeoutError' }));
-    const refused = await rounds(() => Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
-    assert.ok(refused <= 3, `refused: ${refused} rounds in 3 s (backoff 1 s, 2 s)`);
-    assert.ok(timedOut >= 5, `timed out: ${timedOut} rounds in 3 s (500 ms apart)`);
+    const counts = {
+      dialTimedOut: await rounds({ dial: () => Object.assign(new Error('The operation was aborted due to timeout'), { name: 'TimeoutError' }) }),
+      dialRefused: await rounds({ dial: () => Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }) }),
+      dnsTimedOut: await rounds({ dns: () => new DnsResolveError('x', 'ETIMEOUT', 'ETIMEOUT DNS query for x timed out') }),
+      dnsFailed: await rounds({ dns: () => new DnsResolveError('x', 'ESERVFAIL', 'ESERVFAIL DNS server answered ESERVFAIL for x') }),
+    };
+    assert.ok(counts.dialTimedOut >= 5, `rounds in 3 s: ${JSON.stringify(counts)}`);
+    assert.ok(counts.dialRefused <= 3 && counts.dnsTimedOut <= 3 && counts.dnsFailed <= 3, `rounds in 3 s: ${JSON.stringify(counts)}`);
   });
 });
 

@@ -55,10 +55,10 @@ export function nextRoundDelay(intervalMs: number, random: number = Math.random(
  * The wait before the next round of a node without a connection. Nobody reachable yet (dials
  * refused, an empty answer): 1, 2, 4, then 8 s, so a node that came up first joins within seconds
  * of the others appearing without knocking every 500 ms. A dial that timed out has waited its 15 s
- * already (the peer answered but was too busy to finish the handshake), and a DNS query that timed
- * out its 2 + 4 s: no backoff on top, since
- * at an N = 1,000 cold start the last nodes were ones whose dial had timed out and who then sat
- * out 8 s more, two or three times over.
+ * already (the peer answered but was too busy to finish the handshake): no backoff on top: at
+ * an N = 1,000 cold start the last nodes to be ready are unconnected ones whose dials time out,
+ * and each timeout was followed by up to 8 s of doing nothing. (A DNS query that timed out is not counted alike: tried
+ * at N = 1,000, a cold start saw up to twice the failed resolves, see docs/scale/history.md.)
  */
 export function unconnectedRetryDelay(aloneRounds: number, timedOut: boolean, intervalMs: number): number {
   return Math.min(intervalMs, timedOut ? 500 : 500 * 2 ** Math.min(Math.max(aloneRounds, 0), 4));
@@ -308,7 +308,7 @@ export class Bootstrapper {
   private running: Promise<void> | undefined;
   private stopped = false;
   private aloneRounds = 0;
-  /** Whether the last round ended on a dial or a DNS query that timed out. */
+  /** Whether the last round ended on a dial that timed out. */
   private timedOut = false;
   /** Other members in the last DNS answer (plus static peers): 0 means we are alone by design. */
   members = 0;
@@ -419,8 +419,6 @@ export class Bootstrapper {
         selected = markedLast(selectRing(ips, self, this.d.seed, enough ? RING_LINKS + this.foreign.size : others.length, this.ranks), this.foreign, 10 * this.d.intervalMs);
         this.resolvedOnce = true;
       } catch (err) {
-        // Waited out in the resolver already, as a dial that timed out (unconnectedRetryDelay).
-        if ((err as { code?: string }).code === 'ETIMEOUT') this.timedOut = true;
         this.d.onDnsAnswer(undefined, Number(process.hrtime.bigint() - t0) / 1e9, false, false);
         // Keep the last answer's member count: an outage is not an empty cluster.
         members = Math.max(0, this.members - this.d.staticPeers.length);
