@@ -13,6 +13,9 @@ import type { LookupResult, P2PStatus } from '../../src/shared/messages.js';
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const NODE_SCRIPT = path.join(REPO_ROOT, 'dist/test/support/p2p-node.js');
 
+/** How many of a node's last log lines a timed-out call reports. */
+const CALL_TIMEOUT_LOG_LINES = 25;
+
 const running = new Set<ChildProcess>();
 const ownedDirs = new Set<string>();
 // A test that fails or is cancelled midway must not leave nodes or temp dirs behind.
@@ -113,7 +116,9 @@ export class P2PNodeProcess {
       }
       const t = setTimeout(() => {
         this.waiting.delete(id);
-        reject(new Error(`node ${this.ip}: ${cmd} timed out`));
+        // What the node was doing: a CI run once failed on an advertise that takes ~0.1 s here.
+        const tail = this.stderr.trimEnd().split('\n').slice(-CALL_TIMEOUT_LOG_LINES).join('\n');
+        reject(new Error(`node ${this.ip}: ${cmd} timed out after ${timeoutMs} ms; its last log lines:\n${tail}`));
       }, timeoutMs);
       this.waiting.set(id, {
         resolve: (v) => {
