@@ -8,8 +8,6 @@ import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { IpHolderIndex, ipPosition, kadIdOf, nearestIps } from '../src/p2p/ip-holders.js';
 
-const kadOfIp = ipPosition;
-
 function answerOf(size: number, v6Every = 0): string[] {
   return Array.from({ length: size }, (_, i) => (v6Every > 0 && i % v6Every === 0 ? `fd00::${i.toString(16)}` : `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`));
 }
@@ -26,13 +24,13 @@ describe('IP holders by index', () => {
   ];
   for (const c of cases) {
     test(`${c.name}: the same holders, in the same order, as a scan`, () => {
-      const index = new IpHolderIndex(c.answer, kadOfIp);
+      const index = new IpHolderIndex(c.answer);
       assert.equal(index.size, c.answer.length);
       assert.equal(index.answer, c.answer);
       for (let k = 0; k < c.keys; k++) {
         const target = kadIdOf(randomBytes(34));
         for (const count of c.counts) {
-          const want = nearestIps(target, c.answer, count, kadOfIp);
+          const want = nearestIps(target, c.answer, count);
           assert.deepEqual(index.nearest(target, count), want, `key ${k}, count ${count}`);
         }
       }
@@ -41,12 +39,12 @@ describe('IP holders by index', () => {
 
   test('passed-over IPs are skipped and the next nearest take their place', () => {
     const answer = answerOf(300, 5);
-    const index = new IpHolderIndex(answer, kadOfIp);
+    const index = new IpHolderIndex(answer);
     for (let k = 0; k < 100; k++) {
       const target = kadIdOf(randomBytes(34));
       // A different third of the answer passed over each time (dead members, our own address).
       const skipped = new Set(answer.filter((_, i) => (i + k) % 3 === 0));
-      const want = nearestIps(target, answer.filter((ip) => !skipped.has(ip)), 6, kadOfIp);
+      const want = nearestIps(target, answer.filter((ip) => !skipped.has(ip)), 6);
       assert.deepEqual(index.nearest(target, 6, (ip) => skipped.has(ip)), want);
     }
     assert.deepEqual(index.nearest(kadIdOf(randomBytes(34)), 6, () => true), [], 'everything passed over');
@@ -54,15 +52,15 @@ describe('IP holders by index', () => {
 
   test('a key at the position of an IP has that IP first', () => {
     const answer = answerOf(500);
-    const index = new IpHolderIndex(answer, kadOfIp);
-    for (const ip of [answer[0], answer[123], answer[499]]) assert.equal(index.nearest(kadOfIp(ip), 1)[0], ip);
+    const index = new IpHolderIndex(answer);
+    for (const ip of [answer[0], answer[123], answer[499]]) assert.equal(index.nearest(ipPosition(ip), 1)[0], ip);
   });
 
   test('positions that share their first four bytes (which the sort packs into a number) keep their order', () => {
     // Real positions tie there about once in 10,000 answers of 1,000; here half of them do.
     const answer = answerOf(400);
     const tied = (ip: string) => {
-      const id = Buffer.from(kadOfIp(ip));
+      const id = Buffer.from(ipPosition(ip));
       if (id[31] & 1) id.fill(0x5a, 0, 4);
       return id;
     };
@@ -75,6 +73,6 @@ describe('IP holders by index', () => {
   });
 
   test('a count of 0 asks for nobody', () => {
-    assert.deepEqual(new IpHolderIndex(answerOf(50), kadOfIp).nearest(kadIdOf(randomBytes(34)), 0), []);
+    assert.deepEqual(new IpHolderIndex(answerOf(50)).nearest(kadIdOf(randomBytes(34)), 0), []);
   });
 });

@@ -55,10 +55,10 @@ export function nextRoundDelay(intervalMs: number, random: number = Math.random(
  * The wait before the next round of a node without a connection. Nobody reachable yet (dials
  * refused, an empty answer): 1, 2, 4, then 8 s, so a node that came up first joins within seconds
  * of the others appearing without knocking every 500 ms. A dial that timed out has waited its 15 s
- * already (the peer answered but was too busy to finish the handshake): no backoff on top: at
+ * already (the peer answered but was too busy to finish the handshake): no backoff on top. At
  * an N = 1,000 cold start the last nodes to be ready are unconnected ones whose dials time out,
- * and each timeout was followed by up to 8 s of doing nothing. (A DNS query that timed out is not counted alike: tried
- * at N = 1,000, a cold start saw up to twice the failed resolves, see docs/scale/history.md.)
+ * and each timeout was followed by up to 8 s of doing nothing. A DNS query that timed out backs
+ * off as before: retried at once, a cold start saw up to twice the failed resolves (history.md).
  */
 export function unconnectedRetryDelay(aloneRounds: number, timedOut: boolean, intervalMs: number): number {
   return Math.min(intervalMs, timedOut ? 500 : 500 * 2 ** Math.min(Math.max(aloneRounds, 0), 4));
