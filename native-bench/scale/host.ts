@@ -4,6 +4,8 @@
 // loop delay so an overloaded host shows in the figures instead of posing as a slow network.
 // Driven by the orchestrator over IPC (protocol.ts).
 
+// First: a dilated run (--dilation) slows this process's clocks before libp2p loads.
+import { dilation } from './dilation.js';
 import { writeFile } from 'node:fs/promises';
 import { Session } from 'node:inspector/promises';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
@@ -278,10 +280,11 @@ async function handle(req: HostRequest): Promise<unknown> {
         heapUsedBytes: mem.heapUsed,
         cpuSeconds: (cpu.user + cpu.system) / 1e6,
         connectionCloses: closes,
-        loopDelayP99Ms: loop.percentile(99) / 1e6,
-        loopDelayMaxMs: loop.max / 1e6,
-        gcPauseMs: gc.ms,
-        gcPauseMaxMs: gc.maxMs,
+        // Measured in real time by the runtime; reported in protocol time, as the nodes felt them.
+        loopDelayP99Ms: dilation().toProtocolMs(loop.percentile(99) / 1e6),
+        loopDelayMaxMs: dilation().toProtocolMs(loop.max / 1e6),
+        gcPauseMs: dilation().toProtocolMs(gc.ms),
+        gcPauseMaxMs: dilation().toProtocolMs(gc.maxMs),
         gcCount: gc.count,
         ...(TRACE ? { opensBy: Object.fromEntries(opensBy), dialFailuresBy: Object.fromEntries(dialFailuresBy), queriesBy: Object.fromEntries(queriesBy) } : {}),
         warnings: counts.warnings,

@@ -4,19 +4,22 @@
 // each N. Writes docs/scale/results.json and the SVG plots beside it.
 //
 //   npm run bench:scale -- --nodes 100,300,1000 [--scenarios crowd,isolation,churn,partition]
-//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5] [--held 15] [--replace-after 0] [--bootstrap-interval 15] [--names 1]
+//                          [--per-host 200] [--keys 1] [--rate 20] [--lookups 400] [--deadline 500] [--settle 5] [--held 15] [--replace-after 0] [--bootstrap-interval 15] [--names 1] [--dilation 1]
 //                          [--out docs/scale] [--no-plots] [--no-netns]
 //
 // Cold start and steady state always run; --scenarios picks the rest (default: all four,
 // partition only where it can run). --names K lists the nodes under K bootstrap names (crowd is
 // then the only other scenario). As root with unshare it re-executes itself in a private
 // network namespace (everything it starts lives and dies there); the partition scenario needs
-// that and nft (Debian nftables).
+// that and nft (Debian nftables). --dilation K runs every clock and timer of the run K times
+// slower than the wall clock (dilation.ts): the cores' work per second of protocol time is
+// divided by K, as if the machine had K times the cores.
 
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { installDilation } from './dilation.js';
 import { loopbackUp, nftAvailable } from './netfilter.js';
 import { writePlots } from './plots.js';
 import { DEFAULTS, runScale, type ScaleResult } from './scenarios.js';
@@ -37,13 +40,14 @@ interface Args {
   replaceAfter: number;
   bootstrapInterval: number;
   names: number;
+  dilation: number;
   out: string;
   plots: boolean;
   netns: boolean;
 }
 
 /** The options that take one positive number, and the field each sets. */
-const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 'deadline' | 'settle' | 'held' | 'replaceAfter' | 'bootstrapInterval' | 'names'> = {
+const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 'deadline' | 'settle' | 'held' | 'replaceAfter' | 'bootstrapInterval' | 'names' | 'dilation'> = {
   '--per-host': 'perHost',
   '--keys': 'keys',
   '--rate': 'rate',
@@ -54,10 +58,11 @@ const NUMERIC_OPTIONS: Record<string, 'perHost' | 'keys' | 'rate' | 'lookups' | 
   '--replace-after': 'replaceAfter',
   '--bootstrap-interval': 'bootstrapInterval',
   '--names': 'names',
+  '--dilation': 'dilation',
 };
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, held: DEFAULTS.heldMs / 1000, replaceAfter: DEFAULTS.replaceAfterMs / 1000, bootstrapInterval: DEFAULTS.bootstrapIntervalMs / 1000, names: DEFAULTS.names, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
+  const a: Args = { nodes: [100, 300, 1000], scenarios: undefined, perHost: DEFAULTS.nodesPerHost, keys: DEFAULTS.keysPerNode, rate: DEFAULTS.lookupRate, lookups: DEFAULTS.steadyLookups, deadline: DEFAULTS.lookupDeadlineMs, settle: DEFAULTS.settleMs / 1000, held: DEFAULTS.heldMs / 1000, replaceAfter: DEFAULTS.replaceAfterMs / 1000, bootstrapInterval: DEFAULTS.bootstrapIntervalMs / 1000, names: DEFAULTS.names, dilation: 1, out: path.join(REPO, 'docs/scale'), plots: true, netns: true };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     const num = () => {
@@ -114,6 +119,11 @@ async function main(): Promise<void> {
     await new Promise<never>(() => {});
   }
   if (process.env[IN_NETNS] === '1') await loopbackUp();
+  // Before anything starts: the hosts forked later inherit it (and the epoch) through the environment.
+  if (args.dilation !== 1) {
+    installDilation(args.dilation, Date.now());
+    process.stderr.write(`scale: time dilated ${args.dilation}x: every duration below is protocol time, ${args.dilation}x as long on the wall clock\n`);
+  }
   const canPartition = process.env[IN_NETNS] === '1' && (await nftAvailable());
   const want = (s: string) => args.scenarios?.has(s) ?? (args.names <= 1 || s === 'crowd');
   if (args.scenarios?.has('partition') && !canPartition) {

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { bootstrapCount, sortAddresses } from '../../src/p2p/bootstrap.js';
 import { ScaleCluster, scaleIp, type Host } from './cluster.js';
+import { dilation } from './dilation.js';
 import { Partition } from './netfilter.js';
 import type { FindResult, HostSnapshot, NodeSnapshot } from './protocol.js';
 
@@ -117,7 +118,7 @@ export interface ScaleResult {
   loadAverage: { start: number[]; end: number[] };
   cores: number;
   hosts: number;
-  settings: { maxConnections: number; deadPeerTimeoutMs: number; bootstrapIntervalMs: number; keysPerNode: number; bootstrapNames?: number };
+  settings: { maxConnections: number; deadPeerTimeoutMs: number; bootstrapIntervalMs: number; keysPerNode: number; bootstrapNames?: number; dilation?: number };
   coldStart: {
     readyMs: Distribution;
     allReady: boolean;
@@ -621,7 +622,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       hostStartMs: hostStart.map((h) => h.ms),
       dials: { average: dialAvg, lowest, max: maxDial, maxOverAverage: maxDial.dials / dialAvg, lowestOverAverage: Math.max(...lowest.map((l) => l.dials)) / dialAvg },
     };
-    if (o.progress) Object.assign(o.progress, { n: o.n, coldStart, loadAverage: { start: loadStart, end: [] }, cores: os.cpus().length, hosts: hosts.length, settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length } });
+    if (o.progress) Object.assign(o.progress, { n: o.n, coldStart, loadAverage: { start: loadStart, end: [] }, cores: os.cpus().length, hosts: hosts.length, settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length, dilation: dilation().factor } });
     if (!cold.all) throw Object.assign(new Error(`not every node became ready within ${o.readyTimeoutMs} ms`), { partial: { coldStart } });
 
     // ---- steady state ----
@@ -759,7 +760,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       loadAverage: { start: loadStart, end: [] },
       cores: os.cpus().length,
       hosts: hosts.length,
-      settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length },
+      settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length, dilation: dilation().factor },
       coldStart,
       steady,
       problems: { warnings: 0, errors: 0, samples: [] },
