@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What the test suite needs from Debian (real containerd, dnsmasq, network namespaces, openssl),
-# installed when missing and running as root; `npm test` runs this first (its pretest script).
+# What the test suite needs from Debian (real containerd, dnsmasq, network namespaces, openssl,
+# nftables), installed when missing and running as root; `npm test` runs this first (its
+# pretest script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)
+command -v nft >/dev/null || need+=(nftables)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"

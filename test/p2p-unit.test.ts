@@ -492,3 +492,30 @@ test('a node connected only to a peer identify could not describe runs identify 
     await Promise.all([node.stop(), bare.stop()]);
   }
 });
+
+test("the p2p thread's loop delay says how late its callbacks ran, not how often it samples", async () => {
+  // Sampled every 50 ms (a finer period cost an idle thread more CPU than the protocol): the
+  // histogram holds the time between samples, and the metric must take the period off, or an
+  // idle node would report 50 ms late. A 300 ms block must still show. Read from the status
+  // pushes (every 2 s), the only reader here: each covers the interval since the one before.
+  const cfg = await p2pWorkerConfig(loadConfig({ PEERPULL_P2P_ADDR: '127.0.0.215:17426', PEERPULL_REGISTRY_ADDR: '127.0.0.215:17427', PEERPULL_ADVERTISE_IP: '127.0.0.215', PEERPULL_BOOTSTRAP_DNS: '', PEERPULL_BOOTSTRAP_PEERS: '' }));
+  const pushed: Array<{ at: number; p50: number; max: number }> = [];
+  const node = await P2PNode.create(cfg, await generateKeyPair('Ed25519'), () => {}, (_s, m) => pushed.push({ at: Date.now(), ...m.eventLoopDelayMs }));
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  try {
+    await sleep(7000);
+    // The first push covers the node's start; the two after it, an idle thread.
+    const idle = pushed.slice(1);
+    assert.ok(idle.length >= 2, `${pushed.length} status pushes in 7 s`);
+    for (const d of idle) assert.ok(d.p50 < 40, `an idle thread reported p50 ${d.p50} ms late`);
+    const blockedAt = Date.now();
+    const end = blockedAt + 300;
+    while (Date.now() < end); // blocks this thread, as a long task does
+    await sleep(4500);
+    const after = pushed.filter((d) => d.at > blockedAt);
+    assert.ok(after.length >= 1, 'no status push after the block');
+    assert.ok(Math.max(...after.map((d) => d.max)) >= 200, `a 300 ms block showed as max ${after.map((d) => d.max).join(', ')} ms`);
+  } finally {
+    await node.stop();
+  }
+});

@@ -1,5 +1,8 @@
 // A real network partition between two groups of loopback addresses: nftables drops every
-// packet from one group to the other (both directions), in a table of our own. Only used inside
+// packet from one group to the other (both directions), in a table of our own. Dropped where
+// packets arrive (the input hook), not where they leave: a drop on output fails the sender's
+// UDP send at once (EPERM), which is a local firewall, not a partition; on input the sender
+// hears nothing, as across a cut network. Only used inside
 // a network namespace the harness created (run.ts re-executes itself under `unshare -n`), so a
 // crash cannot leave rules behind on the machine: the namespace and its rules die with us.
 
@@ -44,8 +47,8 @@ export class Partition {
 table inet ${TABLE} {
   set side_a { type ipv4_addr; elements = { ${a.join(', ')} } }
   set side_b { type ipv4_addr; elements = { ${b.join(', ')} } }
-  chain out {
-    type filter hook output priority 0; policy accept;
+  chain in {
+    type filter hook input priority 0; policy accept;
     ip saddr @side_a ip daddr @side_b drop
     ip saddr @side_b ip daddr @side_a drop
   }
