@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { ipHoldersOfKey } from '../src/p2p/node.js';
 import type { LookupResult } from '../src/shared/messages.js';
+import { nft } from '../native-bench/scale/netfilter.js';
 import { Dnsmasq } from './support/dnsmasq.js';
 import { P2PNodeProcess, lookupSteps, missesOfUnknownKeys, nodeIp, stopAll, waitFor } from './support/p2p-cluster.js';
 
@@ -26,17 +27,6 @@ const UNSENDABLE_KEY = `sha256:${'6'.repeat(64)}`;
 const NFT_TABLE = 'peerpull_test_unsendable';
 const exec = promisify(execFile);
 
-async function nft(script: string): Promise<void> {
-  const child = execFile('nft', ['-f', '-']);
-  const done = new Promise<void>((resolve, reject) => {
-    let err = '';
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`nft failed (${code}): ${err.trim()}`))));
-    child.once('error', (e) => reject(new Error(`nft (Debian nftables) is needed for this test: ${e.message}`)));
-  });
-  child.stdin!.end(script);
-  await done;
-}
 const dropNft = () => exec('nft', ['delete', 'table', 'inet', NFT_TABLE]).then(() => undefined, () => undefined);
 
 /** A node holding no record of `key` whose lookup of it goes over the network and finds it. */

@@ -43,6 +43,7 @@ describe('time dilation of the scale harness', () => {
       let t = realHr(); await new Promise((r) => setTimeout(r, 100)); out.global = realMs(t);
       t = realHr(); await new Promise((r) => timers.setTimeout(r, 100)); out.timersModule = realMs(t);
       t = realHr(); await sleep(100); out.promises = realMs(t);
+      t = realHr(); await (await import('node:util')).promisify(setTimeout)(100); out.promisified = realMs(t);
       t = realHr(); await new Promise((r) => AbortSignal.timeout(100).addEventListener('abort', r)); out.abortSignal = realMs(t);
       t = realHr(); await new Promise((r) => { let n = 0; const i = setInterval(() => { if (++n === 2) { clearInterval(i); r(); } }, 50); }); out.interval = realMs(t);
       // A long timer stretched past 2^31-1 ms would fire after 1 ms: it must be clamped instead.
@@ -59,7 +60,7 @@ describe('time dilation of the scale harness', () => {
       { [DILATION_ENV]: `4:${Date.now()}` },
     );
     // Timers: 100 protocol ms are at least 400 real ms (less 2 ms: libuv rounds to its loop clock).
-    for (const k of ['global', 'timersModule', 'promises', 'abortSignal', 'interval'] as const) assert.ok(out[k] >= 398, `${k}: fired after ${out[k]} real ms, expected >= 400`);
+    for (const k of ['global', 'timersModule', 'promises', 'promisified', 'abortSignal', 'interval'] as const) assert.ok(out[k] >= 398, `${k}: fired after ${out[k]} real ms, expected >= 400`);
     assert.equal(out.longFired, false, 'a timer of 2^30 ms, stretched, must not overflow into 1 ms');
     assert.equal(out.socketTimeout, 400, 'socket idle timeouts are stretched too');
     // Clocks: what each advanced over the wait is a quarter of what the real one did.

@@ -20,6 +20,7 @@ import net from 'node:net';
 import { syncBuiltinESMExports } from 'node:module';
 import timers from 'node:timers';
 import timersPromises from 'node:timers/promises';
+import { promisify } from 'node:util';
 
 export const DILATION_ENV = 'PEERPULL_SCALE_DILATION';
 /** Node turns a delay past this into 1 ms (TimeoutOverflowWarning): a dilated long timer must not. */
@@ -103,6 +104,8 @@ export function installDilation(factor: number, epochMs: number): Dilation {
     const realWait = p.scheduler.wait.bind(p.scheduler);
     p.scheduler.wait = (ms: number, o?: unknown) => realWait(stretch(ms) as number, o);
   }
+  // util.promisify(setTimeout) looks for this: without it, it would wrap the wrapper wrongly.
+  Object.defineProperty(setTimeoutD, promisify.custom, { value: p.setTimeout, configurable: true });
   const realAbortTimeout = AbortSignal.timeout.bind(AbortSignal);
   AbortSignal.timeout = (ms: number) => realAbortTimeout(stretch(ms) as number);
   const realSocketTimeout = net.Socket.prototype.setTimeout;

@@ -25,13 +25,14 @@ export async function nftAvailable(): Promise<boolean> {
   return false;
 }
 
-async function nft(script: string): Promise<void> {
+/** Runs an nft script (`nft -f -`): rules in tables of the caller's. */
+export async function nft(script: string): Promise<void> {
   const child = execFile('nft', ['-f', '-']);
   const done = new Promise<void>((resolve, reject) => {
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`nft failed (${code}): ${err.trim()}`))));
-    child.once('error', reject);
+    child.once('error', (e) => reject(new Error(`nft (Debian nftables) could not be run: ${e.message}`)));
   });
   child.stdin!.end(script);
   await done;

@@ -104,7 +104,7 @@ const republishes = new Counter({
 });
 const lookupSteps = new Counter({
   name: 'peerpull_p2p_lookup_steps_total',
-  help: 'What network lookups did: datagram_ask (a peer asked by UDP), stream_ask (a peer asked over a connection, outside the DHT query), holder_retry (the next IP holder asked because one was slow), holder_dial (an IP holder dialled), dht_query (a Kademlia query started, which dials its way to the key), ip_quorum_miss (a miss settled by IP holders that answered none, without the DHT query).',
+  help: 'What network lookups did: datagram_ask (a peer asked by UDP), stream_ask (a peer asked over a connection, outside the DHT query), holder_retry (the next IP holder asked because one was slow or a datagram to it could not be sent), holder_dial (an IP holder dialled), dht_query (a Kademlia query started, which dials its way to the key), ip_quorum_miss (a miss settled by IP holders that answered none, without the DHT query).',
   labelNames: ['cluster', 'step'] as const,
   registers: [registry],
 });
