@@ -5,7 +5,7 @@
 // Driven by the orchestrator over IPC (protocol.ts).
 
 // First: a dilated run (--dilation) slows this process's clocks before libp2p loads.
-import { dilation } from './dilation.js';
+import { dilation as installedDilation } from './dilation.js';
 import { writeFile } from 'node:fs/promises';
 import { Session } from 'node:inspector/promises';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
@@ -100,10 +100,12 @@ let closes = 0;
 const problems: string[] = [];
 const counts = { warnings: 0, errors: 0 };
 const baseRss = process.memoryUsage().rss;
+/** Installed on import (above), before anything here ran: fixed for the process's life. */
+const dilation = installedDilation();
 // Sampled every 10 ms of protocol time. Each sample wakes the loop (~0.1 ms of CPU here, 10 ms of
 // CPU per second per host at this rate): a dilated run samples as often per protocol second as
 // an undilated one, so its CPU figures carry the same share of it.
-const loop = monitorEventLoopDelay({ resolution: Math.round(10 * dilation().factor) });
+const loop = monitorEventLoopDelay({ resolution: Math.round(10 * dilation.factor) });
 loop.enable();
 // GC pauses of the host's heap (hundreds of nodes in one heap): a long major GC stops every
 // node of the host at once, which a real node with its own small heap never sees.
@@ -284,10 +286,10 @@ async function handle(req: HostRequest): Promise<unknown> {
         cpuSeconds: (cpu.user + cpu.system) / 1e6,
         connectionCloses: closes,
         // Measured in real time by the runtime; reported in protocol time, as the nodes felt them.
-        loopDelayP99Ms: dilation().toProtocolMs(loop.percentile(99) / 1e6),
-        loopDelayMaxMs: dilation().toProtocolMs(loop.max / 1e6),
-        gcPauseMs: dilation().toProtocolMs(gc.ms),
-        gcPauseMaxMs: dilation().toProtocolMs(gc.maxMs),
+        loopDelayP99Ms: dilation.toProtocolMs(loop.percentile(99) / 1e6),
+        loopDelayMaxMs: dilation.toProtocolMs(loop.max / 1e6),
+        gcPauseMs: dilation.toProtocolMs(gc.ms),
+        gcPauseMaxMs: dilation.toProtocolMs(gc.maxMs),
         gcCount: gc.count,
         ...(TRACE ? { opensBy: Object.fromEntries(opensBy), dialFailuresBy: Object.fromEntries(dialFailuresBy), queriesBy: Object.fromEntries(queriesBy) } : {}),
         warnings: counts.warnings,

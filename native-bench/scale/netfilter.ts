@@ -2,7 +2,7 @@
 // packet from one group to the other (both directions), in a table of our own. Dropped where
 // packets arrive (the input hook), not where they leave: a drop on output fails the sender's
 // UDP send at once (EPERM), which is a local firewall, not a partition; on input the sender
-// hears nothing, as across a cut network. Only used inside
+// hears nothing, as across a cut network. The partition is only cut inside
 // a network namespace the harness created (run.ts re-executes itself under `unshare -n`), so a
 // crash cannot leave rules behind on the machine: the namespace and its rules die with us.
 

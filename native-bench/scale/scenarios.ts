@@ -572,6 +572,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
   };
   const ips = Array.from({ length: o.n }, (_, i) => scaleIp(o.prefix, i));
   const names = o.names > 1 ? Array.from({ length: o.names }, (_, k) => `pool-${k}.peerpull.scale.test`) : ['peerpull.scale.test'];
+  const settings: ScaleResult['settings'] = { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length, dilation: dilation().factor };
   if (names.length > 1 && (o.isolation || o.churn || o.partition)) throw new Error('with several bootstrap names only the cold start, steady state and crowd run (the isolation, churn and partition scenarios edit one name)');
   const initial = Object.fromEntries(names.map((name, k) => [name, ips.filter((_, i) => i % names.length === k)]));
   const c = await ScaleCluster.create({ prefix: o.prefix, dnsName: names.join(','), p2pPort: o.p2pPort, registryPort: o.p2pPort - 1, env }, initial);
@@ -622,7 +623,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       hostStartMs: hostStart.map((h) => h.ms),
       dials: { average: dialAvg, lowest, max: maxDial, maxOverAverage: maxDial.dials / dialAvg, lowestOverAverage: Math.max(...lowest.map((l) => l.dials)) / dialAvg },
     };
-    if (o.progress) Object.assign(o.progress, { n: o.n, coldStart, loadAverage: { start: loadStart, end: [] }, cores: os.cpus().length, hosts: hosts.length, settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length, dilation: dilation().factor } });
+    if (o.progress) Object.assign(o.progress, { n: o.n, coldStart, loadAverage: { start: loadStart, end: [] }, cores: os.cpus().length, hosts: hosts.length, settings });
     if (!cold.all) throw Object.assign(new Error(`not every node became ready within ${o.readyTimeoutMs} ms`), { partial: { coldStart } });
 
     // ---- steady state ----
@@ -760,7 +761,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       loadAverage: { start: loadStart, end: [] },
       cores: os.cpus().length,
       hosts: hosts.length,
-      settings: { maxConnections: o.maxConnections, deadPeerTimeoutMs: o.deadPeerTimeoutMs, bootstrapIntervalMs: o.bootstrapIntervalMs, keysPerNode: o.keysPerNode, bootstrapNames: names.length, dilation: dilation().factor },
+      settings,
       coldStart,
       steady,
       problems: { warnings: 0, errors: 0, samples: [] },

@@ -1877,11 +1877,12 @@ export class P2PNode {
       track(
         this.datagrams.ask(ip, cid.multihash.bytes, this.cfg.lookupTimeoutMs, signal).then((a) => {
           clearTimeout(fallback);
-          // No answer before the wait was over: the datagram could not be sent (a firewall's
-          // EPERM, no route). That holder is out as surely as a silent one, and known sooner:
-          // the next is asked now, not never (the wait's timer is gone).
-          if (!a) moveOn();
-          if (a) {
+          if (!a) {
+            // No answer before the wait was over: the datagram could not be sent (a firewall's
+            // EPERM, no route). That holder is out as surely as a silent one, and known sooner:
+            // the next is asked now, not never (the wait's timer is gone).
+            moveOn();
+          } else {
             holderAnswers++;
             // Providers this node already knows dead (a refused probe, a lost heartbeat, gone
             // from DNS) are no providers: content only the dead held is a miss too.
